@@ -1,1 +1,3 @@
-
+from .checkpoints import latest_checkpoint
+from .nan_guard import StopOnNonFiniteLoss
+from .report import SegmentationReport
