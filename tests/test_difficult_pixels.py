@@ -1,0 +1,183 @@
+"""Tests for the difficult-pixel refinement (Matsuzuki & Hotta), hand-computed 5x5 examples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from scripts.transforms import (
+    DifficultPixelRefine,
+    DifficultPixelRefined,
+    confidence_map,
+    difficult_pixel_mask,
+    refine_difficult_pixels,
+)
+
+# 5x5 arg-max map; -1 marks a difficult pixel (max probability 0.4, on class 2), the others are confident (0.9).
+#   mean confidence = (15 * 0.9 + 10 * 0.4) / 25 = 0.7, so exactly the -1 pixels are below the mean.
+GRID = np.array(
+    [
+        [1, 1, -1, -1, 0],
+        [0, 0, -1, 0, 0],
+        [0, -1, -1, 0, 3],
+        [-1, 0, 0, -1, -1],
+        [-1, -1, 0, 0, 2],
+    ]
+)
+DIFFICULT = GRID == -1
+
+
+def make_prob(grid: np.ndarray = GRID, num_classes: int = 5) -> np.ndarray:
+    prob = np.full((num_classes, *grid.shape), 0.025, dtype=np.float32)
+    for (r, c), v in np.ndenumerate(grid):
+        if v < 0:
+            prob[:, r, c] = 0.15
+            prob[2, r, c] = 0.4
+        else:
+            prob[v, r, c] = 0.9
+    return prob
+
+
+# 4-connectivity, until nothing changes. Membrane (1) grows from (0,1): pass 1 takes (0,2); pass 2 (0,3),(1,2);
+# pass 3 (2,2); pass 4 (2,1); pass 5 nothing. Mitochondria (3) grows from (2,4): (3,4) then (3,3).
+# (3,0), (4,0), (4,1) are reached by neither and go to the fallback.
+EXPECTED_4 = np.array(
+    [
+        [1, 1, 1, 1, 0],
+        [0, 0, 1, 0, 0],
+        [0, 1, 1, 0, 3],
+        [0, 0, 0, 3, 3],
+        [0, 0, 0, 0, 2],
+    ]
+)
+# same, fallback=None: the unreached difficult pixels keep their arg-max (2)
+EXPECTED_4_KEEP = EXPECTED_4.copy()
+EXPECTED_4_KEEP[[3, 4, 4], [0, 0, 1]] = 2
+# 8-connectivity: membrane reaches every difficult pixel ((2,2)->(3,3) diagonally, (2,1)->(3,0)->(4,0),(4,1),
+# (3,3)->(3,4)) before mitochondria gets its turn.
+EXPECTED_8 = np.where(DIFFICULT, 1, GRID)
+# one pass per class: membrane takes (0,2) only, mitochondria (3,4) only, the rest falls back to 0
+EXPECTED_4_ONE_PASS = np.where(DIFFICULT, 0, GRID)
+EXPECTED_4_ONE_PASS[0, 2] = 1
+EXPECTED_4_ONE_PASS[3, 4] = 3
+# mitochondria first, 8-conn: from (2,4) it takes (3,3),(3,4); then (2,2); (1,2),(2,1); (0,2),(0,3),(3,0);
+# (4,0),(4,1): every difficult pixel, nothing left for membrane
+EXPECTED_8_MITO_FIRST = np.where(DIFFICULT, 3, GRID)
+
+CASES = [
+    ({"connectivity": 4}, EXPECTED_4),
+    ({"connectivity": 4, "fallback": None}, EXPECTED_4_KEEP),
+    ({"connectivity": 8}, EXPECTED_8),
+    ({}, EXPECTED_8),  # defaults: priorities (1, 3), fallback 0, 8-connectivity
+    ({"connectivity": 4, "max_passes": 1}, EXPECTED_4_ONE_PASS),
+    ({"connectivity": 8, "priorities": (3, 1)}, EXPECTED_8_MITO_FIRST),
+    ({"connectivity": 4, "priorities": 1, "fallback": 4}, np.where(DIFFICULT & (EXPECTED_4 != 1), 4, EXPECTED_4)),
+]
+
+
+@pytest.mark.parametrize("kwargs,expected", CASES)
+def test_hand_computed_refinement(kwargs, expected):
+    prob = make_prob()
+    out = DifficultPixelRefine(**kwargs)(prob)
+    assert isinstance(out, np.ndarray)
+    assert out.shape == (1, 5, 5)
+    np.testing.assert_array_equal(out[0], expected)
+
+
+@pytest.mark.parametrize("kwargs,expected", CASES[:3])
+def test_torch_in_torch_out(kwargs, expected):
+    prob = torch.as_tensor(make_prob(), dtype=torch.float64)
+    out, conf, diff = DifficultPixelRefine(**kwargs)(prob, return_maps=True)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float64
+    np.testing.assert_array_equal(out[0].numpy(), expected)
+    np.testing.assert_allclose(conf[0].numpy(), np.where(DIFFICULT, 0.4, 0.9), rtol=1e-6)
+    assert diff.dtype == torch.bool
+    np.testing.assert_array_equal(diff[0].numpy(), DIFFICULT)
+
+
+def test_metatensor_keeps_meta():
+    prob = MetaTensor(torch.as_tensor(make_prob()), meta={"filename_or_obj": "a.png"})
+    out = DifficultPixelRefine(connectivity=4)(prob)
+    assert isinstance(out, MetaTensor)
+    assert out.meta["filename_or_obj"] == "a.png"
+    np.testing.assert_array_equal(out[0].numpy(), EXPECTED_4)
+
+
+def test_softmax_on_logits_matches_probabilities():
+    logits = np.log(make_prob()) + 3.0  # softmax(log p + c) == p
+    out = DifficultPixelRefine(connectivity=4, softmax=True)(logits)
+    np.testing.assert_array_equal(out[0], EXPECTED_4)
+
+
+def test_threshold_and_scale():
+    conf = confidence_map(make_prob())
+    assert conf.shape == (1, 5, 5)
+    np.testing.assert_array_equal(difficult_pixel_mask(conf)[0], DIFFICULT)
+    np.testing.assert_array_equal(difficult_pixel_mask(conf, threshold=0.3)[0], np.zeros((5, 5), bool))
+    np.testing.assert_array_equal(difficult_pixel_mask(conf, threshold=0.95)[0], np.ones((5, 5), bool))
+    # alpha = 0.5 * 0.7 = 0.35 < 0.4: nothing difficult, the arg-max is returned unchanged
+    out = DifficultPixelRefine(scale=0.5)(make_prob())
+    np.testing.assert_array_equal(out[0], np.argmax(make_prob(), axis=0))
+    # uniform confidence: f == mean everywhere, strict inequality -> nothing difficult
+    assert not difficult_pixel_mask(np.full((1, 3, 3), 0.5)).any()
+
+
+def test_refine_function_3d():
+    labels = np.zeros((3, 3, 3), dtype=np.int64)
+    labels[0, 0, 0] = 1
+    difficult = np.zeros((3, 3, 3), bool)
+    difficult[1, 1, 1] = difficult[2, 2, 2] = True
+    # 6-connectivity: (1,1,1) does not touch (0,0,0) -> fallback 0; 26-connectivity: chain of diagonals -> 1
+    np.testing.assert_array_equal(refine_difficult_pixels(labels, difficult, (1,), 0, 6), np.where(difficult, 0, labels))
+    np.testing.assert_array_equal(refine_difficult_pixels(labels, difficult, (1,), 0, 26), np.where(difficult, 1, labels))
+
+
+def test_dictionary_version():
+    prob = torch.as_tensor(make_prob())
+    d = {"pred": prob, "other": 1}
+    out = DifficultPixelRefined(
+        "pred", refined_keys="refined", confidence_keys="conf", difficult_keys="diff", connectivity=4
+    )(d)
+    assert out["pred"] is prob and out["other"] == 1
+    np.testing.assert_array_equal(out["refined"][0].numpy(), EXPECTED_4)
+    np.testing.assert_array_equal(out["diff"][0].numpy(), DIFFICULT)
+    np.testing.assert_allclose(out["conf"][0].numpy(), np.where(DIFFICULT, 0.4, 0.9), rtol=1e-6)
+    # default: overwrite the input key, store no maps
+    out = DifficultPixelRefined("pred", connectivity=4)({"pred": prob})
+    assert set(out) == {"pred"}
+    np.testing.assert_array_equal(out["pred"][0].numpy(), EXPECTED_4)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"priorities": (1, 1)},
+        {"priorities": (-1,)},
+        {"fallback": -2},
+        {"connectivity": 5},
+        {"max_passes": 0},
+        {"threshold": 0.5, "scale": 2.0},
+        {"scale": 0.0},
+    ],
+)
+def test_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        DifficultPixelRefine(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,shape",
+    [
+        ({}, (1, 5, 5)),  # one channel: an arg-max map, not probabilities
+        ({}, (5, 5)),  # no channel dimension
+        ({}, (1, 5, 5, 5, 5)),  # batch dimension left in
+        ({"priorities": (1, 7)}, (5, 5, 5)),  # class 7 does not exist
+        ({"fallback": 5}, (5, 5, 5)),
+        ({"connectivity": 6}, (5, 5, 5)),  # 3D connectivity on a 2D image
+    ],
+)
+def test_bad_inputs(kwargs, shape):
+    with pytest.raises(ValueError):
+        DifficultPixelRefine(**kwargs)(np.random.rand(*shape).astype(np.float32))
