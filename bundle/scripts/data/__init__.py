@@ -1,1 +1,41 @@
+"""Data: class map, 2D image I/O, synthetic EM-like data, dataset preparation and integrity checks.
 
+Command line: ``python -m scripts.data.prepare {drosophila,folders,synthetic,check} ...``.
+"""
+
+from .classes import CLASS_COLORS, CLASS_NAMES, DROSOPHILA_VALUE_MAP, NUM_CLASSES
+from .datalist import list_images, load_datalist, write_json
+from .drosophila import crop_grid, find_drosophila_sections, map_label_values, prepare_drosophila, section_folds
+from .folders import pair_files, parse_class_map, prepare_folders
+from .integrity import DatasetError, check_datalist
+from .io import SUPPORTED_EXTENSIONS, file_stem, image_extension, read_image, to_uint8, write_png
+from .synthetic import ensure_synthetic_dataset, generate_dataset, make_sample
+
+__all__ = [
+    "CLASS_COLORS",
+    "CLASS_NAMES",
+    "DROSOPHILA_VALUE_MAP",
+    "NUM_CLASSES",
+    "SUPPORTED_EXTENSIONS",
+    "DatasetError",
+    "check_datalist",
+    "crop_grid",
+    "ensure_synthetic_dataset",
+    "file_stem",
+    "find_drosophila_sections",
+    "generate_dataset",
+    "image_extension",
+    "list_images",
+    "load_datalist",
+    "make_sample",
+    "map_label_values",
+    "pair_files",
+    "parse_class_map",
+    "prepare_drosophila",
+    "prepare_folders",
+    "read_image",
+    "section_folds",
+    "to_uint8",
+    "write_json",
+    "write_png",
+]

@@ -1,0 +1,204 @@
+"""Dataset integrity check, run before any training so that bad data fails early with a useful message.
+
+``check_datalist`` reads every listed file once and collects *all* problems (up to a cap) into one
+:class:`DatasetError`, each line naming the file and the fix, instead of failing on the first bad file halfway
+through an epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .io import read_image
+
+__all__ = ["DatasetError", "check_datalist"]
+
+
+class DatasetError(ValueError):
+    """One or more problems in a dataset; ``problems`` holds one message per problem."""
+
+    def __init__(self, problems: Sequence[str], source: str = "dataset", max_listed: int = 20):
+        self.problems = list(problems)
+        listed = self.problems[:max_listed]
+        more = len(self.problems) - len(listed)
+        lines = [f"{source}: {len(self.problems)} problem(s) found:"] + [f"  - {p}" for p in listed]
+        if more > 0:
+            lines.append(f"  ... and {more} more problem(s).")
+        super().__init__("\n".join(lines))
+
+
+def _load(datalist: Any, keys: Sequence[str], base_dir) -> tuple[str, dict[str, Any], Path]:
+    """Return (description, {key: items or None}, base folder)."""
+    if isinstance(datalist, (str, os.PathLike)):
+        path = Path(datalist)
+        if not path.is_file():
+            raise DatasetError([f"{path}: datalist file not found; check the datalist_file setting."], str(path))
+        try:
+            content = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise DatasetError([f"{path}: not valid JSON ({e})."], str(path)) from e
+        if not isinstance(content, dict):
+            raise DatasetError([f"{path}: a datalist must be a JSON object with lists under its keys."], str(path))
+        return str(path), {k: content.get(k) for k in keys}, Path(base_dir) if base_dir else path.parent
+    base = Path(base_dir) if base_dir else Path.cwd()
+    if isinstance(datalist, dict):
+        return "datalist", {k: datalist.get(k) for k in keys}, base
+    if isinstance(datalist, (list, tuple)):
+        return "datalist", {"items": list(datalist)}, base
+    raise TypeError(f"datalist must be a path, a dict or a list of items, got {type(datalist).__name__}.")
+
+
+def _read(path: Path) -> tuple[np.ndarray | None, str | None]:
+    try:
+        return read_image(path), None
+    except FileNotFoundError:
+        return None, f"{path}: file not found; fix the path in the datalist or restore the file."
+    except ValueError as e:
+        return None, f"{e} Replace or re-export the file, or remove it from the datalist."
+
+
+def check_datalist(
+    datalist,
+    num_classes: int,
+    in_channels: int | None = None,
+    keys: Sequence[str] = ("training", "validation"),
+    require_labels: bool = True,
+    base_dir: str | os.PathLike | None = None,
+    max_listed: int = 20,
+) -> dict:
+    """Check a segmentation datalist before training.
+
+    Checks that there is at least one training item and every requested list is non-empty; every listed
+    image/label exists and is readable; each label has the spatial size of its image, one channel, and integer
+    values in ``[0, num_classes)``; each image's channel count (grey 1, RGB 3) equals ``in_channels`` when given.
+
+    Args:
+        datalist: a datalist JSON path (relative item paths resolve against its folder), a datalist dict
+            (relative paths resolve against ``base_dir`` or the working directory), or a list of items (e.g.
+            the output of ``monai.data.load_decathlon_datalist``; ``keys`` is then ignored).
+        num_classes: number of classes; label values must lie in ``[0, num_classes)``.
+        in_channels: expected image channels (1 grey, 3 RGB); ``None`` skips that check.
+        keys: datalist lists to check.
+        require_labels: whether every item must have a ``"label"``.
+        base_dir: folder to resolve relative paths against (default: the JSON file's folder / the working dir).
+        max_listed: at most this many problems are spelled out in the error message.
+
+    Returns:
+        A summary dict: ``counts`` (items per key), ``image_channels`` (sorted distinct channel counts),
+        ``min_size``/``max_size`` (smallest/largest image ``[H, W]``), ``class_pixels`` (pixels per class over
+        the distinct label files, a list of ``num_classes`` ints, usable for class weights).
+
+    Raises:
+        DatasetError: listing every problem found, each naming the file and the fix.
+        TypeError: when ``datalist`` is of an unsupported type.
+        ValueError: for a bad ``num_classes`` or ``in_channels``.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
+    if in_channels is not None and (
+        isinstance(in_channels, bool) or not isinstance(in_channels, (int, np.integer)) or in_channels < 1
+    ):
+        raise ValueError(f"in_channels must be a positive int or None, got {in_channels!r}.")
+    if isinstance(keys, str):
+        keys = (keys,)
+    source, lists, base = _load(datalist, keys, base_dir)
+
+    problems: list[str] = []
+    counts: dict[str, int] = {}
+    images: dict[Path, tuple[tuple[int, int] | None, str | None]] = {}  # path -> (size, error), read once
+    labels: dict[Path, tuple[tuple[int, int] | None, str | None]] = {}
+    channels: set[int] = set()
+    sizes: list[tuple[int, int]] = []
+    class_pixels = np.zeros(num_classes, np.int64)
+
+    def resolve(p: str) -> Path:
+        p = Path(p)
+        return p if p.is_absolute() else base / p
+
+    for key, items in lists.items():
+        if items is None:
+            hint = " (there must be at least one training item)" if key == "training" else ""
+            problems.append(f"{source}: no {key!r} list{hint}; add it, or check only the keys you use (keys=...).")
+            continue
+        if not isinstance(items, list):
+            problems.append(f"{source}: {key!r} must be a list of {{'image': ..., 'label': ...}} items.")
+            continue
+        counts[key] = len(items)
+        if not items:
+            what = "no training items" if key in ("training", "items") else f"the {key!r} list is empty"
+            problems.append(f"{source}: {what}; add at least one item (prepare the data with scripts.data.prepare).")
+        for n, item in enumerate(items):
+            if not isinstance(item, dict) or not isinstance(item.get("image"), (str, os.PathLike)):
+                problems.append(f"{source}: {key}[{n}] is not an item with an 'image' path: {item!r}.")
+                continue
+            image_path = resolve(item["image"])
+            if image_path not in images:
+                image, err = _read(image_path)
+                if err:
+                    problems.append(err)
+                    images[image_path] = (None, err)
+                else:
+                    c = 1 if image.ndim == 2 else image.shape[-1]
+                    channels.add(c)
+                    sizes.append(image.shape[:2])
+                    images[image_path] = (image.shape[:2], None)
+                    if in_channels is not None and c != in_channels:
+                        problems.append(
+                            f"{image_path}: image has {c} channel(s) but in_channels={in_channels}; set in_channels "
+                            f"to {c} in the config, or convert the image to {'grey' if in_channels == 1 else 'RGB'}."
+                        )
+            image_size = images[image_path][0]
+            if "label" not in item or item["label"] is None:
+                if require_labels:
+                    problems.append(f"{source}: {key}[{n}] ({image_path.name}) has no 'label'; add the label path.")
+                continue
+            label_path = resolve(item["label"])
+            if label_path not in labels:
+                label, err = _read(label_path)
+                if err:
+                    problems.append(err)
+                    labels[label_path] = (None, err)
+                    continue
+                labels[label_path] = (label.shape[:2], None)
+                if label.ndim != 2:
+                    problems.append(
+                        f"{label_path}: label has {label.shape[-1]} channels; labels must be single-channel "
+                        "class-index maps (re-export it as a grey PNG holding values 0..num_classes-1)."
+                    )
+                    continue
+                if not np.issubdtype(label.dtype, np.integer):
+                    if not np.all(np.isfinite(label)) or np.any(label != np.round(label)):
+                        problems.append(f"{label_path}: label holds non-integer values; store class indices.")
+                        continue
+                    label = label.astype(np.int64)
+                values = np.unique(label)
+                bad = values[(values < 0) | (values >= num_classes)]
+                if bad.size:
+                    shown = ", ".join(str(int(v)) for v in bad[:10]) + (", ..." if bad.size > 10 else "")
+                    problems.append(
+                        f"{label_path}: label values [{shown}] outside 0..{num_classes - 1} (num_classes="
+                        f"{num_classes}); fix the class map used to prepare the labels (e.g. `python -m "
+                        "scripts.data.prepare folders --class-map ...`) or set num_classes."
+                    )
+                else:
+                    class_pixels += np.bincount(label.ravel().astype(np.int64), minlength=num_classes)
+            label_size = labels[label_path][0]
+            if image_size is not None and label_size is not None and image_size != label_size:
+                problems.append(
+                    f"{label_path}: label size {list(label_size)} differs from its image {image_path.name} "
+                    f"{list(image_size)}; labels must have the image's height and width."
+                )
+    if problems:
+        raise DatasetError(problems, source, max_listed)
+    return {
+        "counts": counts,
+        "image_channels": sorted(channels),
+        "min_size": [int(min(s[0] for s in sizes)), int(min(s[1] for s in sizes))] if sizes else None,
+        "max_size": [int(max(s[0] for s in sizes)), int(max(s[1] for s in sizes))] if sizes else None,
+        "class_pixels": [int(v) for v in class_pixels],
+    }
