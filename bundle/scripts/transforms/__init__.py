@@ -6,3 +6,5 @@ from .difficult_pixels import (
     difficult_pixel_mask,
     refine_difficult_pixels,
 )
+from .save_probabilities import SaveProbabilityMaps, SaveProbabilityMapsd
+from .border_weights import UNetBorderWeightMap, UNetBorderWeightMapd, border_distances
