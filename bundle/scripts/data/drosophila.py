@@ -103,7 +103,9 @@ def map_label_values(label: np.ndarray, value_map: dict[int, int], name: str | o
     Raises:
         ValueError: when ``label`` holds values not in ``value_map`` (the message names ``name`` and the values).
     """
-    values, inverse = np.unique(label, return_inverse=True)
+    label = np.asarray(label)
+    small = label.dtype in (np.uint8, np.uint16)  # fast path: a lookup table over all possible values
+    values = np.flatnonzero(np.bincount(label.ravel())) if small else np.unique(label)
     missing = [v for v in values.tolist() if v not in value_map]
     if missing:
         shown = ", ".join(str(v) for v in missing[:20]) + (", ..." if len(missing) > 20 else "")
@@ -111,7 +113,12 @@ def map_label_values(label: np.ndarray, value_map: dict[int, int], name: str | o
             f"{name}: label values [{shown}] are not in the class map {dict(sorted(value_map.items()))}; "
             "add them to the class map or fix the label file."
         )
-    return np.asarray([value_map[v] for v in values.tolist()], np.uint8)[inverse].reshape(label.shape)
+    if small:
+        lut = np.zeros(int(values.max()) + 1, np.uint8)
+        lut[values] = [value_map[v] for v in values.tolist()]
+        return lut[label]
+    mapped = np.asarray([value_map[v] for v in values.tolist()], np.uint8)
+    return mapped[np.searchsorted(values, label)]
 
 
 def crop_grid(height: int, width: int, crop: int) -> list[tuple[int, int, int, int]]:

@@ -47,8 +47,6 @@ def _to_2d(arr: np.ndarray, path: Path, channel_first_ok: bool) -> np.ndarray:
         logger.debug("%s: dropping the alpha channel", path)
         arr = arr[..., :3]
     if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 3):
-        if min(arr.shape[:2]) < 1:
-            raise ValueError(f"{path}: empty image of shape {arr.shape}.")
         return arr
     raise ValueError(
         f"{path}: expected a 2D image, grey (H, W) or RGB (H, W, 3), but it holds an array of shape "
@@ -110,7 +108,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             channel_first_ok = False
     except Exception as e:  # any decoder failure means the file cannot be used; say which file
         raise ValueError(f"{path}: cannot read this {ext} file (corrupt, truncated or not a {ext} image): {e}") from e
-    return _to_2d(np.asarray(arr), path, channel_first_ok)
+    arr = np.asarray(arr)
+    if arr.size == 0:
+        raise ValueError(f"{path}: cannot read this {ext} file: it holds no pixel data (corrupt or truncated).")
+    return _to_2d(arr, path, channel_first_ok)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
