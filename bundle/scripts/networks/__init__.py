@@ -1,1 +1,8 @@
+"""Networks of the bundle: the original U-Net (same/valid padding), X-Net, and the Double U-Net and Ensemble U-Net
+baselines. All take ``spatial_dims, in_channels, out_channels, features, padding, batch_norm, dropout``, return raw
+logits, and expose their size rule (``padding``, ``depth``, ``size_divisor``, ``margin``, ``receptive_field``,
+``output_size()``, ``valid_input_size()``) and ``num_outputs`` (length of the training-mode output tuple)."""
 
+from scripts.networks.unet import UNet
+
+__all__ = ["UNet"]
