@@ -145,8 +145,8 @@ class SoftRegionLoss(_Loss):
             ValueError: when the number of class weights differs from the number of classes.
         """
         num_classes = f.shape[-1]
-        if self.class_weight is not None and num_classes != 1:
-            cw = self.class_weight
+        cw = self.class_weight
+        if cw is not None:
             if cw.ndim == 1 and cw.shape[0] != num_classes:
                 raise ValueError(
                     f"`weight` has {cw.shape[0]} values but the loss sees {num_classes} classes. "
