@@ -1,8 +1,11 @@
 """Networks of the bundle: the original U-Net (same/valid padding), X-Net, and the Double U-Net and Ensemble U-Net
 baselines. All take ``spatial_dims, in_channels, out_channels, features, padding, batch_norm, dropout``, return raw
 logits, and expose their size rule (``padding``, ``depth``, ``size_divisor``, ``margin``, ``receptive_field``,
-``output_size()``, ``valid_input_size()``) and ``num_outputs`` (length of the training-mode output tuple)."""
+``output_size()``, ``valid_input_size()``) and ``num_outputs`` (length of the training-mode output tuple; the
+multi-output networks return one tensor in eval mode)."""
 
+from scripts.networks.baselines import DoubleUNet, EnsembleUNet
 from scripts.networks.unet import UNet
+from scripts.networks.xnet import XNET_SKIP_MODES, XNet
 
-__all__ = ["UNet"]
+__all__ = ["DoubleUNet", "EnsembleUNet", "UNet", "XNET_SKIP_MODES", "XNet"]

@@ -390,12 +390,19 @@ def dependency_interval(depth: int, padding: str, position: int) -> tuple[int, i
     return from_decoder(0, position, position)
 
 
-def receptive_field(depth: int, padding: str) -> int:
+def receptive_field(depth: int, padding: str, stages: int = 1) -> int:
     """Theoretical receptive field (pixels, along one axis) of a U-Net-family network: the largest
-    :func:`dependency_interval` over the ``2 ** depth`` output phases."""
+    :func:`dependency_interval` over the ``2 ** depth`` output phases.
+
+    ``stages > 1``: that many such networks in series, each reading the previous one's output aligned pixel for
+    pixel (same padding). Both ends of :func:`dependency_interval` are non-decreasing in the position, so the
+    interval of a chain is the first stage's interval of the ends of the later stages' interval.
+    """
     widths = []
     for position in range(2**depth):
-        lo, hi = dependency_interval(depth, padding, position)
+        lo, hi = position, position
+        for _ in range(stages):
+            lo, hi = dependency_interval(depth, padding, lo)[0], dependency_interval(depth, padding, hi)[1]
         widths.append(hi - lo + 1)
     return max(widths)
 
