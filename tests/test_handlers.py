@@ -60,7 +60,8 @@ def test_report_without_metric_details_says_what_to_attach(tmp_path):
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_loss_stops_with_message(bad):
     losses = iter([1.0, bad, 0.5])
-    engine = Engine(lambda e, b: {"loss": torch.tensor(next(losses))})
+    # MONAI trainers decollate: the output is a list of per-sample dicts
+    engine = Engine(lambda e, b: [{"loss": torch.tensor(next(losses))}])
     StopOnNonFiniteLoss().attach(engine)
     with pytest.raises(FloatingPointError, match="learning rate"):
         engine.run([0, 1, 2], max_epochs=1)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 import torch
 from ignite.engine import Engine, Events
+from monai.handlers import from_engine
 
 __all__ = ["StopOnNonFiniteLoss"]
 
@@ -21,20 +23,20 @@ class StopOnNonFiniteLoss:
     a diverged run should fail loudly.
 
     Args:
-        loss_key: key of the loss in ``engine.state.output``.
+        output_transform: picks the loss out of ``engine.state.output`` (MONAI trainers decollate their output into a
+            list of per-sample dicts, hence the default ``from_engine(["loss"], first=True)``).
     """
 
-    def __init__(self, loss_key: str = "loss") -> None:
-        self.loss_key = loss_key
+    def __init__(self, output_transform: Callable | None = None) -> None:
+        self.output_transform = output_transform or from_engine(["loss"], first=True)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        out = engine.state.output
-        loss = out.get(self.loss_key) if isinstance(out, dict) else out
-        if loss is None:
-            return
+        loss = self.output_transform(engine.state.output)
+        if isinstance(loss, (list, tuple)):
+            loss = loss[0]
         value = float(loss.detach().float().mean()) if isinstance(loss, torch.Tensor) else float(loss)
         if math.isfinite(value):
             return

@@ -1,0 +1,106 @@
+"""The three workflows end to end through ``python -m monai.bundle run``, on tiny synthetic data, CPU.
+
+One module-scoped training run feeds evaluation and inference; running from inside ``bundle/``, the default run id,
+resuming, and the integrity check before training are covered too.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bundle_runner import BUNDLE, TINY, config_arg, run_bundle
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundle_root")
+    proc = run_bundle(config_arg("train.json"), "training", {**TINY, "bundle_root": str(root)})
+    return root, proc
+
+
+def test_training_writes_checkpoints_and_logs(trained):
+    root, proc = trained
+    assert (root / "models" / "model.pt").is_file(), proc.stdout[-3000:]
+    state = torch.load(root / "models" / "model.pt", map_location="cpu")
+    assert any(k.endswith("weight") for k in state), "model.pt should hold the network's state_dict"
+    resumable = list((root / "models").glob("checkpoint_epoch=*.pt"))
+    assert [p.name for p in resumable] == ["checkpoint_epoch=2.pt"]
+    ckpt = torch.load(resumable[0], map_location="cpu", weights_only=False)
+    assert {"model", "optimizer", "trainer", "lr_scheduler"} <= set(ckpt)
+    assert ckpt["trainer"]["iteration"] == 4  # 2 epochs x 2 iterations
+    assert list((root / "logs").glob("events.out.tfevents.*")), "TensorBoard events expected"
+    assert "val_mean_iou" in proc.stdout + proc.stderr
+
+
+def test_resume_continues_from_last_epoch(trained, tmp_path):
+    root, _ = trained
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy)
+    proc = run_bundle(config_arg("train.json"), "training", {**TINY, "bundle_root": str(copy), "resume": True, "epochs": 3})
+    out = proc.stdout + proc.stderr
+    assert "checkpoint_epoch=3.pt" in {p.name for p in (copy / "models").glob("checkpoint_epoch=*.pt")}
+    assert "Epoch[1]" not in out, "a resumed run must not start again from epoch 1"
+    assert "Epoch[3]" in out
+
+
+def test_evaluate_writes_metrics(trained):
+    root, _ = trained
+    proc = run_bundle(config_arg("train.json", "evaluate.json"), None, {**TINY, "bundle_root": str(root), "save_predictions": True})
+    report = json.loads((root / "eval" / "metrics.json").read_text())
+    assert report["num_images"] == 2
+    assert set(report["per_class"]) == {"intracellular", "membrane", "glia_extracellular", "mitochondria", "synapse"}
+    assert 0.0 <= report["mean_iou"] <= 1.0 and 0.0 <= report["per_image_mean_iou"] <= 1.0
+    assert sum(map(sum, report["confusion_matrix"])) == 2 * 64 * 64
+    assert (root / "eval" / "metrics.csv").is_file() and (root / "eval" / "metrics_per_image.csv").is_file()
+    assert "IoU (per-image mean)" in proc.stdout + proc.stderr
+    preds = sorted((root / "eval" / "predictions").glob("*.png"))
+    assert len(preds) == 2 and np.asarray(Image.open(preds[0])).shape == (64, 64)
+
+
+def test_inference_writes_label_and_probability_maps(trained, tmp_path):
+    root, _ = trained
+    # any-size input: a non-square image larger than the tile
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (70, 90), dtype=np.uint8)).save(src / "odd.png")
+    out = tmp_path / "out"
+    run_bundle(config_arg("inference.json"), None, {"bundle_root": str(root), "features": TINY["features"],
+               "patch_size": TINY["patch_size"], "input": str(src), "output_dir": str(out)})
+    seg = np.asarray(Image.open(out / "odd_seg.png"))
+    assert seg.shape == (70, 90) and seg.dtype == np.uint8 and seg.max() < 5
+    import tifffile
+
+    prob = tifffile.imread(out / "odd_prob.tif")
+    assert prob.shape == (5, 70, 90)
+    np.testing.assert_allclose(prob.sum(0), 1.0, atol=1e-4)
+    assert np.array_equal(prob.argmax(0), seg), "label map must be the argmax of the saved probabilities"
+
+
+def test_runs_from_inside_bundle_with_default_run_id(tmp_path):
+    overrides = {**TINY, "epochs": 1, "bundle_root": str(tmp_path)}
+    run_bundle("configs/train.json", None, overrides, cwd=BUNDLE)
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+
+def test_integrity_check_runs_before_training(tmp_path):
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(data / "images" / "a.png")
+    Image.fromarray(np.full((32, 32), 7, np.uint8)).save(data / "labels" / "a.png")
+    datalist = {"training": [{"image": "images/a.png", "label": "labels/a.png"}], "validation": [{"image": "images/a.png", "label": "labels/a.png"}]}
+    (data / "datalist.json").write_text(json.dumps(datalist))
+    proc = run_bundle(config_arg("train.json"), None, {**TINY, "bundle_root": str(tmp_path), "datalist_file": str(data / "datalist.json")}, check=False)
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert "labels/a.png" in err and "7" in err
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir()), "nothing trained"
