@@ -15,7 +15,9 @@ from monai.networks import one_hot
 from monai.utils import LossReduction
 
 
-def as_class_weight(weight: Sequence[float] | float | int | torch.Tensor | None, name: str = "weight") -> torch.Tensor | None:
+def as_class_weight(
+    weight: Sequence[float] | float | int | torch.Tensor | None, name: str = "weight"
+) -> torch.Tensor | None:
     """Validate class weights given as a number, a list/tuple or a tensor and return them as a float tensor.
 
     Args:
@@ -36,7 +38,9 @@ def as_class_weight(weight: Sequence[float] | float | int | torch.Tensor | None,
     except (TypeError, ValueError, RuntimeError) as e:
         raise TypeError(f"`{name}` must be None, a number or a sequence of numbers, got {weight!r}.") from e
     if w.ndim > 1:
-        raise ValueError(f"`{name}` must be a number or a 1-D sequence (one value per class), got shape {tuple(w.shape)}.")
+        raise ValueError(
+            f"`{name}` must be a number or a 1-D sequence (one value per class), got shape {tuple(w.shape)}."
+        )
     if w.numel() == 0:
         raise ValueError(f"`{name}` must not be empty; pass None for no class weighting.")
     if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):

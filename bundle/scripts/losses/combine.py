@@ -149,7 +149,9 @@ class MultiOutputLoss(_Loss):
             )
         targets = [target] * len(outputs) if isinstance(target, torch.Tensor) else list(target)
         if len(targets) != len(outputs):
-            raise ValueError(f"got {len(targets)} targets for {len(outputs)} outputs; give one target or one per output.")
+            raise ValueError(
+                f"got {len(targets)} targets for {len(outputs)} outputs; give one target or one per output."
+            )
         total = self.weights[0] * self.losses[0](outputs[0], targets[0])
         for i in range(1, len(outputs)):
             total = total + self.weights[i] * self.losses[i](outputs[i], targets[i])

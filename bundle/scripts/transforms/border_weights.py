@@ -125,7 +125,9 @@ class UNetBorderWeightMap(Transform):
             raise ValueError(f"`sigma` must be a finite number greater than 0 (pixels), got {sigma!r}.")
         if object_classes is not None:
             if isinstance(object_classes, (str, bytes)) or not isinstance(object_classes, Sequence):
-                raise ValueError(f"`object_classes` must be None or a list of class indices, got {object_classes!r}.")
+                raise ValueError(
+                    f"`object_classes` must be None or a list of class indices, got {object_classes!r}."
+                )
             if len(object_classes) == 0 or not all(
                 isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c >= 0 for c in object_classes
             ):
@@ -133,16 +135,20 @@ class UNetBorderWeightMap(Transform):
                     f"`object_classes` must be a non-empty list of class indices >= 0, got {object_classes!r}."
                 )
             object_classes = [int(c) for c in object_classes]
+        bad_weights = (
+            "`class_weights` must be 'frequency', None or a non-empty list of finite floats >= 0, "
+            f"got {class_weights!r}."
+        )
         if isinstance(class_weights, str):
             if class_weights != "frequency":
-                raise ValueError(f"`class_weights` must be 'frequency', None or a list of floats, got {class_weights!r}.")
+                raise ValueError(bad_weights)
         elif class_weights is not None:
             try:
                 cw = np.asarray(class_weights, dtype=np.float64)
             except (TypeError, ValueError) as e:
-                raise ValueError(f"`class_weights` must be 'frequency', None or a list of floats, got {class_weights!r}.") from e
+                raise ValueError(bad_weights) from e
             if cw.ndim != 1 or cw.size == 0 or not np.all(np.isfinite(cw)) or np.any(cw < 0):
-                raise ValueError(f"`class_weights` must be a non-empty list of finite floats >= 0, got {class_weights!r}.")
+                raise ValueError(bad_weights)
             class_weights = cw
         self.w0 = float(w0)
         self.sigma = float(sigma)
@@ -240,7 +246,9 @@ class UNetBorderWeightMapd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         if weight_key is not None and len(self.keys) != 1:
             raise ValueError(f"`weight_key` stores one map: give one label key, got {list(self.keys)}.")
-        self.transform = UNetBorderWeightMap(w0=w0, sigma=sigma, object_classes=object_classes, class_weights=class_weights)
+        self.transform = UNetBorderWeightMap(
+            w0=w0, sigma=sigma, object_classes=object_classes, class_weights=class_weights
+        )
         self.weight_key = weight_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
