@@ -44,15 +44,16 @@ def test_all_classes_present_and_plausible(seed):
 
 
 def test_speed():
+    # CPU time of this process (not wall time), so that other jobs on a shared machine do not fail the test
     make_sample(256, seed=0)  # warm up imports/caches
     best = min(_timed(seed) for seed in (1, 2, 3))
-    assert best < 0.5, f"256x256 sample took {best:.3f} s"
+    assert best < 0.5, f"256x256 sample took {best:.3f} s of CPU time"
 
 
 def _timed(seed: int) -> float:
-    t = time.perf_counter()
+    t = time.process_time()
     make_sample(256, seed=seed)
-    return time.perf_counter() - t
+    return time.process_time() - t
 
 
 @pytest.mark.parametrize(

@@ -96,8 +96,7 @@ def make_sample(size=256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     py = yy + _smooth_noise(rng, shape, 10.0, warp_amp)
     px = xx + _smooth_noise(rng, shape, 10.0, warp_amp)
     pts = np.stack([py.ravel(), px.ravel()], 1)
-    k = min(6, n)
-    dist, idx = cKDTree(seeds).query(pts, k=k)
+    dist, idx = cKDTree(seeds).query(pts, k=6)  # the two nearest by weighted distance are among these
     wdist = dist * weight[idx]
     order = np.argsort(wdist, axis=1)[:, :2]
     rows = np.arange(len(pts))
@@ -110,13 +109,13 @@ def make_sample(size=256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     # ---- per cell and per wall properties ----
     is_glia = rng.random(n) < rng.uniform(0.06, 0.16)
     half_t = rng.uniform(0.9, 2.2, n)  # membrane half thickness per cell
-    pair_rand = rng.random((n, n))
-    pair_rand = (pair_rand + pair_rand.T) / 2.0
+    cell_rand = rng.random(n)
     along = _smooth_noise(rng, shape, 6.0)  # modulation along walls
     thick = 0.5 * (half_t[cell] + half_t[other]) * np.clip(1.0 + 0.3 * along, 0.5, 1.6)
     # tapered extracellular gaps along ~15% of walls between neurons
-    gap_pair = np.where(pair_rand < rng.uniform(0.08, 0.2), 1.0, 0.0)
-    gap_width = gap_pair[cell, other] * np.clip(_smooth_noise(rng, shape, 8.0, 1.0) + 0.5, 0.0, 1.5) * rng.uniform(2.0, 5.0)
+    u, v = cell_rand[cell] + cell_rand[other], cell_rand[cell] * cell_rand[other]  # symmetric in the pair
+    pair_rand = np.modf(np.abs(np.sin(78.233 * u + 12.9898 * v)) * 43758.5453)[0]  # hash -> uniform in [0, 1)
+    gap_width = (pair_rand < rng.uniform(0.08, 0.2)) * np.clip(_smooth_noise(rng, shape, 8.0, 1.0) + 0.5, 0.0, 1.5) * rng.uniform(2.0, 5.0)
 
     label = np.full(shape, INTRACELLULAR, np.uint8)
     label[is_glia[cell]] = GLIA
@@ -156,7 +155,7 @@ def make_sample(size=256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     vesicle_centres = []
     band = (wall < gap_width + thick + 2.0) & ~is_glia[cell] & ~is_glia[other] & (gap_width == 0)
     cand = np.flatnonzero(band & (label == MEMBRANE))
-    n_syn = rng.poisson(rng.uniform(2.0, 5.0) * h * w / 256.0**2)
+    n_syn = 1 + rng.poisson(rng.uniform(2.0, 5.0) * h * w / 256.0**2)
     synapse = np.zeros(shape, bool)
     for p in rng.choice(cand, size=min(n_syn, len(cand)), replace=False) if len(cand) else []:
         y, x = divmod(int(p), w)
@@ -204,7 +203,8 @@ def make_sample(size=256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     img = np.where(label == SYNAPSE, rng.uniform(20.0, 35.0) + _smooth_noise(rng, shape, 1.0, 6.0), img)
 
     img = ndimage.gaussian_filter(img, rng.uniform(0.7, 1.3))
-    illum = 1.0 + _smooth_noise(rng, shape, max(h, w) / 4.0, rng.uniform(0.03, 0.1))
+    coarse = rng.standard_normal((4, 4)) * rng.uniform(0.03, 0.1)  # uneven illumination, smooth over the image
+    illum = 1.0 + ndimage.zoom(coarse, (h / 4.0, w / 4.0), order=3, mode="nearest")[:h, :w]
     img = img * illum + rng.normal(0.0, rng.uniform(7.0, 13.0), shape)
     image = np.clip(np.round(img), 0, 255).astype(np.uint8)
     return image, label
