@@ -9,8 +9,9 @@ the same as one forward pass of the network over the whole mirror-padded image:
   outputs of ``roi`` pixels tile the image exactly; the image is mirror padded by ``network.margin``;
 - a **same-padding** network (output as large as its input) is fed input tiles that extend ``overlap_border``
   pixels beyond the output tile on every side; that border band of each tile's output, the part that saw the tile's
-  own zero padding, is discarded. The image is mirror padded by ``margin``. When ``overlap_border`` is at least the
-  network's receptive-field radius, every kept pixel is computed from exactly the pixels a whole-image pass would use.
+  own zero padding, is discarded. The image is mirror padded by ``margin``. When ``overlap_border`` is at least how
+  far a pixel's receptive field reaches to one side, every kept pixel is computed from exactly the pixels a
+  whole-image pass would use.
 
 Tile offsets are kept on the network's pooling grid (multiples of ``network.size_divisor``), so max pooling sees the
 same windows in a tile as in the whole image, and the tiled result matches the whole-image pass to float rounding.
@@ -114,11 +115,12 @@ class OverlapTileInferer(Inferer):
       ``network.margin`` and the result equals the network applied to the whole mirror-padded image.
     - same: input tile ``r + 2 * overlap_border``, output stride ``r``; each tile's outer ``overlap_border`` output
       pixels are discarded; the image is mirror padded by ``margin``. With ``overlap_border`` (default: ``margin``)
-      at least the receptive-field radius, the result equals the network applied to the whole image mirror padded by
-      ``margin`` (to float rounding); a smaller ``overlap_border`` trades accuracy at tile seams for speed.
+      at least how far a pixel's receptive field reaches to one side (the default margin is), the result equals the
+      network applied to the whole image mirror padded by ``margin`` (to float rounding); a smaller
+      ``overlap_border`` trades accuracy at tile seams for speed.
 
-    Compute cost is ``(input tile / r) ** 2`` times a whole-image pass, e.g. about 3x for a depth-4 U-Net with
-    ``roi_size=256``: larger tiles cost less.
+    Compute cost is about ``(input tile / r) ** 2`` times a whole-image pass, e.g. ``(480 / 256) ** 2 = 3.5`` for a
+    same-padding depth-4 U-Net with ``roi_size=256`` (valid: ``(444 / 256) ** 2 = 3.0``): larger tiles cost less.
 
     A network in training mode that returns a tuple (X-Net's deep-supervision outputs) is reduced to its last
     element, the final prediction; in eval mode networks return one tensor. Gradients are left to the caller, as in
@@ -136,9 +138,12 @@ class OverlapTileInferer(Inferer):
             the network's ``size_divisor``. Default 256.
         sw_batch_size: number of tiles per forward pass (tiles of all images of the batch are mixed). Default 4.
         margin: same-padding networks only: width of the mirror-padded context added around the image, in pixels.
-            Default ``None``: ``ceil((network.receptive_field - 1) / 2)``, the receptive-field radius, which makes the
-            result exact. Rounded up to a multiple of ``size_divisor``. Must be ``None`` for valid networks, whose
-            margin is ``network.margin``.
+            Default ``None``: ``ceil((network.receptive_field + size_divisor - 2) / 2)``, the receptive-field radius
+            ``(receptive_field - 1) / 2`` plus half the pooling-phase shift ``(size_divisor - 1) / 2``: pooling makes
+            a pixel's dependency window sit off-centre by up to that much, so this is how far a pixel can read to one
+            side, and it makes the result exact (depth-4 U-Net: receptive field 204, margin 109 -> 112). Rounded up
+            to a multiple of ``size_divisor``. Must be ``None`` for valid networks, whose margin is
+            ``network.margin``.
         mode: how the image is padded: ``"reflect"`` (mirror, the U-Net paper's choice; default), ``"replicate"`` or
             ``"constant"`` (zeros).
         overlap_border: same-padding networks only: the band of each tile's output discarded on every side, i.e. the
@@ -243,9 +248,9 @@ class OverlapTileInferer(Inferer):
                 if rf is None:
                     raise ValueError(
                         f"cannot derive the context margin of {type(net).__name__}: it has no 'receptive_field' "
-                        "attribute. Pass margin=<receptive-field radius in pixels> to OverlapTileInferer."
+                        "attribute. Pass margin=<how far the network reads to one side, in pixels> to OverlapTileInferer."
                     )
-                margin = math.ceil((int(rf) - 1) / 2)
+                margin = math.ceil((int(rf) + div - 2) / 2)
             border = margin if self.overlap_border is None else self.overlap_border
             if border > margin:
                 raise ValueError(f"overlap_border ({border}) must not exceed margin ({margin}).")

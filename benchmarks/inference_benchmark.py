@@ -1,0 +1,304 @@
+"""Whole-image inference, side by side: overlap-tile vs MONAI sliding window vs one whole-image forward pass.
+
+On one ``--size`` x ``--size`` image (a Drosophila ssTEM section, ``stack1/raw/00.tif``, when the dataset is present,
+else a synthetic EM-like image from :func:`scripts.data.make_sample`; the output says which):
+
+- (a) ``OverlapTileInferer`` with a same-padding ``UNet``;
+- (b) MONAI's ``sliding_window_inference`` with its defaults (roi 256, overlap 0.25, constant padding, blend mode
+  "constant"), same network, same ``sw_batch_size`` as (a);
+- (c) one forward pass of the same-padding UNet over the whole image: the compute floor, and the reference all
+  rows are compared to;
+- (a-ref) one forward pass over the image mirror padded by (a)'s margin: what (a) must equal exactly;
+- (d) ``OverlapTileInferer`` with a valid-mode ``UNet`` (same weights), and (d-ref) one valid-mode forward pass
+  over the whole mirror-padded image, which (d) must equal exactly.
+
+For each: wall time (median of ``--repeats`` runs, after a warm-up run of every method on a quarter-size crop), peak
+memory (CUDA: ``torch.cuda.max_memory_allocated`` above what was allocated before; CPU: peak resident set size above
+the size before the call, sampled every 2 ms from ``/proc/self/statm``, with glibc's ``mallopt`` set so freed
+tensors go back to the OS), agreement with (c) over the whole image and over its interior (pixels farther than (a)'s
+margin from the border, where mirror vs zero padding of the image cannot matter) and with the method's exact
+reference (label agreement %, max abs softmax-probability difference), and time/memory ratios to (c).
+
+Weights are random (He initialisation, seed 0) unless ``--ckpt`` gives a state dict of a ``UNet`` with these
+``--features`` (the valid-mode UNet has the same parameter shapes and gets the same weights): timing does not
+depend on the weights, and random weights already show where tiling changes the result.
+
+Usage::
+
+    python benchmarks/inference_benchmark.py [--size 1024] [--features 16 32 64 128 256] [--device cpu|cuda]
+        [--roi 256] [--sw-batch-size 4] [--repeats 3] [--ckpt model.pt] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import glob
+import json
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
+
+from scripts.data import NUM_CLASSES, make_sample
+from scripts.data.io import read_image
+from scripts.inferers import OverlapTileInferer, mirror_pad
+from scripts.networks import UNet
+
+DROSOPHILA_RAW = "/work/shared/datasets/drosophila-vnc/stack1/raw"
+
+
+def return_freed_memory_to_os() -> bool:
+    """Make glibc serve every allocation >= 128 KiB with mmap and unmap it on free (a fixed threshold, instead of
+    the default one that grows after large frees and then keeps freed tensors in the heap), so that resident-set
+    deltas measure each call on its own. Returns False where this is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 128 * 1024)) and bool(libc.mallopt(m_trim_threshold, 128 * 1024))
+
+
+def load_image(size: int) -> tuple[torch.Tensor, str]:
+    """A (1, 1, size, size) float32 image in [0, 1] and a description of where it came from."""
+    files = sorted(glob.glob(os.path.join(DROSOPHILA_RAW, "*.tif")))
+    if files:
+        raw = read_image(files[0]).astype(np.float32)
+        source = f"Drosophila ssTEM section {files[0]} ({raw.shape[0]}x{raw.shape[1]})"
+        if raw.shape[0] < size or raw.shape[1] < size:  # mirror it out to the requested size
+            raw = np.pad(raw, ((0, max(size - raw.shape[0], 0)), (0, max(size - raw.shape[1], 0))), mode="symmetric")
+            source += ", mirror-extended"
+        raw = raw[:size, :size]
+    else:
+        raw = make_sample(size, seed=0)[0].astype(np.float32)
+        source = f"synthetic EM-like image (scripts.data.make_sample, seed 0; {DROSOPHILA_RAW} not found)"
+    return torch.from_numpy(raw / 255.0)[None, None], source
+
+
+class PeakMemory:
+    """Peak memory above the level at entry: CUDA allocator on GPU, sampled resident set size on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak = 0
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._max = max(self._max, self._rss())
+            time.sleep(0.002)
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+        else:
+            self._base = self._max = self._rss()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self._base
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self._max, self._rss()) - self._base
+
+
+def run(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int) -> tuple[torch.Tensor, float, int]:
+    """Run ``fn`` ``repeats`` times; return its output, the median wall time (s) and the largest peak memory (B)."""
+    times, peaks = [], []
+    out = None
+    for _ in range(repeats):
+        out = None  # free the previous output before measuring memory again
+        with PeakMemory(device) as mem:
+            start = time.perf_counter()
+            out = fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        peaks.append(mem.peak)
+    return out.float().cpu(), statistics.median(times), max(peaks)  # type: ignore[union-attr]
+
+
+def agreement(pred: torch.Tensor, ref: torch.Tensor, border: int = 0) -> tuple[float, float]:
+    """(label agreement in %, max abs softmax-probability difference) of two (1, C, H, W) logit maps, leaving out
+    ``border`` pixels on each side."""
+    if border:
+        pred, ref = pred[:, :, border:-border, border:-border], ref[:, :, border:-border, border:-border]
+    labels = (pred.argmax(1) == ref.argmax(1)).double().mean().item() * 100
+    return labels, (pred.softmax(1) - ref.softmax(1)).abs().max().item()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=1024, help="image side in pixels (default 1024)")
+    parser.add_argument("--features", type=int, nargs="+", default=[16, 32, 64, 128, 256])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--roi", type=int, default=256, help="tile / window size (default 256)")
+    parser.add_argument("--sw-batch-size", type=int, default=4, help="tiles per forward pass, (a), (b), (d)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per method; the median is reported")
+    parser.add_argument("--ckpt", help="state dict of a UNet with these --features (default: random weights)")
+    parser.add_argument("--batch-norm", action="store_true", help="UNet with batch norm (to match --ckpt)")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args()
+    if args.repeats < 1 or args.size < 32:
+        parser.error("--repeats must be >= 1 and --size >= 32")
+    device = torch.device(args.device)
+    malloc_note = "" if device.type == "cuda" or return_freed_memory_to_os() else " (mallopt unavailable: not glibc)"
+
+    image, source = load_image(args.size)
+    image = image.to(device)
+    nets = {}
+    for padding in ("same", "valid"):
+        torch.manual_seed(0)
+        nets[padding] = UNet(
+            spatial_dims=2,
+            in_channels=1,
+            out_channels=NUM_CLASSES,
+            features=args.features,
+            padding=padding,
+            batch_norm=args.batch_norm,
+        )
+    if args.ckpt:
+        nets["same"].load_state_dict(torch.load(args.ckpt, map_location="cpu"))
+        weights = f"checkpoint {args.ckpt}"
+    else:
+        weights = "random (He init, seed 0)"
+    nets["valid"].load_state_dict(nets["same"].state_dict())
+    same, valid = (nets[p].to(device).eval() for p in ("same", "valid"))
+
+    tiler = OverlapTileInferer(roi_size=args.roi, sw_batch_size=args.sw_batch_size)
+    geo_same = tiler.geometry(same, image.shape[2:])
+    geo_valid = tiler.geometry(valid, image.shape[2:])
+    m = geo_same["pad"][0]  # the same-mode margin, rounded to the pooling grid
+
+    def mirror_whole(x: torch.Tensor) -> torch.Tensor:  # (a-ref): the whole image mirror padded by m, cropped back
+        h, w = x.shape[2:]
+        d = same.size_divisor
+        padded = mirror_pad(x, [(m, -(-(s + 2 * m) // d) * d - s - m) for s in (h, w)])
+        return same(padded)[:, :, m : m + h, m : m + w]
+
+    def valid_whole(x: torch.Tensor) -> torch.Tensor:  # (d-ref): one valid-mode pass over the mirror-padded image
+        h, w = x.shape[2:]
+        padded = mirror_pad(x, [(valid.margin, valid.valid_input_size(s) - s - valid.margin) for s in (h, w)])
+        return valid(padded)[:, :, :h, :w]
+
+    def sliding(x: torch.Tensor) -> torch.Tensor:
+        return sliding_window_inference(
+            x, args.roi, args.sw_batch_size, same, overlap=0.25, mode="constant", padding_mode="constant"
+        )
+
+    methods = {
+        "(a) overlap-tile, same UNet": lambda x: tiler(x, same),
+        "(b) MONAI sliding window": sliding,
+        "(c) whole image, same UNet": lambda x: same(x),
+        "(a-ref) whole mirror-padded": mirror_whole,
+        "(d) overlap-tile, valid UNet": lambda x: tiler(x, valid),
+        "(d-ref) whole valid, mirrored": valid_whole,
+    }
+    exact_ref = {
+        "(a) overlap-tile, same UNet": "(a-ref) whole mirror-padded",
+        "(d) overlap-tile, valid UNet": "(d-ref) whole valid, mirrored",
+    }
+
+    crop = image[:, :, : args.size // 4 // 16 * 16 or 16, : args.size // 4 // 16 * 16 or 16]
+    results = {}
+    with torch.no_grad():
+        for fn in methods.values():  # warm-up: allocator, kernels, thread pools
+            fn(crop)
+        for name, fn in methods.items():
+            out, seconds, peak = run(lambda: fn(image), device, args.repeats)
+            results[name] = {"output": out, "seconds": seconds, "peak_bytes": peak}
+
+    floor = results["(c) whole image, same UNet"]
+    rows = []
+    for name, r in results.items():
+        labels, prob = agreement(r["output"], floor["output"])
+        labels_in, prob_in = agreement(r["output"], floor["output"], border=m)
+        row = {
+            "method": name,
+            "seconds": r["seconds"],
+            "time_vs_floor": r["seconds"] / floor["seconds"],
+            "peak_mib": r["peak_bytes"] / 2**20,
+            "memory_vs_floor": r["peak_bytes"] / max(floor["peak_bytes"], 1),
+            "label_agreement_vs_c_pct": labels,
+            "max_prob_diff_vs_c": prob,
+            "label_agreement_vs_c_interior_pct": labels_in,
+            "max_prob_diff_vs_c_interior": prob_in,
+        }
+        if name in exact_ref:
+            labels, prob = agreement(r["output"], results[exact_ref[name]]["output"])
+            row.update(
+                exact_ref=exact_ref[name],
+                label_agreement_vs_ref_pct=labels,
+                max_prob_diff_vs_ref=prob,
+                max_logit_diff_vs_ref=(r["output"] - results[exact_ref[name]]["output"]).abs().max().item(),
+            )
+        rows.append(row)
+
+    memory_kind = (
+        "torch.cuda.max_memory_allocated above the allocation before the call"
+        if device.type == "cuda"
+        else "peak RSS above RSS before the call, sampled every 2 ms" + malloc_note
+    )
+    header = {
+        "image": source,
+        "size": args.size,
+        "device": str(device) + ("" if device.type == "cuda" else f" ({torch.get_num_threads()} torch threads)"),
+        "weights": weights,
+        "features": args.features,
+        "roi": args.roi,
+        "sw_batch_size": args.sw_batch_size,
+        "repeats": args.repeats,
+        "memory": memory_kind,
+        "interior": f"pixels farther than {m} px from the image border",
+        "overlap_tile_same": {k: geo_same[k] for k in ("pad", "tile_in", "stride", "n_tiles")},
+        "overlap_tile_valid": {k: geo_valid[k] for k in ("pad", "tile_in", "stride", "n_tiles")},
+    }
+    for key, value in header.items():
+        print(f"{key:>18}: {value}")
+    print()
+    print(
+        f"{'method':<30} {'time s':>7} {'x floor':>7} {'peak MiB':>8} {'x floor':>7} {'labels=c %':>10} "
+        f"{'maxdP c':>8} {'interior:':>10} {'maxdP':>8} {'labels=ref %':>12} {'maxdP ref':>9} {'maxdlogit':>9}"
+    )
+    for row in rows:
+        ref = (
+            f"{row['label_agreement_vs_ref_pct']:>12.4f} {row['max_prob_diff_vs_ref']:>9.1e} "
+            f"{row['max_logit_diff_vs_ref']:>9.1e}"
+            if "exact_ref" in row
+            else ""
+        )
+        print(
+            f"{row['method']:<30} {row['seconds']:>7.2f} {row['time_vs_floor']:>7.2f} {row['peak_mib']:>8.1f} "
+            f"{row['memory_vs_floor']:>7.2f} {row['label_agreement_vs_c_pct']:>10.4f} "
+            f"{row['max_prob_diff_vs_c']:>8.1e} "
+            f"{row['label_agreement_vs_c_interior_pct']:>10.4f} {row['max_prob_diff_vs_c_interior']:>8.1e} " + ref
+        )
+    print("\nlabels=c %, maxdP c: label agreement and max |softmax difference| vs (c), the plain whole-image pass;")
+    print(f"interior:, maxdP: the same on pixels farther than {m} px from the image border;")
+    print("labels=ref %, maxdP ref, maxdlogit: vs the exact reference of (a) and (d), a whole mirror-padded pass.")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({**header, "results": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
