@@ -12,6 +12,15 @@ from scripts.networks import DoubleUNet, EnsembleUNet, UNet
 SMALL = (2, 4, 8)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: one intra-op thread is several times faster than two on a shared, busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("cls, n_outputs", [(DoubleUNet, 2), (EnsembleUNet, 3)])
 @pytest.mark.parametrize("shape", [(2, 1, 16, 16), (1, 1, 13, 30)])
 def test_shapes_train_and_eval(cls, n_outputs, shape):

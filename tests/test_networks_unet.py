@@ -13,6 +13,15 @@ from scripts.networks.blocks import dependency_interval, pad_to_multiple, valid_
 
 SMALL = (2, 4, 8)
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: one intra-op thread is several times faster than two on a shared, busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 # (kwargs, input shape, expected output shape): same padding keeps ANY spatial size, odd sizes included
 SAME_CASES = [
     ({"features": SMALL}, (2, 1, 32, 32), (2, 5, 32, 32)),

@@ -12,6 +12,15 @@ from scripts.networks import UNet, XNet
 SMALL = (2, 4, 8)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: one intra-op thread is several times faster than two on a shared, busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize(
     "skip, shape", [("both", (2, 1, 16, 16)), ("own", (1, 1, 17, 23)), ("crossed", (1, 1, 9, 32))]
 )

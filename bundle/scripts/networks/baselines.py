@@ -18,8 +18,8 @@ __all__ = ["DoubleUNet", "EnsembleUNet"]
 def _check_same_padding(name: str, padding: str) -> None:
     if padding != "same":
         raise ValueError(
-            f"{name} supports padding='same' only, got {padding!r}: in valid mode the two U-Nets' outputs would "
-            "not line up; use UNet or XNet for padding='valid'."
+            f"{name} supports padding='same' only, got {padding!r}; valid padding is implemented for UNet and "
+            "XNet (use one of them with an overlap-tile inferer)."
         )
 
 
@@ -79,7 +79,9 @@ class DoubleUNet(nn.Module, SizeRuleMixin):
         self._init_size_rule(padding, len(features) - 1)
         self.receptive_field = receptive_field(self.depth, padding, stages=2)  # two U-Nets in series
         self.unet1 = UNet(spatial_dims, in_channels, out_channels, features, padding, batch_norm, dropout)
-        self.unet2 = UNet(spatial_dims, in_channels + out_channels, out_channels, features, padding, batch_norm, dropout)
+        self.unet2 = UNet(
+            spatial_dims, in_channels + out_channels, out_channels, features, padding, batch_norm, dropout
+        )
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         out1 = self.unet1(x)

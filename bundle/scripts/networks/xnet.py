@@ -39,8 +39,9 @@ class XNet(nn.Module, SizeRuleMixin):
     chosen by ``skip``:
 
     - ``"both"`` (default): the concatenation of both encoders' maps goes to both decoders (``2 * features[i]``
-      skip channels), so each decoder sees everything the two encoders extracted at that resolution, which is
-      how we read the paper's "skip connections with the feature maps of the encoders";
+      skip channels), so each decoder sees everything the two encoders extracted at that resolution, as it sees
+      both bottlenecks. "Skip connections with the encoder feature maps at the same resolution" does not say
+      which encoder; this is the reading that treats skips like the bottleneck, and the other two are offered;
     - ``"own"``: decoder 1 <- encoder 1, decoder 2 <- encoder 2 (two U-Nets that share their bottleneck);
     - ``"crossed"``: decoder 1 <- encoder 2, decoder 2 <- encoder 1 (the "X" drawn literally).
 
