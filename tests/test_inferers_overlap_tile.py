@@ -85,7 +85,7 @@ def test_same_equals_whole_mirror_padded_pass(size):
 
 @pytest.mark.parametrize("padding", ["valid", "same"])
 def test_output_is_aligned_with_the_image(padding):
-    """Independent of the network's own margin bookkeeping: changing one pixel changes the outputs around it only."""
+    """Independent of the network's own margin bookkeeping: changing one pixel changes only the outputs around it."""
     net = make_net(padding)
     x = image(1, 1, 64, 64)
     y = x.clone()
@@ -213,6 +213,16 @@ def test_wrapper_dtypes_and_metatensor():
     assert out64.dtype == torch.float32 and torch.allclose(out64, ref, atol=1e-5)
     assert isinstance(meta, MetaTensor) and meta.meta["filename_or_obj"] == "a.tif"
     assert torch.equal(meta.as_tensor(), ref)
+
+
+def test_progress_bar(capsys):
+    net = make_net("valid")
+    x = image(1, 1, 40, 40)
+    with torch.no_grad():
+        out = OverlapTileInferer(roi_size=16, sw_batch_size=2, progress=True)(x, net)
+        ref = OverlapTileInferer(roi_size=16, sw_batch_size=2)(x, net)
+    assert torch.equal(out, ref)
+    assert "5/5" in capsys.readouterr().err  # 3 x 3 tiles, 2 per forward pass
 
 
 def test_supervised_evaluator():

@@ -248,7 +248,8 @@ class OverlapTileInferer(Inferer):
                 if rf is None:
                     raise ValueError(
                         f"cannot derive the context margin of {type(net).__name__}: it has no 'receptive_field' "
-                        "attribute. Pass margin=<how far the network reads to one side, in pixels> to OverlapTileInferer."
+                        "attribute. Pass margin=<how far the network reads to one side, in pixels> to "
+                        "OverlapTileInferer."
                     )
                 margin = math.ceil((int(rf) + div - 2) / 2)
             border = margin if self.overlap_border is None else self.overlap_border
