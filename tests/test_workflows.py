@@ -7,6 +7,7 @@ resuming, and the integrity check before training are covered too.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -38,6 +39,8 @@ def test_training_writes_checkpoints_and_logs(trained):
     assert ckpt["trainer"]["iteration"] == 4  # 2 epochs x 2 iterations
     assert list((root / "logs").glob("events.out.tfevents.*")), "TensorBoard events expected"
     assert "val_mean_iou" in proc.stdout + proc.stderr
+    curves = np.asarray(Image.open(root / "logs" / "curves.png"))
+    assert curves.ndim == 3 and curves.shape[0] > 100, "training curves picture expected after training"
 
 
 def test_resume_continues_from_last_epoch(trained, tmp_path):
@@ -83,6 +86,29 @@ def test_inference_writes_label_and_probability_maps(trained, tmp_path):
     assert prob.shape == (5, 70, 90)
     np.testing.assert_allclose(prob.sum(0), 1.0, atol=1e-4)
     assert np.array_equal(prob.argmax(0), seg), "label map must be the argmax of the saved probabilities"
+    # pictures are on by default: one folder per image, each picture at the image's size, a gallery linking them
+    pictures = out / "pictures"
+    for kind in ("input", "overlay", "confidence", "difficult", "refined", "features"):
+        assert np.asarray(Image.open(pictures / "odd" / f"{kind}.png")).shape[:2] == (70, 90), kind
+    html = (pictures / "index.html").read_text()
+    for ref in re.findall(r'(?:src|href)="([^"]+)"', html):
+        assert (pictures / ref).is_file(), f"gallery references a missing file: {ref}"
+
+
+def test_inference_options_refined_map_sliding_window_no_pictures(trained, tmp_path):
+    root, _ = trained
+    out = tmp_path / "out"
+    run_bundle(config_arg("inference.json"), None, {**TINY, "bundle_root": str(root), "output_dir": str(out),
+               "pictures": False, "save_refined": True, "save_probabilities": False, "label_ext": ".nii.gz",
+               "inferer": "@inferers#sliding_window"})
+    segs = sorted(out.glob("*_seg.nii.gz"))
+    refined = sorted(out.glob("*_refined.nii.gz"))
+    assert len(segs) == len(refined) == 2, sorted(p.name for p in out.iterdir())
+    assert not (out / "pictures").exists() and not list(out.glob("*_prob.tif"))
+    import nibabel
+
+    seg, ref = (np.asarray(nibabel.load(p).dataobj) for p in (segs[0], refined[0]))
+    assert seg.shape == ref.shape == (64, 64) and ref.max() < 5
 
 
 def test_runs_from_inside_bundle_with_default_run_id(tmp_path):

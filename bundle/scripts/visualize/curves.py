@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_tensorboard_scalars", "load_csv_scalars", "plot_training_curves", "main"]
+__all__ = ["load_tensorboard_scalars", "load_csv_scalars", "plot_training_curves", "write_training_curves", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +154,37 @@ def plot_training_curves(
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def write_training_curves(
+    logdir: str | os.PathLike, out: str | os.PathLike, flush: Sequence[object] = (), title: str = "Training curves"
+) -> Path | None:
+    """After training: flush the TensorBoard writers, then plot every scalar under ``logdir`` to ``out`` (PNG).
+
+    Meant for a bundle's ``finalize`` list, e.g.
+    ``"$scripts.visualize.curves.write_training_curves(@log_dir, @curves_file, @train#handlers + @validate#handlers)"``.
+
+    Args:
+        logdir: the TensorBoard log folder of the run.
+        out: PNG file to write.
+        flush: handlers (or writers); those with a ``flush()`` (SummaryWriter) or a ``_writer`` attribute (MONAI's
+            ``TensorBoardStatsHandler``) are flushed first, so that the last epoch is in the picture.
+        title: figure title.
+
+    Returns:
+        ``Path(out)``, or ``None`` (with a warning, training is not failed for a picture) when there is nothing to
+        plot.
+    """
+    for h in flush:
+        writer = getattr(h, "_writer", h)
+        if callable(getattr(writer, "flush", None)):
+            writer.flush()
+    try:
+        scalars = load_tensorboard_scalars(logdir)
+        return plot_training_curves(scalars, out, title=title)
+    except (FileNotFoundError, ValueError) as e:
+        logger.warning("no training curves written: %s", e)
+        return None
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

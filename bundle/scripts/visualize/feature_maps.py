@@ -24,7 +24,33 @@ from monai.utils import ensure_tuple
 
 from scripts.visualize.confidence import colormap_rgb
 
-__all__ = ["FeatureMapHook", "MeanFeatureMap", "feature_map_to_rgb", "pointwise_conv_names"]
+__all__ = ["FeatureMapHook", "MeanFeatureMap", "feature_map_to_rgb", "last_feature_modules", "pointwise_conv_names"]
+
+
+def last_feature_modules(network: torch.nn.Module) -> list[str]:
+    """Names of the modules whose input is the network's last layer of feature maps, for the feature-map picture.
+
+    U-Net: its 1x1 head; X-Net: both decoders' heads (``head1``, ``head2``; the X-Net paper averages the last
+    decoder layers, not the 5-channel input of the ensemble conv); Double U-Net: the second U-Net's head; Ensemble
+    U-Net: both U-Nets' heads. Other networks: the last 1x1 convolution.
+
+    Raises:
+        ValueError: the network has no 1x1 convolution to hook.
+    """
+    from scripts.networks import DoubleUNet, EnsembleUNet, UNet, XNet
+
+    if isinstance(network, XNet):
+        return ["head1", "head2"]
+    if isinstance(network, UNet):
+        return ["head"]
+    if isinstance(network, DoubleUNet):
+        return ["unet2.head"]
+    if isinstance(network, EnsembleUNet):
+        return ["unet1.head", "unet2.head"]
+    names = pointwise_conv_names(network)
+    if not names:
+        raise ValueError(f"{type(network).__name__} has no 1x1 convolution; give feature_module by name.")
+    return names[-1:]
 
 
 def pointwise_conv_names(network: torch.nn.Module) -> list[str]:
