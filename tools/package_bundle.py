@@ -1,0 +1,428 @@
+"""Package the bundle as a versioned, byte-reproducible zip for sharing: ``<name>_v<version>.zip`` plus its
+``.sha256``.
+
+Usage (from the repository root)::
+
+    python tools/package_bundle.py                      # bundle/ -> dist/microscopy_cell_segmentation_v<version>.zip
+    python tools/package_bundle.py --bundle bundle --out dist --name microscopy_cell_segmentation
+    python tools/package_bundle.py --check              # run every check, write nothing
+
+The archive follows the MONAI bundle layout, everything under one top folder named after the bundle, so that
+``monai.bundle.download(name=<name>, url=...)`` extracts it to ``<bundle_dir>/<name>/``::
+
+    <name>/LICENSE
+    <name>/configs/...          every file (metadata.json, train/evaluate/inference.json, experiments/, ...)
+    <name>/docs/...             every file
+    <name>/scripts/...          the Python package, without __pycache__/*.pyc
+    <name>/models/model.pt      only model.pt and model.ts, when present (no resumable checkpoints)
+
+Nothing else: no ``data/``, ``eval/``, ``logs/``, ``outputs/``, ``runs/``, egg-info, hidden files or caches.
+
+Reproducible: the same files give the same bytes (hence the same sha256): entries sorted by path, one fixed
+timestamp (1980-01-01 00:00, or ``SOURCE_DATE_EPOCH`` when set), fixed permissions (0644), deflate level 9 (same
+bytes for the same zlib; a different zlib build may compress differently, the extracted files are the same).
+
+Checks, each failing with a message that names the fix:
+
+- ``configs/metadata.json``: ``version`` is a semantic version (``MAJOR.MINOR.PATCH[-pre]``) and a key of
+  ``changelog``; the changelog keys are semantic versions, unique, sorted newest first, and the newest is
+  ``version``; ``LICENSE`` and ``docs/README.md`` exist (the MONAI bundle format requires them).
+- version not bumped, two ways:
+  1. release record: ``<out>/<name>_v<version>.zip`` already exists with other content;
+  2. git (when the bundle is in a git work tree and ``configs/metadata.json`` is tracked): a packaged file changed
+     (committed, staged, unstaged, or new and not ignored) since the commit that set the current ``version``.
+     A ``version`` edited in the working tree but not committed yet counts as a bump in progress. Outside git
+     (no git, not a work tree, metadata not tracked) this check is skipped with a note.
+
+Standard library only (no torch/MONAI import), so it runs in a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+__all__ = [
+    "DEFAULT_NAME",
+    "PackagingError",
+    "PackageResult",
+    "parse_version",
+    "check_metadata",
+    "is_packaged",
+    "list_bundle_files",
+    "git_unbumped_changes",
+    "build_archive",
+    "package_bundle",
+    "main",
+]
+
+#: Bundle id: the archive's top folder and file-name stem (MONAI model-zoo style, lower case with underscores).
+DEFAULT_NAME = "microscopy_cell_segmentation"
+
+#: Top-level folders packaged whole (minus caches), top-level files packaged when present, and model files.
+PACKAGED_DIRS = ("configs", "docs", "scripts")
+ROOT_FILES = ("LICENSE", "large_files.yml", "large_files.yaml", "large_files.json")
+MODEL_FILES = ("model.pt", "model.ts")
+#: Files the MONAI bundle format requires besides configs/metadata.json.
+REQUIRED_FILES = ("LICENSE", "docs/README.md")
+
+#: Path parts never packaged (caches, build metadata) and file suffixes never packaged.
+EXCLUDED_PARTS = ("__pycache__", ".ipynb_checkpoints", ".pytest_cache", ".mypy_cache")
+EXCLUDED_SUFFIXES = (".pyc", ".pyo", ".egg-info")
+
+#: Zip timestamp when ``SOURCE_DATE_EPOCH`` is not set (the earliest a zip can hold).
+DEFAULT_DATE_TIME = (1980, 1, 1, 0, 0, 0)
+FILE_MODE = 0o644
+
+_SEMVER = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-((?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*)"
+    r"(?:\.(?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*))*))?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$"
+)
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class PackagingError(Exception):
+    """A check failed; the message says what is wrong and how to fix it."""
+
+
+@dataclass
+class PackageResult:
+    """What :func:`package_bundle` did.
+
+    Attributes:
+        archive: path of ``<name>_v<version>.zip`` (not written when ``check_only``).
+        sha256: hex digest of the archive bytes.
+        files: archive member names, in archive order.
+        unchanged: the archive already existed with exactly these bytes.
+        notes: remarks for the user (e.g. a skipped git check).
+    """
+
+    archive: Path
+    sha256: str
+    files: list[str]
+    unchanged: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_version(text: str) -> tuple:
+    """Sort key of a semantic version (https://semver.org): ``"1.2.3-rc.1" < "1.2.3" < "1.10.0"``.
+
+    Raises:
+        ValueError: when ``text`` is not ``MAJOR.MINOR.PATCH`` with an optional ``-prerelease`` / ``+build``.
+    """
+    m = _SEMVER.match(text) if isinstance(text, str) else None
+    if m is None:
+        raise ValueError(f"{text!r} is not a semantic version MAJOR.MINOR.PATCH (e.g. '0.3.0').")
+    core = tuple(int(g) for g in m.group(1, 2, 3))
+    if m.group(4) is None:
+        return core + (1, ())  # a release sorts after all of its pre-releases
+    # numeric identifiers sort before alphanumeric ones, numerically among themselves
+    pre = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in m.group(4).split("."))
+    return core + (0, pre)
+
+
+def _load_json_no_duplicates(path: Path) -> dict:
+    def pairs(items):
+        keys = [k for k, _ in items]
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        if dup:
+            raise PackagingError(
+                f"{path}: duplicate keys {dup}; each key (e.g. each changelog version) must appear once."
+            )
+        return dict(items)
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=pairs)
+    except FileNotFoundError:
+        raise PackagingError(f"{path} not found: is --bundle the folder holding configs/metadata.json?") from None
+    except json.JSONDecodeError as e:
+        raise PackagingError(f"{path} is not valid JSON: {e}") from None
+
+
+def check_metadata(metadata: dict, source: str = "configs/metadata.json") -> str:
+    """Check ``version`` against ``changelog`` and return the version.
+
+    Rules: ``version`` is a semantic version; ``changelog`` is a non-empty dict whose keys are semantic versions
+    sorted newest first; the newest key is ``version`` and its entry is a non-empty description.
+
+    Raises:
+        PackagingError: naming the rule broken and the fix.
+    """
+    version = metadata.get("version")
+    if version is None:
+        raise PackagingError(f"{source}: no 'version'; add e.g. \"version\": \"0.1.0\" and a matching changelog entry.")
+    try:
+        parse_version(version)
+    except ValueError as e:
+        raise PackagingError(f"{source}: 'version' {e}") from None
+    changelog = metadata.get("changelog")
+    if not isinstance(changelog, dict) or not changelog:
+        raise PackagingError(
+            f"{source}: 'changelog' must be a non-empty object {{\"<version>\": \"<what changed>\", ...}}, newest "
+            f"first; add \"{version}\" to it."
+        )
+    keys = list(changelog)
+    for k in keys:
+        try:
+            parse_version(k)
+        except ValueError as e:
+            raise PackagingError(f"{source}: changelog key {e}") from None
+    newest_first = sorted(keys, key=parse_version, reverse=True)
+    if keys != newest_first:
+        raise PackagingError(
+            f"{source}: changelog keys must be sorted newest first (semantic version order): found {keys}, "
+            f"expected {newest_first}. Reorder the changelog entries."
+        )
+    if version not in changelog:
+        raise PackagingError(
+            f"{source}: version {version} has no changelog entry; add \"{version}\": \"<what changed>\" at the top "
+            "of 'changelog'."
+        )
+    if keys[0] != version:
+        raise PackagingError(
+            f"{source}: 'version' is {version} but the newest changelog entry is {keys[0]}; set 'version' to "
+            f"{keys[0]} (or remove the entries newer than {version})."
+        )
+    if not isinstance(changelog[version], str) or not changelog[version].strip():
+        raise PackagingError(f"{source}: the changelog entry of {version} is empty; say what changed.")
+    return version
+
+
+def is_packaged(relpath: str) -> bool:
+    """Whether a file at ``relpath`` (relative to the bundle root, ``/``-separated) belongs in the archive."""
+    parts = PurePosixPath(relpath).parts
+    if not parts or any(p.startswith(".") for p in parts):
+        return False
+    if any(p in EXCLUDED_PARTS or p.endswith(EXCLUDED_SUFFIXES) for p in parts):
+        return False
+    if len(parts) == 1:
+        return parts[0] in ROOT_FILES
+    if parts[0] == "models":
+        return len(parts) == 2 and parts[1] in MODEL_FILES
+    return parts[0] in PACKAGED_DIRS
+
+
+def list_bundle_files(bundle: Path) -> list[str]:
+    """The bundle's packaged files (relative ``/``-separated paths, sorted); symbolic links to folders are not
+    followed."""
+    files = []
+    for root, dirs, names in os.walk(bundle):
+        rel_root = Path(root).relative_to(bundle)
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in EXCLUDED_PARTS]
+        for n in names:
+            rel = (rel_root / n).as_posix()
+            if is_packaged(rel) and (Path(root) / n).is_file():
+                files.append(rel)
+    return sorted(files)
+
+
+def _git(bundle: Path, *args: str) -> str:
+    proc = subprocess.run(["git", "-C", str(bundle), *args], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, ["git", *args], proc.stdout, proc.stderr)
+    return proc.stdout
+
+
+def _git_version(bundle: Path, rev: str, meta_rel: str) -> str | None:
+    try:
+        return json.loads(_git(bundle, "show", f"{rev}:./{meta_rel}")).get("version")
+    except (subprocess.CalledProcessError, json.JSONDecodeError, AttributeError):
+        return None
+
+
+def git_unbumped_changes(bundle: Path, version: str, meta_rel: str = "configs/metadata.json") -> tuple[list[str], str]:
+    """Packaged files changed since the commit that set ``version`` in the bundle's metadata.
+
+    Returns:
+        ``(changed, note)``: ``changed`` lists bundle-relative paths (empty when nothing changed, when the
+        version in the working tree differs from the committed one, or when the check cannot run); ``note``
+        says which commit was compared against, or why the check was skipped.
+    """
+    bundle = Path(bundle)
+    try:
+        if _git(bundle, "rev-parse", "--is-inside-work-tree").strip() != "true":
+            return [], "git check skipped: the bundle is not in a git work tree."
+        _git(bundle, "ls-files", "--error-unmatch", "--", meta_rel)
+    except FileNotFoundError:
+        return [], "git check skipped: git is not installed."
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError):
+        return [], f"git check skipped: the bundle is not in a git work tree or {meta_rel} is not committed."
+    try:
+        if _git_version(bundle, "HEAD", meta_rel) != version:
+            return [], f"git check: version {version} is not committed yet (a bump in progress)."
+        intro = None
+        for commit in _git(bundle, "log", "--format=%H", "--", meta_rel).split():
+            if _git_version(bundle, commit, meta_rel) != version:
+                break
+            intro = commit
+        if intro is None:  # unreachable when HEAD holds the version; keep the check safe anyway
+            return [], f"git check skipped: no commit found that sets version {version}."
+        # -z: paths verbatim (no quoting of unusual characters), NUL-separated
+        changed = set(_git(bundle, "diff", "-z", "--name-only", "--relative", intro, "--", ".").split("\0"))
+        changed |= set(_git(bundle, "ls-files", "-z", "--others", "--exclude-standard", "--", ".").split("\0"))
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
+        return [], f"git check skipped: git failed ({e})."
+    note = f"git check: compared with commit {intro[:12]}, which set version {version}."
+    return sorted(p for p in changed if is_packaged(p)), note
+
+
+def _zip_date_time() -> tuple:
+    """The archive's one timestamp: ``SOURCE_DATE_EPOCH`` (UTC) when set, clamped to what a zip can hold, else
+    1980-01-01 00:00."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if not epoch:
+        return DEFAULT_DATE_TIME
+    try:
+        t = tuple(time.gmtime(int(epoch))[:6])
+    except (ValueError, OverflowError, OSError):
+        raise PackagingError(f"SOURCE_DATE_EPOCH={epoch!r} is not a usable number of seconds since 1970.") from None
+    return min(max(t, DEFAULT_DATE_TIME), (2107, 12, 31, 23, 59, 58))
+
+
+def build_archive(bundle: Path, name: str, files: list[str], stream) -> list[str]:
+    """Write the zip of ``files`` (bundle-relative) under the top folder ``name`` to the binary ``stream``;
+    return the member names."""
+    date_time = _zip_date_time()
+    members = []
+    with zipfile.ZipFile(stream, "w") as zf:
+        for rel in sorted(files):
+            info = zipfile.ZipInfo(f"{name}/{rel}", date_time=date_time)
+            info.create_system = 3  # unix, so that external_attr holds the permission bits
+            info.external_attr = (0o100000 | FILE_MODE) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, (bundle / rel).read_bytes(), compresslevel=9)
+            members.append(info.filename)
+    return members
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def package_bundle(
+    bundle: str | os.PathLike = "bundle",
+    out: str | os.PathLike = "dist",
+    name: str = DEFAULT_NAME,
+    check_only: bool = False,
+    git_check: bool = True,
+) -> PackageResult:
+    """Check the bundle and write ``<out>/<name>_v<version>.zip`` and ``<out>/<name>_v<version>.zip.sha256``.
+
+    Args:
+        bundle: bundle root (holding ``configs/metadata.json``).
+        out: output folder (created when missing); also the release record the not-bumped check reads.
+        name: bundle id (lower case letters, digits, underscores).
+        check_only: run every check but write nothing.
+        git_check: run the git not-bumped check (skipped anyway outside a git work tree).
+
+    Raises:
+        PackagingError: a check failed; the message names the fix.
+    """
+    bundle, out = Path(bundle), Path(out)
+    if not _NAME.match(name):
+        raise PackagingError(
+            f"bundle name {name!r}: use lower case letters, digits and underscores, starting with a letter."
+        )
+    if not bundle.is_dir():
+        raise PackagingError(f"{bundle} is not a folder; pass --bundle <bundle root holding configs/metadata.json>.")
+    version = check_metadata(_load_json_no_duplicates(bundle / "configs" / "metadata.json"))
+    missing = [f for f in REQUIRED_FILES if not (bundle / f).is_file()]
+    if missing:
+        raise PackagingError(
+            f"{bundle}: missing {', '.join(missing)}; a MONAI bundle needs a LICENSE file at its root and a "
+            "docs/README.md (the model card). Add them and package again."
+        )
+    notes = []
+    if git_check:
+        changed, note = git_unbumped_changes(bundle, version)
+        notes.append(note)
+        if changed:
+            shown = ", ".join(changed[:10]) + (f" and {len(changed) - 10} more" if len(changed) > 10 else "")
+            raise PackagingError(
+                f"version {version} was not bumped: {len(changed)} bundle file(s) changed since the commit that set "
+                f"it ({shown}). Bump 'version' in configs/metadata.json and add a changelog entry for it on top; "
+                "then package again."
+            )
+
+    files = list_bundle_files(bundle)
+    archive = out / f"{name}_v{version}.zip"
+    if check_only:
+        buffer = io.BytesIO()
+        members = build_archive(bundle, name, files, buffer)
+        digest = hashlib.sha256(buffer.getvalue()).hexdigest()
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".{archive.name}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                members = build_archive(bundle, name, files, f)
+            digest = _sha256_file(tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    unchanged = archive.exists()
+    if unchanged:
+        old = _sha256_file(archive)
+        if old != digest:
+            if not check_only:
+                tmp.unlink()
+            raise PackagingError(
+                f"{archive} already exists with different content (sha256 {old[:12]}... vs {digest[:12]}... now): "
+                f"the bundle changed but version {version} was not bumped. Bump 'version' in configs/metadata.json "
+                "and add a changelog entry for it on top (or delete the old archive if it was never shared)."
+            )
+    if not check_only:
+        os.replace(tmp, archive)
+        archive.with_name(archive.name + ".sha256").write_text(f"{digest}  {archive.name}\n", encoding="utf-8")
+    return PackageResult(archive=archive, sha256=digest, files=members, unchanged=unchanged, notes=notes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point; returns the exit status (0 ok, 1 a check failed)."""
+    parser = argparse.ArgumentParser(
+        description="Package the MONAI bundle as a reproducible <name>_v<version>.zip with a .sha256 beside it.",
+    )
+    parser.add_argument("--bundle", default="bundle", help="bundle root with configs/metadata.json (default: bundle)")
+    parser.add_argument("--out", default="dist", help="output folder, also the release record (default: dist)")
+    parser.add_argument(
+        "--name", default=DEFAULT_NAME, help=f"bundle id: archive top folder and name stem (default: {DEFAULT_NAME})"
+    )
+    parser.add_argument("--check", action="store_true", help="run every check, write nothing")
+    parser.add_argument(
+        "--no-git-check", action="store_true",
+        help="skip the git not-bumped check (local experiments only: never share an archive made this way)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        result = package_bundle(
+            args.bundle, args.out, args.name, check_only=args.check, git_check=not args.no_git_check
+        )
+    except PackagingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for note in result.notes:
+        print(note)
+    if args.check:
+        print(f"checks passed: would write {result.archive} ({len(result.files)} files, sha256 {result.sha256})")
+    else:
+        state = "unchanged, already packaged" if result.unchanged else f"{len(result.files)} files"
+        print(f"{result.archive} ({state})\nsha256 {result.sha256}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
