@@ -1,0 +1,427 @@
+"""Versioned sharing: ``tools/package_bundle.py`` (version/changelog rules, not-bumped detection through the
+release record and through git, archive content, byte reproducibility) and the round trip a user makes: package
+a trained bundle, ``monai.bundle.download`` it from a ``file://`` URL, ``monai.bundle.load`` the trained network,
+and run the extracted bundle's inference with ``python -m monai.bundle run``.
+
+Packaging tests use a small fake bundle (the tool only reads files); the round trip uses a copy of the real one
+with a tiny network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bundle_runner import BUNDLE, REPO, _cli_value
+
+#: Expected noise: torch 2.13 deprecates TorchScript; MONAI warns before parsing any config and when a download
+#: has no hash (the test checks the archive's sha256 record itself).
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated"),
+    pytest.mark.filterwarnings("ignore:parsing config_file"),
+    pytest.mark.filterwarnings("ignore:No hash value provided"),
+]
+
+TOOL = REPO / "tools" / "package_bundle.py"
+NAME = "microscopy_cell_segmentation"
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location("package_bundle", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+pb = _load_tool()
+
+
+def metadata(version: str = "0.1.0", changelog: dict | None = None) -> dict:
+    return {"version": version, "changelog": changelog if changelog is not None else {version: "first"}}
+
+
+#: Fake bundle: what is packaged (True) and what is not (False).
+FAKE_FILES = {
+    "LICENSE": True,
+    "configs/inference.json": True,
+    "configs/experiments/a.json": True,
+    "configs/logging.conf": True,
+    "docs/README.md": True,
+    "docs/images/x.png": True,
+    "scripts/__init__.py": True,
+    "scripts/networks/__init__.py": True,
+    "models/model.pt": True,
+    "models/model.ts": True,
+    "models/checkpoint_epoch=2.pt": False,
+    "models/model.onnx": False,
+    "models/.gitkeep": False,
+    "scripts/__pycache__/__init__.cpython-311.pyc": False,
+    "scripts/networks/unet.pyc": False,
+    "scripts/.hidden.py": False,
+    "cellseg_xnet_bundle.egg-info/PKG-INFO": False,
+    "data/synthetic/images/a.png": False,
+    "eval/metrics.json": False,
+    "logs/events.out.tfevents.1": False,
+    "outputs/a_seg.png": False,
+    "runs/x.txt": False,
+    "README.txt": False,
+    ".pytest_cache/v": False,
+}
+
+
+def make_bundle(root: Path, meta: dict | None = None) -> Path:
+    """A fake bundle under ``root`` with every kind of file in :data:`FAKE_FILES`."""
+    for rel in FAKE_FILES:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(f"content of {rel}\n".encode())
+    (root / "configs" / "metadata.json").write_text(json.dumps(meta or metadata(), indent=4))
+    return root
+
+
+def packaged_names(root_name: str = NAME) -> list[str]:
+    kept = ["configs/metadata.json"] + [r for r, keep in FAKE_FILES.items() if keep]
+    return sorted(f"{root_name}/{r}" for r in kept)
+
+
+def set_version(bundle: Path, version: str, note: str = "change") -> None:
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    meta["version"] = version
+    meta["changelog"] = {version: note, **meta["changelog"]}
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(meta, indent=4))
+
+
+# --------------------------------------------------------------------------------------------------- metadata rules
+
+
+def test_semantic_version_order():
+    ordered = ["0.1.0", "0.2.0-alpha", "0.2.0-alpha.1", "0.2.0-alpha.beta", "0.2.0-beta.2", "0.2.0-beta.11",
+               "0.2.0-rc.1", "0.2.0", "0.10.0", "1.0.0"]
+    assert sorted(reversed(ordered), key=pb.parse_version) == ordered
+    assert pb.parse_version("1.2.3+build.5") == pb.parse_version("1.2.3")
+    for bad in ("1.2", "v1.2.3", "01.2.3", "1.2.3.4", "", None):
+        with pytest.raises(ValueError, match="semantic version"):
+            pb.parse_version(bad)
+
+
+def test_real_metadata_follows_the_rules():
+    meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    assert pb.check_metadata(meta) == meta["version"]
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ({"changelog": {"0.1.0": "x"}}, "no 'version'"),
+        (metadata("0.1"), "not a semantic version"),
+        (metadata("0.2.0", {}), "'changelog' must be a non-empty object"),
+        (metadata("0.2.0", {"0.2.0": "b", "first": "a"}), "changelog key 'first' is not a semantic version"),
+        (metadata("0.2.0", {"0.1.0": "a"}), "version 0.2.0 has no changelog entry"),
+        (metadata("0.2.0", {"0.1.0": "a", "0.2.0": "b"}), "sorted newest first"),
+        (metadata("0.10.0", {"0.9.0": "b", "0.10.0": "c"}), "sorted newest first"),  # not string order
+        (metadata("0.1.0", {"0.2.0": "b", "0.1.0": "a"}), "newest changelog entry is 0.2.0"),
+        (metadata("0.2.0", {"0.2.0": " ", "0.1.0": "a"}), "entry of 0.2.0 is empty"),
+    ],
+)
+def test_metadata_rule_violations_name_the_fix(meta, message):
+    with pytest.raises(pb.PackagingError, match=message):
+        pb.check_metadata(meta)
+
+
+def test_duplicate_changelog_key_is_caught(tmp_path):
+    bundle = make_bundle(tmp_path / "b")
+    (bundle / "configs" / "metadata.json").write_text('{"version": "0.2.0", "changelog": {"0.2.0": "b", "0.2.0": "c"}}')
+    with pytest.raises(pb.PackagingError, match=r"duplicate keys \['0.2.0'\]"):
+        pb.package_bundle(bundle, tmp_path / "dist")
+
+
+def test_missing_license_or_model_card(tmp_path):
+    bundle = make_bundle(tmp_path / "b")
+    (bundle / "LICENSE").unlink()
+    with pytest.raises(pb.PackagingError, match="missing LICENSE"):
+        pb.package_bundle(bundle, tmp_path / "dist")
+    (bundle / "LICENSE").write_text("x")
+    (bundle / "docs" / "README.md").unlink()
+    with pytest.raises(pb.PackagingError, match="docs/README.md"):
+        pb.package_bundle(bundle, tmp_path / "dist")
+
+
+# -------------------------------------------------------------------------------------- archive content, reproducible
+
+
+def test_archive_content_and_layout(tmp_path):
+    bundle = make_bundle(tmp_path / "b")
+    result = pb.package_bundle(bundle, tmp_path / "dist")
+    assert result.archive == tmp_path / "dist" / f"{NAME}_v0.1.0.zip"
+    assert any("git check skipped" in n for n in result.notes), result.notes
+    with zipfile.ZipFile(result.archive) as zf:
+        infos = zf.infolist()
+        names = [i.filename for i in infos]
+        assert names == packaged_names(), "sorted, one top folder, only configs/docs/scripts/LICENSE/model.pt/.ts"
+        for info in infos:
+            assert info.date_time == (1980, 1, 1, 0, 0, 0)
+            assert (info.external_attr >> 16) == 0o100644
+            assert zf.read(info) == (bundle / info.filename.split("/", 1)[1]).read_bytes()
+    sha_line = (tmp_path / "dist" / f"{NAME}_v0.1.0.zip.sha256").read_text()
+    assert sha_line == f"{hashlib.sha256(result.archive.read_bytes()).hexdigest()}  {NAME}_v0.1.0.zip\n"
+    assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == [f"{NAME}_v0.1.0.zip", f"{NAME}_v0.1.0.zip.sha256"]
+
+
+def test_byte_reproducible(tmp_path, monkeypatch):
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    bundle = make_bundle(tmp_path / "b")
+    first = pb.package_bundle(bundle, tmp_path / "one")
+    # other modification times, permissions and creation order must not matter
+    for i, path in enumerate(sorted(bundle.rglob("*"))):
+        if path.is_file():
+            os.utime(path, (1_700_000_000 + i, 1_700_000_000 + i))
+            path.chmod(0o755 if i % 2 else 0o600)
+    copy = tmp_path / "copy"
+    for rel in sorted((p.relative_to(bundle) for p in bundle.rglob("*") if p.is_file()), reverse=True):
+        (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(bundle / rel, copy / rel)
+    second = pb.package_bundle(copy, tmp_path / "two")
+    assert first.archive.read_bytes() == second.archive.read_bytes()
+    assert first.sha256 == second.sha256
+    assert (tmp_path / "one" / f"{first.archive.name}.sha256").read_text() == (
+        tmp_path / "two" / f"{second.archive.name}.sha256").read_text()
+    # packaging again into the same folder is a no-op
+    again = pb.package_bundle(bundle, tmp_path / "one")
+    assert again.unchanged and again.sha256 == first.sha256
+    # SOURCE_DATE_EPOCH sets the one timestamp (UTC)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")  # 2023-11-14 22:13:20 UTC
+    stamped = pb.package_bundle(bundle, tmp_path / "three")
+    with zipfile.ZipFile(stamped.archive) as zf:
+        assert {i.date_time for i in zf.infolist()} == {(2023, 11, 14, 22, 13, 20)}
+
+
+# --------------------------------------------------------------------------------------------- not-bumped detection
+
+
+def test_release_record_catches_unbumped_version(tmp_path):
+    bundle = make_bundle(tmp_path / "b")
+    dist = tmp_path / "dist"
+    first = pb.package_bundle(bundle, dist)
+    original = first.archive.read_bytes()
+    (bundle / "models" / "model.pt").write_bytes(b"retrained weights")  # not in git: only the record can tell
+    with pytest.raises(pb.PackagingError, match=r"already exists with different content.*version 0.1.0 was not bumped"):
+        pb.package_bundle(bundle, dist)
+    assert first.archive.read_bytes() == original, "the released archive must stay untouched"
+    assert sorted(p.name for p in dist.iterdir()) == [f"{NAME}_v0.1.0.zip", f"{NAME}_v0.1.0.zip.sha256"]
+    with pytest.raises(pb.PackagingError, match="not bumped"):
+        pb.package_bundle(bundle, dist, check_only=True)
+    set_version(bundle, "0.1.1", "retrained")
+    bumped = pb.package_bundle(bundle, dist)
+    assert bumped.archive.name == f"{NAME}_v0.1.1.zip" and first.archive.read_bytes() == original
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.org", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@example.org", GIT_CONFIG_NOSYSTEM="1", HOME=str(cwd))
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def git_bundle(tmp_path):
+    """A git repository holding a fake bundle in ``bundle/`` (models, data, ... ignored, as in this repo),
+    committed at version 0.1.0, plus an output folder outside it."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    bundle = make_bundle(repo / "bundle")
+    (repo / ".gitignore").write_text("__pycache__/\n*.pyc\n*.egg-info/\nbundle/data/\nbundle/eval/\nbundle/logs/\n"
+                                     "bundle/outputs/\nbundle/runs/\nbundle/models/*.pt\nbundle/models/*.ts\n"
+                                     "bundle/models/*.onnx\n.pytest_cache/\n")
+    (repo / "tools.py").write_text("x = 1\n")
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "bundle 0.1.0")
+    return repo, bundle, tmp_path / "dist"
+
+
+def test_git_catches_unbumped_version(git_bundle):
+    repo, bundle, dist = git_bundle
+    result = pb.package_bundle(bundle, dist, check_only=True)
+    assert any("compared with commit" in n for n in result.notes), result.notes
+
+    # a change after the commit that set 0.1.0, uncommitted, then committed; a new file; a deleted file
+    (bundle / "configs" / "inference.json").write_text('{"changed": true}')
+    with pytest.raises(pb.PackagingError, match=r"version 0.1.0 was not bumped: 1 bundle file\(s\) changed since "
+                                                r"the commit that set it \(configs/inference.json\)\. Bump 'version'"):
+        pb.package_bundle(bundle, dist)
+    git(repo, "commit", "-qam", "tweak inference")
+    (bundle / "docs" / "new.md").write_text("new")
+    (bundle / "scripts" / "networks" / "__init__.py").unlink()
+    with pytest.raises(pb.PackagingError, match=r"3 bundle file\(s\).*configs/inference.json, docs/new.md, "
+                                                r"scripts/networks/__init__.py"):
+        pb.package_bundle(bundle, dist, check_only=True)
+    assert not dist.exists(), "nothing written when a check fails"
+
+    # a bump in progress (not committed yet) is accepted; so is the committed bump
+    set_version(bundle, "0.2.0", "tweaks")
+    result = pb.package_bundle(bundle, dist)
+    assert any("not committed yet" in n for n in result.notes) and result.archive.name == f"{NAME}_v0.2.0.zip"
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "bundle 0.2.0")
+    result = pb.package_bundle(bundle, dist)
+    assert result.unchanged and any("compared with commit" in n for n in result.notes)
+
+    # files that are not packaged do not count: ignored outputs, untracked caches, files outside the bundle
+    for rel in ("data/new.png", "eval/metrics.json", "outputs/x_seg.png", "models/checkpoint_epoch=9.pt",
+                "scripts/__pycache__/y.pyc", "notes.txt"):
+        (bundle / rel).parent.mkdir(parents=True, exist_ok=True)
+        (bundle / rel).write_text("more")
+    (repo / "tools.py").write_text("x = 2\n")
+    pb.package_bundle(bundle, dist, check_only=True)
+    # the metadata itself counts once the version is committed
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    meta["changelog"]["0.2.0"] = "tweaks, reworded"
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(pb.PackagingError, match="configs/metadata.json"):
+        pb.package_bundle(bundle, dist, check_only=True)
+    # the escape hatch for local experiments skips git, not the release record
+    assert pb.package_bundle(bundle, dist.parent / "scratch", check_only=True, git_check=False).notes == []
+    with pytest.raises(pb.PackagingError, match="already exists with different content"):
+        pb.package_bundle(bundle, dist, check_only=True, git_check=False)
+
+
+def test_cli(git_bundle):
+    repo, bundle, dist = git_bundle
+
+    def cli(*args):
+        return subprocess.run([sys.executable, str(TOOL), "--bundle", str(bundle), "--out", str(dist), *args],
+                              capture_output=True, text=True, timeout=120)
+
+    proc = cli("--check")
+    assert proc.returncode == 0 and "checks passed" in proc.stdout and not dist.exists(), proc.stderr
+    proc = cli()
+    assert proc.returncode == 0, proc.stderr
+    archive = dist / f"{NAME}_v0.1.0.zip"
+    assert str(archive) in proc.stdout and hashlib.sha256(archive.read_bytes()).hexdigest() in proc.stdout
+    (bundle / "LICENSE").write_text("other licence")
+    proc = cli()
+    assert proc.returncode == 1 and proc.stderr.startswith("error: version 0.1.0 was not bumped"), proc.stderr
+    proc = cli("--name", "Bad-Name")
+    assert proc.returncode == 1 and "lower case letters" in proc.stderr
+
+
+# -------------------------------------------------------------------------------------------------------- round trip
+
+
+def tiny_bundle_copy(dest: Path) -> Path:
+    """A copy of the real bundle (configs, scripts, docs, LICENSE) whose inference.json builds a tiny X-Net, with
+    a "trained" models/model.pt and, in the folders a package must leave out, files that must stay out."""
+    top_level_outputs = {"data", "eval", "logs", "outputs", "runs", "models"}
+    caches = shutil.ignore_patterns("*.egg-info", "__pycache__", "*.pyc")
+
+    def ignore(folder, names):
+        skipped = set(caches(folder, names))
+        return skipped | (top_level_outputs & set(names) if Path(folder) == BUNDLE else set())
+
+    shutil.copytree(BUNDLE, dest, ignore=ignore)
+    (dest / "models").mkdir()
+    inference = dest / "configs" / "inference.json"
+    config = json.loads(inference.read_text())
+    config.update(features=[4, 8, 16], patch_size=[64, 64])
+    inference.write_text(json.dumps(config, indent=4))
+    for rel in ("data/secret.png", "eval/metrics.json", "logs/events.out.tfevents.0", "outputs/x_seg.png",
+                "models/checkpoint_epoch=3.pt", "scripts/__pycache__/x.cpython-311.pyc"):
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).write_text("must not be shared")
+    return dest
+
+
+def test_round_trip_package_download_load_infer(tmp_path):
+    from monai.bundle import ConfigParser, ckpt_export, download, load
+
+    source = tiny_bundle_copy(tmp_path / "src")
+    parser = ConfigParser()
+    parser.read_config(str(source / "configs" / "inference.json"))
+    net = parser.get_parsed_content("network_def")
+    torch.manual_seed(1)
+    with torch.no_grad():  # "training": weights and BatchNorm statistics that differ from a fresh network
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    trained = {k: v.clone() for k, v in net.state_dict().items()}
+    torch.save(trained, source / "models" / "model.pt")
+    ckpt_export("network_def", filepath=str(source / "models" / "model.ts"),
+                ckpt_file=str(source / "models" / "model.pt"), meta_file=str(source / "configs" / "metadata.json"),
+                config_file=str(source / "configs" / "inference.json"))
+
+    proc = subprocess.run([sys.executable, str(TOOL), "--bundle", str(source), "--out", str(tmp_path / "dist")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    version = json.loads((source / "configs" / "metadata.json").read_text())["version"]
+    archive = tmp_path / "dist" / f"{NAME}_v{version}.zip"
+    with zipfile.ZipFile(archive) as zf:
+        names = zf.namelist()
+    assert {n.split("/")[1] for n in names} == {"LICENSE", "configs", "docs", "scripts", "models"}
+    assert [n for n in names if "/models/" in n] == [f"{NAME}/models/model.pt", f"{NAME}/models/model.ts"]
+    assert not [n for n in names if "__pycache__" in n or "must" in n]
+
+    # share: download from a URL (file:// here) into a fresh folder; MONAI extracts <bundle_dir>/<name>/
+    bundle_dir = tmp_path / "downloaded"
+    download(name=NAME, url=archive.as_uri(), bundle_dir=str(bundle_dir), progress=False)
+    extracted = bundle_dir / NAME
+    sha_record = (tmp_path / "dist" / f"{archive.name}.sha256").read_text().split()[0]
+    assert hashlib.sha256((bundle_dir / f"{NAME}.zip").read_bytes()).hexdigest() == sha_record
+    files = sorted(p.relative_to(bundle_dir).as_posix() for p in extracted.rglob("*") if p.is_file())
+    assert files == sorted(names)
+    xnet = Path("scripts", "networks", "xnet.py")
+    assert (extracted / xnet).read_bytes() == (BUNDLE / xnet).read_bytes()
+
+    # load: the network of the bundle's inference.json with the trained weights; and the TorchScript module
+    loaded = load(NAME, bundle_dir=str(bundle_dir), workflow_type="inference", device="cpu")
+    assert type(loaded).__name__ == "XNet"
+    state = loaded.state_dict()
+    assert state.keys() == trained.keys()
+    for k, v in trained.items():
+        assert torch.equal(state[k], v), k
+    ts, meta, _ = load(NAME, bundle_dir=str(bundle_dir), load_ts_module=True, device="cpu")
+    assert meta["version"] == version
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ts(x), loaded.eval()(x))
+
+    # infer from inside the extracted bundle: its own scripts/ are imported (the working directory comes first on
+    # sys.path), so bundle_root defaults to the extracted folder and outputs land in <extracted>/outputs
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name, shape in (("a", (64, 64)), ("b", (70, 90))):
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(images / f"{name}.png")
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+           "--input", str(images), "--pictures", _cli_value(False), "--save_probabilities", _cli_value(False)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    proc = subprocess.run(cmd, cwd=extracted, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, f"STDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}"
+    for name, shape in (("a", (64, 64)), ("b", (70, 90))):
+        seg = np.asarray(Image.open(extracted / "outputs" / f"{name}_seg.png"))
+        assert seg.shape == shape and seg.dtype == np.uint8 and seg.max() < 5
+    # the label map is the trained network's: the same inferer in-process on the loaded network gives the same map
+    parser = ConfigParser()
+    parser.read_config(str(extracted / "configs" / "inference.json"))
+    inferer = parser.get_parsed_content("inferer")
+    image = torch.from_numpy(np.asarray(Image.open(images / "b.png"), dtype=np.float32) / 255.0)
+    with torch.no_grad():  # LoadImage reads a PNG as (width, height): transpose in, transpose back
+        expected = inferer(image.T[None, None], loaded.eval()).argmax(1)[0].T.numpy()
+    seg = np.asarray(Image.open(extracted / "outputs" / "b_seg.png"))
+    assert (seg == expected).mean() > 0.999
