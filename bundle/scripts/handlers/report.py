@@ -77,12 +77,21 @@ class SegmentationReport:
                 f"SegmentationReport found no per-image details for metric '{self.metric_name}': attach "
                 "IgniteMetricHandler(SegmentationConfusionMatrix(...), save_details=True) under that name."
             )
+        names = self.filenames
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # details are all-gathered in rank order (IgniteMetricHandler -> Cumulative.get_buffer); gather names alike
+            parts: list = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, list(self.filenames))
+            names = [n for part in parts for n in part]
+            if dist.get_rank() != 0:
+                return
         cms = details.to(torch.long).cpu()
         k = len(self.class_names)
         if cms.shape[-1] != k:
             raise ValueError(f"the metric has {cms.shape[-1]} classes but {k} class names were given.")
         report = self.build_report(cms)
-        self.write(report, cms)
+        self.write(report, cms, names)
         self.last_report = report
         logger.info("Evaluation on %d images:\n%s", report["num_images"], self.table(report))
 
@@ -126,7 +135,7 @@ class SegmentationReport:
             rows.append([name, f(a["iou"]), f(a["dice"]), f(a["precision"]), f(a["recall"]), f(a["f1"]), f(m["iou"])])
         return format_table(rows) + f"\nper-image mean IoU (mean over images of each image's mIoU): {f(report['per_image_mean_iou'])}"
 
-    def write(self, report: dict, cms: torch.Tensor) -> None:
+    def write(self, report: dict, cms: torch.Tensor, names: list[str] | None = None) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / f"{self.prefix}.json").write_text(json.dumps(report, indent=2))
         scores = ["iou", "dice", "precision", "recall", "f1"]
@@ -137,7 +146,8 @@ class SegmentationReport:
                 r = report["per_class"][name] if name != "mean" else report["mean"]
                 w.writerow([name] + [r["accumulated"][s] for s in scores] + [r["per_image_mean"][s] for s in scores])
         per_image = scores_from_confusion(cms)["iou"]
-        names = self.filenames if len(self.filenames) == cms.shape[0] else [str(i) for i in range(cms.shape[0])]
+        names = self.filenames if names is None else names
+        names = names if len(names) == cms.shape[0] else [str(i) for i in range(cms.shape[0])]
         with open(self.output_dir / f"{self.prefix}_per_image.csv", "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["image", "mean_iou"] + [f"iou_{c}" for c in self.class_names])
