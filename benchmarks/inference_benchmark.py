@@ -51,7 +51,14 @@ from scripts.data.io import read_image
 from scripts.inferers import OverlapTileInferer, mirror_pad
 from scripts.networks import UNet
 
-DROSOPHILA_RAW = "/work/shared/datasets/drosophila-vnc/stack1/raw"
+
+
+def drosophila_raw_dir() -> str:
+    """stack1/raw of the Drosophila dataset: ``$DROSOPHILA_VNC_DIR`` or ``<repo>/../shared/datasets/drosophila-vnc``."""
+    root = os.environ.get("DROSOPHILA_VNC_DIR") or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "datasets", "drosophila-vnc"
+    )
+    return os.path.normpath(os.path.join(root, "stack1", "raw"))
 
 
 def return_freed_memory_to_os() -> bool:
@@ -68,7 +75,8 @@ def return_freed_memory_to_os() -> bool:
 
 def load_image(size: int) -> tuple[torch.Tensor, str]:
     """A (1, 1, size, size) float32 image in [0, 1] and a description of where it came from."""
-    files = sorted(glob.glob(os.path.join(DROSOPHILA_RAW, "*.tif")))
+    raw_dir = drosophila_raw_dir()
+    files = sorted(glob.glob(os.path.join(raw_dir, "*.tif")))
     if files:
         raw = read_image(files[0]).astype(np.float32)
         source = f"Drosophila ssTEM section {files[0]} ({raw.shape[0]}x{raw.shape[1]})"
@@ -78,7 +86,7 @@ def load_image(size: int) -> tuple[torch.Tensor, str]:
         raw = raw[:size, :size]
     else:
         raw = make_sample(size, seed=0)[0].astype(np.float32)
-        source = f"synthetic EM-like image (scripts.data.make_sample, seed 0; {DROSOPHILA_RAW} not found)"
+        source = f"synthetic EM-like image (scripts.data.make_sample, seed 0; {raw_dir} not found)"
     return torch.from_numpy(raw / 255.0)[None, None], source
 
 
@@ -146,7 +154,7 @@ def agreement(pred: torch.Tensor, ref: torch.Tensor, border: int = 0) -> tuple[f
     return labels, (pred.softmax(1) - ref.softmax(1)).abs().max().item()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=1024, help="image side in pixels (default 1024)")
     parser.add_argument("--features", type=int, nargs="+", default=[16, 32, 64, 128, 256])
@@ -157,7 +165,7 @@ def main() -> None:
     parser.add_argument("--ckpt", help="state dict of a UNet with these --features (default: random weights)")
     parser.add_argument("--batch-norm", action="store_true", help="UNet with batch norm (to match --ckpt)")
     parser.add_argument("--json", help="also write the results to this JSON file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.repeats < 1 or args.size < 32:
         parser.error("--repeats must be >= 1 and --size >= 32")
     device = torch.device(args.device)

@@ -82,7 +82,8 @@ def time_training(loader, parser: ConfigParser, device: torch.device, epochs: in
     @trainer.on(Events.ITERATION_COMPLETED)
     def _count(engine):
         if engine.state.epoch > 1:
-            samples["n"] += engine.state.batch["image"].shape[0]
+            out = engine.state.output  # decollated by the trainer: one dict per sample
+            samples["n"] += len(out) if isinstance(out, list) else out["image"].shape[0]
 
     trainer.run()
     sync()
@@ -90,7 +91,7 @@ def time_training(loader, parser: ConfigParser, device: torch.device, epochs: in
     return {"samples": samples["n"], "seconds": elapsed, "samples_per_s": samples["n"] / elapsed}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--epochs", type=int, default=4, help="epochs per pipeline; the first is an untimed warm-up")
@@ -103,7 +104,7 @@ def main() -> None:
     ap.add_argument("--datalist", default=None, help="datalist JSON (e.g. a Drosophila fold) instead of synthetic data")
     ap.add_argument("--work-dir", default=None, help="where synthetic data is written (default: a temp dir)")
     ap.add_argument("--json", default=None, help="write the results to this JSON file")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     tmp = tempfile.TemporaryDirectory()
     args.work_dir = args.work_dir or tmp.name
