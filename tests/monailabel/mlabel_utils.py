@@ -1,0 +1,281 @@
+"""Helpers for the MONAI Label tests: a tiny copy of the bundle, a studies folder, the sample app, the server.
+
+Everything here runs on the CPU, offline, in seconds: the bundle copy keeps the real configs and ``scripts/``
+and only shrinks their defaults (a 3-level X-Net with 4..16 features, 64x64 tiles, a tiny synthetic dataset for
+the ``initialize`` check), the way a user would edit a copy in ``apps/monaibundle/model/<name>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLE = REPO / "bundle"
+MODEL_NAME = "cellseg_xnet"
+
+#: Defaults written into the copy's configs (both inference.json and train.json get the network/tile keys).
+TINY_NETWORK = {"features": [4, 8, 16], "patch_size": [64, 64]}
+TINY_TRAIN = {
+    "epochs": 1,
+    "batch_size": 2,
+    "val_batch_size": 2,
+    "cache_workers": 0,
+    "show_progress": False,
+    # train.json's "initialize" still checks the default synthetic datalist: keep it tiny
+    "synthetic": {"num_train": 2, "num_val": 1, "num_test": 1, "size": 64, "seed": 0},
+}
+
+#: Datastore extensions for the server: MONAI Label's defaults list *.tif but not *.tiff.
+DATASTORE_EXT = '["*.png", "*.jpg", "*.tif", "*.tiff"]'
+
+
+def class_names() -> dict[str, int]:
+    """``{name: id}`` from metadata.json's output ``channel_def``, as MONAI Label reports labels."""
+    meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    pred = next(iter(meta["network_data_format"]["outputs"].values()))
+    return {v.lower(): int(k) for k, v in pred["channel_def"].items()}
+
+
+def _patch(path: Path, values: dict) -> None:
+    config = json.loads(path.read_text())
+    config.update(values)
+    path.write_text(json.dumps(config, indent=4) + "\n")
+
+
+def make_tiny_bundle(dst: Path, with_model: bool = True, seed: int = 0) -> Path:
+    """Copy ``bundle/configs`` and ``bundle/scripts`` to ``dst`` with tiny defaults; optionally an initial model.pt.
+
+    The initial ``models/model.pt`` (random weights; a bare state dict, as the bundle's key-metric CheckpointSaver
+    writes it) is what MONAI Label needs to register the inferer; training replaces it.
+    """
+    dst = Path(dst)
+    shutil.copytree(BUNDLE / "configs", dst / "configs")
+    shutil.copytree(BUNDLE / "scripts", dst / "scripts", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (dst / "models").mkdir()
+    _patch(dst / "configs" / "inference.json", TINY_NETWORK)
+    _patch(dst / "configs" / "train.json", {**TINY_NETWORK, **TINY_TRAIN})
+    if with_model:
+        import torch
+
+        torch.manual_seed(seed)
+        net = build_network(dst)
+        torch.save(net.state_dict(), dst / "models" / "model.pt")
+    return dst
+
+
+def build_network(bundle_dir: Path):
+    """The copy's ``network_def`` from inference.json, built with the copy's own ``scripts`` package."""
+    from monai.bundle import ConfigParser
+
+    with bundle_scripts(bundle_dir):
+        parser = ConfigParser()
+        parser.read_config(str(Path(bundle_dir) / "configs" / "inference.json"))
+        parser["bundle_root"] = str(bundle_dir)
+        return parser.get_parsed_content("network_def", instantiate=True)
+
+
+class bundle_scripts:
+    """Context: import ``scripts`` from ``bundle_dir`` (as MONAI Label does), restoring ``sys.path`` afterwards."""
+
+    def __init__(self, bundle_dir: Path):
+        self.path = str(bundle_dir)
+
+    def __enter__(self):
+        sys.path.insert(0, self.path)
+        _unload_scripts()
+
+    def __exit__(self, *exc):
+        sys.path.remove(self.path)
+        _unload_scripts()
+
+
+def _unload_scripts() -> None:
+    for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+        del sys.modules[name]
+
+
+def load_weights(path: Path) -> dict:
+    """The network state dict in a model.pt: bare (ignite's one-object checkpoint) or under ``"model"``."""
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu")
+    return ckpt["model"] if isinstance(ckpt.get("model"), dict) else ckpt
+
+
+def synthetic_pair(shape: tuple[int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic EM-like ``(image, label)`` pair, ``uint8 (H, W)``, from the bundle's generator."""
+    with bundle_scripts(BUNDLE):
+        from scripts.data import make_sample
+
+        return make_sample(shape, seed=seed)
+
+
+def write_image(path: Path, array: np.ndarray) -> Path:
+    """Write a 2D ``uint8`` array as PNG or TIFF by the file's extension."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        tifffile.imwrite(path, array)
+    else:
+        from PIL import Image
+
+        Image.fromarray(array).save(path)
+    return path
+
+
+def read_image(path_or_bytes) -> np.ndarray:
+    """Read a 2D label image (PNG or TIFF, from a path or bytes) as an ``(H, W)`` array."""
+    import io
+
+    from PIL import Image
+
+    data = path_or_bytes if isinstance(path_or_bytes, (bytes, bytearray)) else Path(path_or_bytes).read_bytes()
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        import tifffile
+
+        return np.asarray(tifffile.imread(io.BytesIO(data)))
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def make_studies(root: Path, labelled: int = 5, size: int = 64) -> dict[str, tuple[int, int]]:
+    """A MONAI Label studies folder: ``labelled`` PNG images with final labels, plus unlabelled images of other
+    shapes and formats (a non-square PNG, a .tif and a .tiff). Returns ``{image file name: (H, W)}``."""
+    root = Path(root)
+    shapes: dict[str, tuple[int, int]] = {}
+    for i in range(labelled):
+        image, label = synthetic_pair((size, size), seed=100 + i)
+        write_image(root / f"cells_{i:02d}.png", image)
+        write_image(root / "labels" / "final" / f"cells_{i:02d}.png", label)
+        shapes[f"cells_{i:02d}.png"] = image.shape
+    for name, shape, seed in (("wide.png", (64, 96), 200), ("tall.tif", (96, 64), 201), ("square.tiff", (80, 80), 202)):
+        image, _ = synthetic_pair(shape, seed=seed)
+        write_image(root / name, image)
+        shapes[name] = image.shape
+    return shapes
+
+
+def download_app(python: str, out_dir: Path, env: dict | None = None) -> Path:
+    """``monailabel apps --download --name monaibundle --output out_dir`` (copies the app from the wheel, offline)."""
+    cmd = [python, "-m", "monailabel.main", "apps", "--download", "--name", "monaibundle", "--output", str(out_dir)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    app = Path(out_dir) / "monaibundle"
+    if proc.returncode != 0 or not (app / "main.py").is_file():
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return app
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_command(python: str, app: Path, studies: Path, port: int, model: str = MODEL_NAME) -> list[str]:
+    """The documented ``monailabel start_server`` line (as ``python -m monailabel.main``: same entry point)."""
+    return [
+        python, "-m", "monailabel.main", "start_server",
+        "--app", str(app),
+        "--studies", str(studies),
+        "--conf", "models", model,
+        "--conf", "zoo_source", "local",
+        "--conf", "sam2", "false",
+        "--host", "127.0.0.1",
+        "--port", str(port),
+    ]  # fmt: skip
+
+
+class Server:
+    """A ``monailabel start_server`` process in its own process group, with a log file and small HTTP helpers."""
+
+    def __init__(self, cmd: list[str], env: dict, log_path: Path, port: int):
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = Path(log_path)
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def log_tail(self, n: int = 6000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/info/", timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            time.sleep(1.0)
+        raise AssertionError(f"server not ready after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 300):
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, r.headers, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers, e.read()
+
+    def get_json(self, path: str, timeout: float = 60):
+        status, _, data = self.request("GET", path, timeout=timeout)
+        assert status == 200, f"GET {path}: HTTP {status}: {data[:2000]!r}\n{self.log_tail()}"
+        return json.loads(data)
+
+    def post_json(self, path: str, payload: dict, timeout: float = 300):
+        body = json.dumps(payload).encode()
+        status, _, data = self.request("POST", path, body, {"Content-Type": "application/json"}, timeout=timeout)
+        assert status == 200, f"POST {path}: HTTP {status}: {data[:2000]!r}\n{self.log_tail()}"
+        return json.loads(data)
+
+    def post_file(self, path: str, field: str, filename: str, content: bytes, timeout: float = 300):
+        boundary = "----cellsegtest" + os.urandom(8).hex()
+        body = (
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode() + content + f"\r\n--{boundary}--\r\n".encode()
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        return self.request("POST", path, body, headers, timeout=timeout)
+
+    def stop(self, grace: float = 20.0) -> None:
+        """SIGTERM to the whole process group (server and any training subprocess), SIGKILL after ``grace`` s."""
+        try:
+            if self.proc.poll() is None:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                try:
+                    self.proc.wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    pass
+            # whatever is left in the group (e.g. a training subprocess that ignored SIGTERM)
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        finally:
+            self._log.close()
