@@ -54,6 +54,26 @@ def test_xnet_rule():
     assert weighted.item() == pytest.approx(SCE_1 + 2 * (SCE_1 + IOU_1), rel=1e-6)
 
 
+class _Exploding(_Loss):
+    def forward(self, input, target):
+        raise AssertionError("a loss with weight 0 was computed")
+
+
+def test_weight_zero_is_not_computed():
+    assert SumLoss([sce(), _Exploding()], weights=[1.0, 0.0])(OUT1, LABEL).item() == pytest.approx(SCE_1, rel=1e-6)
+    loss = MultiOutputLoss([sce(), _Exploding(), iou()], weights=[1.0, 0.0, 1.0])
+    assert loss((OUT1, OUT2, OUT2), LABEL).item() == pytest.approx(SCE_1 + IOU_2, rel=1e-6)
+
+
+def test_all_weights_zero_gives_zero_with_gradients():
+    logits = OUT1.clone().requires_grad_(True)
+    total = MultiOutputLoss([_Exploding(), _Exploding()], weights=[0.0, 0.0])((logits, logits * 2), LABEL)
+    assert total.item() == 0.0
+    total.backward()
+    assert logits.grad is not None and torch.count_nonzero(logits.grad) == 0
+    assert SumLoss([_Exploding()], weights=[0.0])(logits, LABEL).item() == 0.0
+
+
 def test_xnet_rule_from_config():
     config = {
         "sce": {"_target_": "scripts.losses.SoftmaxCrossEntropyLoss"},

@@ -27,6 +27,17 @@ def _check_weights(weights: Sequence[float] | None, n: int, what: str) -> list[f
     return out
 
 
+def _sum_terms(terms: list[torch.Tensor], inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Sum of the weighted terms; terms with weight 0 are never computed. All weights 0 gives a zero that is
+    still connected to the inputs (so ``backward`` works and gives zero gradients)."""
+    if not terms:
+        return sum((x.sum() * 0.0 for x in inputs), torch.zeros((), device=inputs[0].device))
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
+
+
 def _check_loss(loss: object, where: str) -> nn.Module:
     if not isinstance(loss, nn.Module):
         raise TypeError(
@@ -46,7 +57,7 @@ class SumLoss(_Loss):
 
     Args:
         losses: one or more loss modules.
-        weights: one number no less than 0 per loss; ``None``: all 1.
+        weights: one number no less than 0 per loss; ``None``: all 1. A loss with weight 0 is not computed.
 
     Raises:
         TypeError: when ``losses`` is not a non-empty sequence of ``torch.nn.Module`` or ``weights`` is not a list.
@@ -71,10 +82,8 @@ class SumLoss(_Loss):
         Returns:
             the weighted sum of the members' values.
         """
-        total = self.weights[0] * self.losses[0](input, target)
-        for w, loss in zip(self.weights[1:], self.losses[1:]):
-            total = total + w * loss(input, target)
-        return total
+        terms = [w * loss(input, target) for w, loss in zip(self.weights, self.losses) if w > 0]
+        return _sum_terms(terms, [input])
 
 
 class MultiOutputLoss(_Loss):
@@ -94,7 +103,8 @@ class MultiOutputLoss(_Loss):
     Args:
         losses: one entry per network output: a loss module or a list of loss modules. A single loss module
             is accepted as a one-output list.
-        weights: one number no less than 0 per output; ``None``: all 1.
+        weights: one number no less than 0 per output; ``None``: all 1. An output with weight 0 is not
+            given to its loss (no cost, no gradient from it).
 
     Raises:
         TypeError: when an entry is neither a loss module nor a list of them, or ``weights`` is not a list.
@@ -152,7 +162,5 @@ class MultiOutputLoss(_Loss):
             raise ValueError(
                 f"got {len(targets)} targets for {len(outputs)} outputs; give one target or one per output."
             )
-        total = self.weights[0] * self.losses[0](outputs[0], targets[0])
-        for i in range(1, len(outputs)):
-            total = total + self.weights[i] * self.losses[i](outputs[i], targets[i])
-        return total
+        terms = [w * loss(o, t) for w, loss, o, t in zip(self.weights, self.losses, outputs, targets) if w > 0]
+        return _sum_terms(terms, outputs)
