@@ -11,6 +11,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
+from scripts.data.io import file_stem
+
 __all__ = ["SaveProbabilityMaps", "SaveProbabilityMapsd"]
 
 
@@ -54,7 +56,7 @@ class SaveProbabilityMaps(Transform):
             filename = str(getattr(prob, "meta", {}).get("filename_or_obj", "image"))
         if self.transposed:
             arr = arr.transpose(0, 2, 1)
-        stem = Path(filename).name.split(".")[0]
+        stem = file_stem(filename)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         metadata = {"axes": "CYX"}
         if self.class_names is not None:
