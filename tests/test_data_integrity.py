@@ -157,3 +157,39 @@ def test_synthetic_dataset_is_clean(synthetic_dataset):
     summary = check_datalist(synthetic_dataset, 5, in_channels=1, keys=("training", "validation", "testing"))
     assert summary["counts"] == {"training": 4, "validation": 2, "testing": 2}
     assert sum(summary["class_pixels"]) == 8 * 64 * 64
+
+
+def test_batched_key_with_mixed_sizes_is_reported(tmp_path):
+    path = _dataset(tmp_path, n=3)
+    write_png(tmp_path / "img" / "big.png", np.zeros((10, 12), np.uint8))
+    write_png(tmp_path / "lab" / "big.png", np.zeros((10, 12), np.uint8))
+    content = json.loads(path.read_text())
+    content["validation"].append({"image": "img/big.png", "label": "lab/big.png"})
+    content["training"].append({"image": "img/big.png", "label": "lab/big.png"})
+    path.write_text(json.dumps(content))
+    # batch size 1, or a key not named in batch_sizes (training: the trainer crops to patch_size): fine
+    check_datalist(path, 3, batch_sizes={"validation": 1})
+    check_datalist(path, 3)
+    with pytest.raises(DatasetError) as err:
+        check_datalist(path, 3, batch_sizes={"validation": 4, "training": 1})
+    message = str(err.value)
+    assert "'validation' images differ in size" in message and "big.png 10x12" in message and "2.png 8x6" in message
+    assert "--val_batch_size 1" in message and "'training'" not in message
+
+
+def test_alpha_png_and_values_above_intensity_max_are_reported(tmp_path):
+    from PIL import Image
+    import tifffile
+
+    path = _dataset(tmp_path, n=3)
+    Image.fromarray(np.zeros((8, 6, 4), np.uint8), mode="RGBA").save(tmp_path / "img" / "0.png")
+    tifffile.imwrite(tmp_path / "img" / "16bit.tif", np.full((8, 6), 3000, np.uint16))
+    _edit(path, "validation", 0, image="img/16bit.tif")
+    check_datalist(path, 3, keys=["validation"])  # without intensity_max: not checked
+    check_datalist(path, 3, keys=["validation"], intensity_max=4095)
+    with pytest.raises(DatasetError) as err:
+        check_datalist(path, 3, intensity_max=255)
+    message = str(err.value)
+    assert "2 problem(s)" in message
+    assert "0.png: image has an alpha" in message
+    assert "16bit.tif: pixel values up to 3000 exceed intensity_max=255" in message and "--intensity_max to the data's range (e.g. 4095" in message

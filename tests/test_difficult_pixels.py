@@ -181,3 +181,12 @@ def test_bad_arguments(kwargs):
 def test_bad_inputs(kwargs, shape):
     with pytest.raises(ValueError):
         DifficultPixelRefine(**kwargs)(np.random.rand(*shape).astype(np.float32))
+
+
+def test_check_num_classes_names_the_config_keys():
+    DifficultPixelRefine(priorities=(1, 3), fallback=0).check_num_classes(4)
+    DifficultPixelRefine(priorities=(), fallback=None).check_num_classes(1)
+    with pytest.raises(ValueError, match="refine_priorities"):
+        DifficultPixelRefine(priorities=(1, 3), fallback=0).check_num_classes(3)
+    with pytest.raises(ValueError, match="out of range for 2 classes"):
+        DifficultPixelRefine(priorities=1, fallback=2).check_num_classes(2)

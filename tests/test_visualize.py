@@ -11,7 +11,7 @@ import torch
 from matplotlib import colormaps
 from PIL import Image
 
-from scripts.data.classes import CLASS_COLORS, NUM_CLASSES
+from scripts.data.classes import CLASS_COLORS, NUM_CLASSES, class_palette
 from scripts.transforms import DifficultPixelRefine
 from scripts.visualize import (
     FeatureMapHook,
@@ -166,6 +166,34 @@ def test_writer_reads_monai_loadimage_in_file_orientation(tmp_path):
     np.testing.assert_array_equal(overlay[0, 0], left)
     np.testing.assert_array_equal(overlay[0, W - 1], right)
     np.testing.assert_array_equal(overlay, overlay_labels(IMAGE, LEFT.astype(int)))
+
+
+def test_class_palette_any_count():
+    assert class_palette(3) == CLASS_COLORS[:3]
+    assert class_palette(5) == CLASS_COLORS
+    many = class_palette(12)
+    assert many[:5] == CLASS_COLORS and len(set(many)) == 12
+    assert all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in many)
+    with pytest.raises(ValueError):
+        class_palette(0)
+
+
+@pytest.mark.parametrize("num_classes", [3, 7])
+def test_writer_other_class_counts(tmp_path, num_classes):
+    names = [f"class{i}" for i in range(num_classes)]
+    prob = np.full((num_classes, H, W), 0.1 / (num_classes - 1), np.float32)
+    prob[num_classes - 1] = 0.9
+    writer = PictureWriter(tmp_path, reverse_indexing=False, class_names=names,
+                           refiner=DifficultPixelRefine(priorities=1, fallback=0))
+    pics = writer.write(IMAGE[None], prob, np.full((1, H, W), num_classes - 1), name="a.png")
+    last = np.full((H, W), num_classes - 1)
+    np.testing.assert_array_equal(
+        read(tmp_path / pics["overlay"]), overlay_labels(IMAGE, last, colors=class_palette(num_classes))
+    )
+    writer.completed()
+    np.testing.assert_array_equal(read(tmp_path / "legend.png"), legend_image(names, class_palette(num_classes)))
+    with pytest.raises(ValueError, match="colours"):
+        PictureWriter(tmp_path, class_names=names, class_colors=CLASS_COLORS)
 
 
 def test_writer_one_channel_prediction(tmp_path):

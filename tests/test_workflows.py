@@ -130,3 +130,49 @@ def test_integrity_check_runs_before_training(tmp_path):
     err = proc.stdout + proc.stderr
     assert "labels/a.png" in err and "7" in err
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir()), "nothing trained"
+
+
+def test_inference_for_another_class_count_fails_before_loading(tmp_path):
+    # the default refinement names class 3 (mitochondria): a 3-class config must say which keys to set
+    proc = run_bundle(config_arg("inference.json"), None, {**TINY, "bundle_root": str(tmp_path), "num_classes": 3,
+                      "class_names": ["a", "b", "c"], "output_dir": str(tmp_path / "out")}, check=False)
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert "out of range for 3 classes" in err and "--refine_priorities" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_valid_padding_unet_trains_on_patches(tmp_path):
+    # the trainer mirror pads each patch (MirrorPaddedInferer) so the valid U-Net's output covers its label
+    overrides = {**TINY, "epochs": 1, "bundle_root": str(tmp_path), "padding": "valid"}
+    proc = run_bundle(config_arg("train.json", "experiments/unet_sce_iou.json"), "training", overrides)
+    assert (tmp_path / "models" / "model.pt").is_file()
+    assert "val_mean_iou" in proc.stdout + proc.stderr
+
+
+def _mixed_size_dataset(root, val_sizes):
+    rng = np.random.default_rng(0)
+    items = {"training": [], "validation": []}
+    for key, sizes in (("training", [(50, 70), (64, 64), (90, 40)]), ("validation", val_sizes)):
+        for i, (h, w) in enumerate(sizes):
+            (root / "images").mkdir(parents=True, exist_ok=True)
+            (root / "labels").mkdir(exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8)).save(root / "images" / f"{key}{i}.png")
+            Image.fromarray(rng.integers(0, 5, (h, w), dtype=np.uint8)).save(root / "labels" / f"{key}{i}.png")
+            items[key].append({"image": f"images/{key}{i}.png", "label": f"labels/{key}{i}.png"})
+    (root / "datalist.json").write_text(json.dumps(items))
+    return root / "datalist.json"
+
+
+def test_training_images_of_different_sizes(tmp_path):
+    # training: mirror padded to and randomly cropped at patch_size, so batches stack; validation batched by 2 of
+    # one size works, of two sizes is refused before training with the fix
+    datalist = _mixed_size_dataset(tmp_path / "data", [(64, 64), (64, 64)])
+    overrides = {**TINY, "epochs": 1, "bundle_root": str(tmp_path / "run"), "datalist_file": str(datalist)}
+    run_bundle(config_arg("train.json", "experiments/unet_sce_iou.json"), "training", overrides)
+    assert (tmp_path / "run" / "models" / "model.pt").is_file()
+    datalist = _mixed_size_dataset(tmp_path / "data2", [(64, 64), (48, 80)])
+    proc = run_bundle(config_arg("train.json"), "training", {**overrides, "datalist_file": str(datalist),
+                      "bundle_root": str(tmp_path / "run2")}, check=False)
+    assert proc.returncode != 0 and "--val_batch_size 1" in proc.stdout + proc.stderr
+    assert not (tmp_path / "run2" / "models").exists() or not any((tmp_path / "run2" / "models").iterdir())

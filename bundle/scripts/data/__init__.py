@@ -3,16 +3,17 @@
 Command line: ``python -m scripts.data.prepare {drosophila,folders,synthetic,check} ...``.
 """
 
-from .classes import CLASS_COLORS, CLASS_NAMES, DROSOPHILA_VALUE_MAP, NUM_CLASSES
+from .classes import CLASS_COLORS, CLASS_NAMES, DROSOPHILA_VALUE_MAP, NUM_CLASSES, class_palette
 from .datalist import list_images, load_datalist, write_json
 from .drosophila import crop_grid, find_drosophila_sections, map_label_values, prepare_drosophila, section_folds
 from .folders import pair_files, parse_class_map, prepare_folders
 from .integrity import DatasetError, check_datalist
-from .io import SUPPORTED_EXTENSIONS, file_stem, image_extension, read_image, to_uint8, write_png
+from .io import SUPPORTED_EXTENSIONS, file_stem, has_alpha, image_extension, read_image, to_uint8, write_png
 from .synthetic import ensure_synthetic_dataset, generate_dataset, make_sample
 
 __all__ = [
     "CLASS_COLORS",
+    "class_palette",
     "CLASS_NAMES",
     "DROSOPHILA_VALUE_MAP",
     "NUM_CLASSES",
@@ -22,6 +23,7 @@ __all__ = [
     "crop_grid",
     "ensure_synthetic_dataset",
     "file_stem",
+    "has_alpha",
     "find_drosophila_sections",
     "generate_dataset",
     "image_extension",

@@ -21,6 +21,8 @@ in its mean IoU.
 
 from __future__ import annotations
 
+import colorsys
+
 CLASS_NAMES: tuple[str, ...] = ("intracellular", "membrane", "glia_extracellular", "mitochondria", "synapse")
 NUM_CLASSES: int = len(CLASS_NAMES)
 
@@ -47,3 +49,28 @@ CLASS_COLORS: tuple[tuple[int, int, int], ...] = (
     (50, 205, 50),  # mitochondria: green
     (255, 215, 0),  # synapse: gold
 )
+
+
+def class_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:
+    """One display colour per class for any class count: ``CLASS_COLORS`` first, then distinct generated hues.
+
+    Args:
+        num_classes: number of classes (at least 1).
+
+    Returns:
+        ``num_classes`` RGB triples (0..255); the first ``min(num_classes, 5)`` are ``CLASS_COLORS``.
+
+    Raises:
+        ValueError: when ``num_classes`` is below 1.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}.")
+    colors = list(CLASS_COLORS[:num_classes])
+    k = 0
+    while len(colors) < num_classes:  # golden-ratio hue steps: well separated for any count
+        hue = (0.1 + 0.618033988749895 * k) % 1.0
+        value = 0.95 if k % 2 == 0 else 0.7
+        r, g, b = colorsys.hsv_to_rgb(hue, 0.85, value)
+        colors.append((round(r * 255), round(g * 255), round(b * 255)))
+        k += 1
+    return tuple(colors)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .io import read_image
+from .io import has_alpha, read_image
 
 __all__ = ["DatasetError", "check_datalist"]
 
@@ -70,12 +70,16 @@ def check_datalist(
     require_labels: bool = True,
     base_dir: str | os.PathLike | None = None,
     max_listed: int = 20,
+    batch_sizes: Mapping[str, int] | None = None,
+    intensity_max: float | None = None,
 ) -> dict:
     """Check a segmentation datalist before training.
 
     Checks that there is at least one training item and every requested list is non-empty; every listed
     image/label exists and is readable; each label has the spatial size of its image, one channel, and integer
-    values in ``[0, num_classes)``; each image's channel count (grey 1, RGB 3) equals ``in_channels`` when given.
+    values in ``[0, num_classes)``; each image's channel count (grey 1, RGB 3) equals ``in_channels`` when given,
+    and no PNG image has an alpha channel (the loader would read it as an extra channel); optionally, image values do
+    not exceed ``intensity_max`` and batched lists hold images of one size.
 
     Args:
         datalist: a datalist JSON path (relative item paths resolve against its folder), a datalist dict
@@ -87,6 +91,10 @@ def check_datalist(
         require_labels: whether every item must have a ``"label"``.
         base_dir: folder to resolve relative paths against (default: the JSON file's folder / the working dir).
         max_listed: at most this many problems are spelled out in the error message.
+        batch_sizes: batch size per key of a loader that stacks whole images (e.g. ``{"validation": 4}``); a key
+            batched by more than one whose images differ in size is a problem (they cannot be stacked).
+        intensity_max: the intensity the input scaling maps to 1 and clips at (``intensity_max`` in the configs);
+            an image with larger values (e.g. 16-bit) is a problem. ``None`` skips that check.
 
     Returns:
         A summary dict: ``counts`` (items per key), ``image_channels`` (sorted distinct channel counts),
@@ -120,6 +128,7 @@ def check_datalist(
         p = Path(p)
         return p if p.is_absolute() else base / p
 
+    key_sizes: dict[str, dict[tuple[int, int], Path]] = {}  # key -> image size -> first image of that size
     for key, items in lists.items():
         if items is None:
             hint = " (there must be at least one training item)" if key == "training" else ""
@@ -145,6 +154,20 @@ def check_datalist(
                 else:
                     c = 1 if image.ndim == 2 else image.shape[-1]
                     channels.add(c)
+                    if has_alpha(image_path):
+                        problems.append(
+                            f"{image_path}: image has an alpha (transparency) channel, which the training loader "
+                            "reads as an extra image channel; save it without alpha (grey or RGB), e.g. with "
+                            "`python -m scripts.data.prepare folders ...`, which writes grey/RGB PNGs."
+                        )
+                    peak = float(image.max()) if image.size else 0.0
+                    if intensity_max is not None and peak > intensity_max:
+                        problems.append(
+                            f"{image_path}: pixel values up to {peak:g} exceed intensity_max={intensity_max:g} (the "
+                            f"input scaling clips there, so the image would look saturated); set --intensity_max to "
+                            f"the data's range (e.g. {65535 if peak > 4095 else 4095} for {image.dtype} images), or "
+                            "convert the images to 8 bits (`python -m scripts.data.prepare folders ...` does)."
+                        )
                     sizes.append(image.shape[:2])
                     images[image_path] = (image.shape[:2], None)
                     if in_channels is not None and c != in_channels:
@@ -153,6 +176,8 @@ def check_datalist(
                             f"to {c} in the config, or convert the image to {'grey' if in_channels == 1 else 'RGB'}."
                         )
             image_size = images[image_path][0]
+            if image_size is not None:
+                key_sizes.setdefault(key, {}).setdefault(tuple(image_size), image_path)
             if "label" not in item or item["label"] is None:
                 if require_labels:
                     problems.append(f"{source}: {key}[{n}] ({image_path.name}) has no 'label'; add the label path.")
@@ -193,6 +218,15 @@ def check_datalist(
                     f"{label_path}: label size {list(label_size)} differs from its image {image_path.name} "
                     f"{list(image_size)}; labels must have the image's height and width."
                 )
+    for key, batch in (batch_sizes or {}).items():
+        found = key_sizes.get(key, {})
+        if batch > 1 and len(found) > 1:
+            shown = ", ".join(f"{p.name} {h}x{w}" for (h, w), p in list(found.items())[:3])
+            problems.append(
+                f"{source}: the {key!r} images differ in size ({shown}{', ...' if len(found) > 3 else ''}) but are "
+                f"batched {batch} at a time, and images of different sizes cannot be stacked; set that batch size "
+                "to 1 (e.g. --val_batch_size 1), or crop the images to one size (scripts.data.prepare ... --crop)."
+            )
     if problems:
         raise DatasetError(problems, source, max_listed)
     return {

@@ -14,7 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SUPPORTED_EXTENSIONS", "image_extension", "read_image", "write_png", "to_uint8", "file_stem"]
+__all__ = [
+    "SUPPORTED_EXTENSIONS",
+    "has_alpha",
+    "image_extension",
+    "read_image",
+    "write_png",
+    "to_uint8",
+    "file_stem",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +120,30 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if arr.size == 0:
         raise ValueError(f"{path}: cannot read this {ext} file: it holds no pixel data (corrupt or truncated).")
     return _to_2d(arr, path, channel_first_ok)
+
+
+def has_alpha(path: str | os.PathLike) -> bool:
+    """Whether a PNG stores an alpha (transparency) channel (RGBA or grey + alpha), read from its header.
+
+    :func:`read_image` drops alpha, but MONAI's ``LoadImage`` (the training loader) keeps a PNG's alpha as an extra
+    image channel, so the integrity check reports such files. (For an RGBA TIFF it returns 3 channels; JPEG and NIfTI
+    have no alpha.) A file that cannot be opened gives ``False``: reading it reports the error.
+
+    Args:
+        path: an image file.
+
+    Returns:
+        ``True`` for an RGBA/LA PNG, ``False`` otherwise.
+    """
+    if image_extension(path) != ".png":
+        return False
+    try:
+        from PIL import Image
+
+        with Image.open(path) as img:
+            return img.mode in ("RGBA", "RGBa", "LA", "La")
+    except Exception:  # noqa: BLE001 - a file that cannot be opened is reported by read_image
+        return False
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -209,6 +209,25 @@ class DifficultPixelRefine(Transform):
         self.softmax = softmax
         self.max_passes = max_passes
 
+    def check_num_classes(self, num_classes: int) -> None:
+        """Raise when ``priorities``/``fallback`` name a class index a ``num_classes``-class model does not have.
+
+        ``inference.json`` calls it in ``initialize``, so a config for another class count fails before the model
+        is loaded, with the keys to change.
+
+        Raises:
+            ValueError: when a priority or the fallback is ``>= num_classes``.
+        """
+        used = self.priorities + (() if self.fallback is None else (self.fallback,))
+        if used and max(used) >= num_classes:
+            raise ValueError(
+                f"difficult-pixel refinement: class index {max(used)} (priorities {list(self.priorities)}, fallback "
+                f"{self.fallback}) is out of range for {num_classes} classes. The defaults are for the bundle's five "
+                "classes (membrane=1, mitochondria=3, intracellular=0); for your classes set e.g. "
+                "--refine_priorities \"[1]\" --refine_fallback 0 (inference.json) to the indices of your thin "
+                "structures and your filler class."
+            )
+
     def __call__(self, img: NdarrayOrTensor, return_maps: bool = False):
         """
         Args:
@@ -228,9 +247,7 @@ class DifficultPixelRefine(Transform):
         num_classes, spatial = img.shape[0], img.ndim - 1
         if (spatial, self.connectivity) not in _CONNECTIVITY:
             raise ValueError(f"connectivity {self.connectivity} does not exist in {spatial}D; use 4/8 (2D) or 6/18/26 (3D).")
-        used = self.priorities + (() if self.fallback is None else (self.fallback,))
-        if max(used) >= num_classes:
-            raise ValueError(f"class index {max(used)} (priorities/fallback) out of range for {num_classes} classes.")
+        self.check_num_classes(num_classes)
         prob, *_ = convert_data_type(img, np.ndarray)
         prob = prob.astype(np.float32, copy=False)
         if self.softmax:

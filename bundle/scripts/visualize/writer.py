@@ -34,7 +34,7 @@ import torch
 from monai.data import decollate_batch
 from monai.utils import min_version, optional_import
 
-from scripts.data.classes import CLASS_COLORS, CLASS_NAMES
+from scripts.data.classes import CLASS_NAMES, class_palette
 from scripts.data.io import file_stem, write_png
 from scripts.transforms.difficult_pixels import DifficultPixelRefine
 from scripts.visualize.confidence import confidence_to_rgb, difficult_to_grey
@@ -99,13 +99,16 @@ class PictureWriter:
         feature_module: name(s) of the module(s) whose input is the last layer's feature maps (the final 1x1
             conv); see :class:`scripts.visualize.FeatureMapHook`.
         alpha: colour weight of the overlays, 0..1. Default 0.5.
-        class_names, class_colors: legend names and overlay colours. Defaults ``CLASS_NAMES``, ``CLASS_COLORS``.
+        class_names: legend names, one per class. Default ``CLASS_NAMES``.
+        class_colors: overlay colours, one RGB triple per class; ``None`` (default): ``class_palette(len(class_names))``
+            (the bundle's ``CLASS_COLORS``, extended with generated hues for more than five classes).
         confidence_cmap: colormap of ``confidence.png``. Default 'inferno' (black = uniform 1/C, yellow = 1).
         feature_cmap: colormap of ``features.png``. Default 'jet' (blue -> red).
         title: the gallery's title.
 
     Raises:
-        ValueError: ``feature_maps`` without ``network``/``feature_module``, or a refiner with ``softmax=True``.
+        ValueError: ``feature_maps`` without ``network``/``feature_module``, a refiner with ``softmax=True``, or
+            ``class_colors`` of another length than ``class_names``.
     """
 
     def __init__(
@@ -128,7 +131,7 @@ class PictureWriter:
         feature_module: Sequence[str] | str | None = None,
         alpha: float = 0.5,
         class_names: Sequence[str] = CLASS_NAMES,
-        class_colors: Sequence[Sequence[int]] = CLASS_COLORS,
+        class_colors: Sequence[Sequence[int]] | None = None,
         confidence_cmap: str = "inferno",
         feature_cmap: str = "jet",
         title: str = "Segmentation pictures",
@@ -142,6 +145,8 @@ class PictureWriter:
                 raise ValueError("feature_maps=True needs the network and the feature_module name (the module whose "
                                  "input is the last layer's feature maps, e.g. the final 1x1 conv).")
             self.feature_net = MeanFeatureMap(network, feature_module)
+        if class_colors is None:
+            class_colors = class_palette(len(class_names))
         if len(class_names) != len(class_colors):
             raise ValueError(f"got {len(class_names)} class names but {len(class_colors)} colours.")
         self.output_dir = Path(output_dir)
