@@ -160,7 +160,7 @@ def check_datalist(
                             "reads as an extra image channel; save it without alpha (grey or RGB), e.g. with "
                             "`python -m scripts.data.prepare folders ...`, which writes grey/RGB PNGs."
                         )
-                    peak = float(image.max()) if image.size else 0.0
+                    peak = float(image.max()) if intensity_max is not None and image.size else 0.0
                     if intensity_max is not None and peak > intensity_max:
                         problems.append(
                             f"{image_path}: pixel values up to {peak:g} exceed intensity_max={intensity_max:g} (the "
