@@ -48,6 +48,31 @@ def as_class_weight(
     return w
 
 
+def per_class_weight(weight: Sequence[float] | torch.Tensor | None) -> torch.Tensor | None:
+    """:func:`as_class_weight` for losses that need one value per class (a 1-D list), not one number.
+
+    Raises:
+        TypeError, ValueError: as :func:`as_class_weight`; ValueError also for a single number.
+    """
+    cw = as_class_weight(weight)
+    if cw is not None and cw.ndim != 1:
+        raise ValueError(f"`weight` must hold one value per class (a list of C floats), got {weight!r}.")
+    return cw
+
+
+def check_weight_count(class_weight: torch.Tensor | None, num_classes: int) -> None:
+    """Raise when a 1-D ``class_weight`` does not hold one value per class (channel) of the input.
+
+    Raises:
+        ValueError: when ``len(class_weight) != num_classes``.
+    """
+    if class_weight is not None and class_weight.shape[0] != num_classes:
+        raise ValueError(
+            f"`weight` has {class_weight.shape[0]} values but the input has {num_classes} classes "
+            "(channels); give one weight per class."
+        )
+
+
 class SoftRegionLoss(_Loss):
     """Base class: prepares ``(input, target)`` exactly like :class:`monai.losses.DiceLoss` and reduces the
     per-(batch, class) loss values. Subclasses implement :meth:`region_loss`.

@@ -10,7 +10,7 @@ from torch.nn.modules.loss import _Loss
 
 from monai.utils import LossReduction
 
-from ._base import as_class_weight
+from ._base import check_weight_count, per_class_weight
 
 __all__ = ["BorderWeightedCELoss"]
 
@@ -56,9 +56,7 @@ class BorderWeightedCELoss(_Loss):
         reduction: LossReduction | str = LossReduction.MEAN,
     ) -> None:
         super().__init__(reduction=LossReduction(reduction).value)
-        cw = as_class_weight(weight)
-        if cw is not None and cw.ndim != 1:
-            raise ValueError(f"`weight` must hold one value per class (a list of C floats), got {weight!r}.")
+        cw = per_class_weight(weight)
         self.register_buffer("class_weight", cw)
         self.class_weight: torch.Tensor | None
 
@@ -89,12 +87,7 @@ class BorderWeightedCELoss(_Loss):
                 f"target batch/spatial shape {list(target.shape)} differs from input's {list(input.shape)}."
             )
         class_weight = self.class_weight
-        if class_weight is not None:
-            if class_weight.shape[0] != input.shape[1]:
-                raise ValueError(
-                    f"`weight` has {class_weight.shape[0]} values but the input has {input.shape[1]} classes "
-                    "(channels); give one weight per class."
-                )
+        check_weight_count(class_weight, input.shape[1])
         labels = torch.round(target[:, 0]).long()
         pixel_weight = target[:, 1].to(input.dtype)
         if class_weight is not None:

@@ -10,7 +10,7 @@ from torch.nn.modules.loss import _Loss
 
 from monai.utils import LossReduction
 
-from ._base import as_class_weight
+from ._base import check_weight_count, per_class_weight
 
 __all__ = ["SoftmaxCrossEntropyLoss", "target_to_indices"]
 
@@ -84,9 +84,7 @@ class SoftmaxCrossEntropyLoss(_Loss):
         ignore_index: int | None = None,
     ) -> None:
         super().__init__(reduction=LossReduction(reduction).value)
-        cw = as_class_weight(weight)
-        if cw is not None and cw.ndim != 1:
-            raise ValueError(f"`weight` must hold one value per class (a list of C floats), got {weight!r}.")
+        cw = per_class_weight(weight)
         if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
             raise ValueError(f"`ignore_index` must be None or an integer, got {ignore_index!r}.")
         self.register_buffer("class_weight", cw)
@@ -112,12 +110,7 @@ class SoftmaxCrossEntropyLoss(_Loss):
                 f"input must be logits of shape (B, C, *spatial) with C >= 2 classes, got {list(input.shape)}."
             )
         class_weight = self.class_weight
-        if class_weight is not None:
-            if class_weight.shape[0] != input.shape[1]:
-                raise ValueError(
-                    f"`weight` has {class_weight.shape[0]} values but the input has {input.shape[1]} classes "
-                    "(channels); give one weight per class."
-                )
+        check_weight_count(class_weight, input.shape[1])
         indices = target_to_indices(target, input)
         weight = None if class_weight is None else class_weight.to(input)
         loss = F.cross_entropy(input, indices, weight=weight, reduction=self.reduction, ignore_index=self.ignore_index)
