@@ -2,10 +2,21 @@
 baselines. All take ``spatial_dims, in_channels, out_channels, features, padding, batch_norm, dropout``, return raw
 logits, and expose their size rule (``padding``, ``depth``, ``size_divisor``, ``margin``, ``receptive_field``,
 ``output_size()``, ``valid_input_size()``) and ``num_outputs`` (length of the training-mode output tuple; the
-multi-output networks return one tensor in eval mode)."""
+multi-output networks return one tensor in eval mode). Each records the arguments that built it in ``init_args``
+(:func:`network_config` / :func:`build_network`)."""
 
 from scripts.networks.baselines import DoubleUNet, EnsembleUNet
+from scripts.networks.config import build_network, init_args, network_config
 from scripts.networks.unet import UNet
 from scripts.networks.xnet import XNET_SKIP_MODES, XNet
 
-__all__ = ["DoubleUNet", "EnsembleUNet", "UNet", "XNET_SKIP_MODES", "XNet"]
+__all__ = [
+    "DoubleUNet",
+    "EnsembleUNet",
+    "UNet",
+    "XNET_SKIP_MODES",
+    "XNet",
+    "build_network",
+    "init_args",
+    "network_config",
+]

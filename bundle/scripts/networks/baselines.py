@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from scripts.networks.blocks import SizeRuleMixin, check_network_args, receptive_field
+from scripts.networks.config import init_args
 from scripts.networks.unet import UNet
 
 __all__ = ["DoubleUNet", "EnsembleUNet"]
@@ -75,6 +76,7 @@ class DoubleUNet(nn.Module, SizeRuleMixin):
     ):
         super().__init__()
         features = check_network_args(spatial_dims, in_channels, out_channels, features, padding, batch_norm, dropout)
+        self.init_args = init_args(spatial_dims, in_channels, out_channels, features, padding, batch_norm, dropout)
         _check_same_padding("DoubleUNet", padding)
         self._init_size_rule(padding, len(features) - 1)
         self.receptive_field = receptive_field(self.depth, padding, stages=2)  # two U-Nets in series
@@ -136,6 +138,7 @@ class EnsembleUNet(nn.Module, SizeRuleMixin):
     ):
         super().__init__()
         features = check_network_args(spatial_dims, in_channels, out_channels, features, padding, batch_norm, dropout)
+        self.init_args = init_args(spatial_dims, in_channels, out_channels, features, padding, batch_norm, dropout)
         _check_same_padding("EnsembleUNet", padding)
         self._init_size_rule(padding, len(features) - 1)
         self.unet1 = UNet(spatial_dims, in_channels, out_channels, features, padding, batch_norm, dropout)

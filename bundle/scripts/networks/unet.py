@@ -18,6 +18,7 @@ from scripts.networks.blocks import (
     he_init,
     pad_to_multiple,
 )
+from scripts.networks.config import init_args
 
 __all__ = ["UNet"]
 
@@ -93,6 +94,7 @@ class UNet(nn.Module, SizeRuleMixin):
     ):
         super().__init__()
         features = check_network_args(spatial_dims, in_channels, out_channels, features, padding, batch_norm, dropout)
+        self.init_args = init_args(spatial_dims, in_channels, out_channels, features, padding, batch_norm, dropout)
         self._init_size_rule(padding, len(features) - 1)
         conv_padding = 1 if padding == "same" else 0
         self.encoder = UNetEncoder(spatial_dims, in_channels, features, conv_padding, batch_norm, dropout)

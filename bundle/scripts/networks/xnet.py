@@ -19,6 +19,7 @@ from scripts.networks.blocks import (
     he_init,
     pad_to_multiple,
 )
+from scripts.networks.config import init_args
 
 __all__ = ["XNet", "XNET_SKIP_MODES"]
 
@@ -98,6 +99,7 @@ class XNet(nn.Module, SizeRuleMixin):
         features = check_network_args(spatial_dims, in_channels, out_channels, features, padding, batch_norm, dropout)
         if skip not in XNET_SKIP_MODES:
             raise ValueError(f"skip must be one of {XNET_SKIP_MODES}, got {skip!r}.")
+        self.init_args = init_args(spatial_dims, in_channels, out_channels, features, padding, batch_norm, dropout, skip=skip)
         self.skip = skip
         self._init_size_rule(padding, len(features) - 1)
         conv_padding = 1 if padding == "same" else 0
