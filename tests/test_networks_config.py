@@ -41,3 +41,28 @@ def test_errors():
         build_network({"features": [4, 8]})
     with pytest.raises(ValueError, match="not a network"):
         build_network({"_target_": "scripts.networks.network_config"})
+
+
+def test_model_info_round_trip_and_mismatch(tmp_path):
+    from ignite.handlers import Checkpoint
+
+    from scripts.networks import ModelInfo
+
+    net = UNet(features=[4, 8, 16], batch_norm=True)
+    info = ModelInfo(net, class_names=["a", "b"], intensity_max=255, patch_size=(64, 64))
+    path = tmp_path / "model.pt"
+    torch.save({"model": net.state_dict(), "model_info": info.state_dict()}, path)
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["model_info"]["network"]["features"] == [4, 8, 16]
+    assert ckpt["model_info"]["class_names"] == ["a", "b"] and ckpt["model_info"]["patch_size"] == [64, 64]
+
+    same = UNet(features=[4, 8, 16], batch_norm=True)
+    same_info = ModelInfo(same)
+    Checkpoint.load_objects({"model_info": same_info, "model": same}, ckpt)
+    assert same_info.loaded["intensity_max"] == 255
+    for a, b in zip(net.state_dict().values(), same.state_dict().values()):
+        assert torch.equal(a, b)
+
+    other = UNet(features=[4, 8, 32], batch_norm=True, padding="valid")
+    with pytest.raises(ValueError, match=r"features: \[4, 8, 16\] \(saved\) vs \[4, 8, 32\] \(now\).*padding"):
+        Checkpoint.load_objects({"model_info": ModelInfo(other, source=str(path)), "model": other}, ckpt)

@@ -7,6 +7,7 @@ multi-output networks return one tensor in eval mode). Each records the argument
 
 from scripts.networks.baselines import DoubleUNet, EnsembleUNet
 from scripts.networks.config import build_network, init_args, network_config
+from scripts.networks.model_info import MODEL_INFO_KEY, ModelInfo, describe_mismatch
 from scripts.networks.unet import UNet
 from scripts.networks.xnet import XNET_SKIP_MODES, XNet
 
@@ -16,7 +17,10 @@ __all__ = [
     "UNet",
     "XNET_SKIP_MODES",
     "XNet",
+    "MODEL_INFO_KEY",
+    "ModelInfo",
     "build_network",
+    "describe_mismatch",
     "init_args",
     "network_config",
 ]

@@ -1,0 +1,85 @@
+"""What a saved model carries besides its weights: the network configuration and the data conventions it was
+trained with.
+
+``model.pt`` and every resumable checkpoint hold, next to ``"model"`` (the state dict), a ``"model_info"`` entry::
+
+    {"network": {"_target_": "scripts.networks.XNet", "features": [...], "padding": "same", ...},
+     "class_names": [...], "intensity_max": 255, "patch_size": [256, 256]}
+
+:class:`ModelInfo` is the Ignite-checkpointable object behind that entry: put it in a ``CheckpointSaver``'s
+``save_dict`` to write it, and in a ``CheckpointLoader``'s ``load_dict`` to check, on load, that the network being
+loaded into was built with the same configuration (one clear message naming the differing keys instead of hundreds
+of ``size mismatch`` lines).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch.nn as nn
+
+from scripts.networks.config import network_config
+
+__all__ = ["MODEL_INFO_KEY", "ModelInfo", "describe_mismatch"]
+
+MODEL_INFO_KEY = "model_info"
+
+
+def describe_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """``key: saved -> current`` for every key whose value differs (keys missing on one side included)."""
+    keys = sorted(set(saved) | set(current))
+    return [f"{k}: {saved.get(k, '<absent>')!r} (saved) vs {current.get(k, '<absent>')!r} (now)" for k in keys
+            if saved.get(k, "<absent>") != current.get(k, "<absent>")]
+
+
+class ModelInfo:
+    """The ``model_info`` entry of a checkpoint, for Ignite's ``Checkpoint``/MONAI's ``CheckpointSaver`` and
+    ``CheckpointLoader``.
+
+    Args:
+        network: the network whose configuration (:func:`scripts.networks.network_config`) is saved / checked.
+        class_names: names of the output classes, in channel order.
+        intensity_max: the image value mapped to 1.0 by the training preprocessing.
+        patch_size: the training patch size.
+        source: a label for messages (e.g. the checkpoint path); optional.
+
+    ``state_dict()`` returns the entry; ``load_state_dict(entry)`` raises :class:`ValueError` when the saved
+    network configuration differs from ``network``'s, naming each differing key.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        class_names: Sequence[str] | None = None,
+        intensity_max: float | None = None,
+        patch_size: Sequence[int] | None = None,
+        source: str | None = None,
+    ):
+        self.network = network
+        self.class_names = None if class_names is None else [str(c) for c in class_names]
+        self.intensity_max = intensity_max
+        self.patch_size = None if patch_size is None else [int(p) for p in patch_size]
+        self.source = source
+        self.loaded: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "network": network_config(self.network),
+            "class_names": self.class_names,
+            "intensity_max": self.intensity_max,
+            "patch_size": self.patch_size,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        saved = dict(state.get("network") or {}) if isinstance(state, Mapping) else {}
+        current = network_config(self.network)
+        diff = describe_mismatch(saved, current)
+        if diff:
+            where = f" {self.source}" if self.source else ""
+            raise ValueError(
+                f"The checkpoint{where} was made by another network configuration ({'; '.join(diff)}). "
+                "Build the network the checkpoint describes (e.g. override the differing keys, such as "
+                "--features, --padding or --network_def) or point to the checkpoint of this configuration."
+            )
+        self.loaded = dict(state)
