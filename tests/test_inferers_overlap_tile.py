@@ -95,7 +95,7 @@ def test_output_is_aligned_with_the_image(padding):
         changed = ((inferer(y, net) - inferer(x, net)).abs().amax(1)[0] > 1e-4).nonzero()
     lo, hi = changed.amin(0), changed.amax(0)
     # a pixel reads at most 23 px to each side (valid: margin 20 + pooling phase up to 3; same: measured with
-    # scripts.networks.blocks.dependency_interval), measured here: valid 20 / 23, same 22 / 21 px left / right
+    # scripts.networks.size_rule.dependency_interval), measured here: valid 20 / 23, same 22 / 21 px left / right
     assert (lo >= 32 - 23).all() and (hi <= 32 + 23).all()
     assert (lo <= 32 - 16).all() and (hi >= 32 + 16).all()  # and it reaches well out on both sides
 

@@ -1,4 +1,4 @@
-"""Tests for scripts.networks.UNet and the shared size rule in scripts.networks.blocks."""
+"""Tests for scripts.networks.UNet and the shared size rule in scripts.networks.size_rule."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from scripts.networks import UNet
-from scripts.networks.blocks import dependency_interval, pad_to_multiple, valid_mode_sizes
+from scripts.networks.blocks import pad_to_multiple
+from scripts.networks.size_rule import dependency_interval, valid_mode_sizes
 
 SMALL = (2, 4, 8)
 
@@ -22,14 +23,15 @@ def _one_thread():
     yield
     torch.set_num_threads(threads)
 
-# (kwargs, input shape, expected output shape): same padding keeps ANY spatial size, odd sizes included
+# (kwargs, input shape, expected output shape): same padding keeps ANY spatial size, odd sizes included; out_channels
+# defaults to 2 (MONAI's convention: no dataset default in a network)
 SAME_CASES = [
-    ({"features": SMALL}, (2, 1, 32, 32), (2, 5, 32, 32)),
-    ({"features": SMALL}, (1, 1, 17, 33), (1, 5, 17, 33)),
+    ({"features": SMALL}, (2, 1, 32, 32), (2, 2, 32, 32)),
+    ({"features": SMALL}, (1, 1, 17, 33), (1, 2, 17, 33)),
     ({"features": SMALL, "in_channels": 2, "out_channels": 3}, (1, 2, 31, 6), (1, 3, 31, 6)),
-    ({"features": (2, 2, 2, 2)}, (1, 1, 1, 7), (1, 5, 1, 7)),  # 1 pixel: replicate padding
-    ({"features": (2, 4), "spatial_dims": 3}, (1, 1, 5, 6, 7), (1, 5, 5, 6, 7)),
-    ({"features": SMALL, "spatial_dims": 1}, (3, 1, 45), (3, 5, 45)),
+    ({"features": (2, 2, 2, 2)}, (1, 1, 1, 7), (1, 2, 1, 7)),  # 1 pixel: replicate padding
+    ({"features": (2, 4), "spatial_dims": 3}, (1, 1, 5, 6, 7), (1, 2, 5, 6, 7)),
+    ({"features": SMALL, "spatial_dims": 1}, (3, 1, 45), (3, 2, 45)),
 ]
 
 

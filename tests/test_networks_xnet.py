@@ -103,7 +103,7 @@ def test_valid_mode_shares_unet_size_rule():
     assert net.output_size(60) == unet.output_size(60) == 20
     assert net.valid_input_size(20) == 60
     outputs = net(torch.randn(1, 1, 44, 60))
-    assert [tuple(o.shape) for o in outputs] == [(1, 5, 4, 20)] * 3
+    assert [tuple(o.shape) for o in outputs] == [(1, 2, 4, 20)] * 3
     with pytest.raises(ValueError, match="not a valid input size"):
         net(torch.randn(1, 1, 45, 60))
     with pytest.raises(ValueError, match="44 or 48"):

@@ -9,8 +9,9 @@ from typing import Tuple, Union
 import torch
 import torch.nn as nn
 
-from scripts.networks.blocks import SizeRuleMixin, check_network_args, receptive_field
+from scripts.networks.blocks import check_network_args
 from scripts.networks.config import init_args
+from scripts.networks.size_rule import SizeRuleMixin, receptive_field
 from scripts.networks.unet import UNet
 
 __all__ = ["DoubleUNet", "EnsembleUNet"]
@@ -44,7 +45,7 @@ class DoubleUNet(nn.Module, SizeRuleMixin):
     Args:
         spatial_dims: number of spatial dimensions (1, 2 or 3). Defaults to 2.
         in_channels: number of input channels. Defaults to 1.
-        out_channels: number of output channels (classes). Defaults to 5.
+        out_channels: number of output channels (classes). Defaults to 2; the bundle's configs pass ``@num_classes``.
         features: channels per level of each U-Net. Defaults to ``(64, 128, 256, 512, 1024)``.
         padding: must be ``"same"`` (default).
         batch_norm: batch norm after each 3x3 convolution. Defaults to False.
@@ -68,7 +69,7 @@ class DoubleUNet(nn.Module, SizeRuleMixin):
         self,
         spatial_dims: int = 2,
         in_channels: int = 1,
-        out_channels: int = 5,
+        out_channels: int = 2,
         features: Sequence[int] = (64, 128, 256, 512, 1024),
         padding: str = "same",
         batch_norm: bool = False,
@@ -108,7 +109,7 @@ class EnsembleUNet(nn.Module, SizeRuleMixin):
     Args:
         spatial_dims: number of spatial dimensions (1, 2 or 3). Defaults to 2.
         in_channels: number of input channels. Defaults to 1.
-        out_channels: number of output channels (classes). Defaults to 5.
+        out_channels: number of output channels (classes). Defaults to 2; the bundle's configs pass ``@num_classes``.
         features: channels per level of each U-Net. Defaults to ``(64, 128, 256, 512, 1024)``.
         padding: must be ``"same"`` (default).
         batch_norm: batch norm after each 3x3 convolution. Defaults to False.
@@ -130,7 +131,7 @@ class EnsembleUNet(nn.Module, SizeRuleMixin):
         self,
         spatial_dims: int = 2,
         in_channels: int = 1,
-        out_channels: int = 5,
+        out_channels: int = 2,
         features: Sequence[int] = (64, 128, 256, 512, 1024),
         padding: str = "same",
         batch_norm: bool = False,

@@ -9,16 +9,15 @@ import torch.nn as nn
 from monai.networks.layers.factories import Conv
 
 from scripts.networks.blocks import (
-    SizeRuleMixin,
     UNetDecoder,
     UNetEncoder,
     check_network_args,
-    check_valid_input_size,
     crop_to,
     he_init,
     pad_to_multiple,
 )
 from scripts.networks.config import init_args
+from scripts.networks.size_rule import SizeRuleMixin, check_valid_input_size
 
 __all__ = ["UNet"]
 
@@ -52,7 +51,7 @@ class UNet(nn.Module, SizeRuleMixin):
     Args:
         spatial_dims: number of spatial dimensions (1, 2 or 3). Defaults to 2.
         in_channels: number of input channels. Defaults to 1.
-        out_channels: number of output channels (classes). Defaults to 5.
+        out_channels: number of output channels (classes). Defaults to 2; the bundle's configs pass ``@num_classes``.
         features: channels at each resolution level, shallowest first; the last entry is the bottleneck, and
             ``len(features) - 1`` is the number of poolings (``depth``). Defaults to the paper's
             ``(64, 128, 256, 512, 1024)``.
@@ -67,7 +66,7 @@ class UNet(nn.Module, SizeRuleMixin):
     Attributes:
         num_outputs: 1, the length of what ``forward`` returns in training mode (one tensor).
         padding, depth, size_divisor, margin, receptive_field: the size rule, see
-            :class:`scripts.networks.blocks.SizeRuleMixin`.
+            :class:`scripts.networks.size_rule.SizeRuleMixin`.
 
     Raises:
         ValueError: for a bad argument (see :func:`scripts.networks.blocks.check_network_args`), and in ``forward``
@@ -86,7 +85,7 @@ class UNet(nn.Module, SizeRuleMixin):
         self,
         spatial_dims: int = 2,
         in_channels: int = 1,
-        out_channels: int = 5,
+        out_channels: int = 2,
         features: Sequence[int] = (64, 128, 256, 512, 1024),
         padding: str = "same",
         batch_norm: bool = False,

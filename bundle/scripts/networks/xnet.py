@@ -10,16 +10,15 @@ import torch.nn as nn
 from monai.networks.layers.factories import Conv
 
 from scripts.networks.blocks import (
-    SizeRuleMixin,
     UNetDecoder,
     UNetEncoder,
     check_network_args,
-    check_valid_input_size,
     crop_to,
     he_init,
     pad_to_multiple,
 )
 from scripts.networks.config import init_args
+from scripts.networks.size_rule import SizeRuleMixin, check_valid_input_size
 
 __all__ = ["XNet", "XNET_SKIP_MODES"]
 
@@ -62,7 +61,8 @@ class XNet(nn.Module, SizeRuleMixin):
     Args:
         spatial_dims: number of spatial dimensions (1, 2 or 3). Defaults to 2.
         in_channels: number of input channels. Defaults to 1.
-        out_channels: number of output channels (classes) of each of the three outputs. Defaults to 5.
+        out_channels: number of output channels (classes) of each of the three outputs. Defaults to 2;
+            the bundle's configs pass ``@num_classes``.
         features: channels at each resolution level of each encoder/decoder, shallowest first; the last entry is the
             bottleneck of each encoder. Defaults to ``(64, 128, 256, 512, 1024)``.
         padding: ``"same"`` or ``"valid"``. Defaults to ``"same"``.
@@ -88,7 +88,7 @@ class XNet(nn.Module, SizeRuleMixin):
         self,
         spatial_dims: int = 2,
         in_channels: int = 1,
-        out_channels: int = 5,
+        out_channels: int = 2,
         features: Sequence[int] = (64, 128, 256, 512, 1024),
         padding: str = "same",
         skip: str = "both",
