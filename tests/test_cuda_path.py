@@ -183,6 +183,9 @@ def test_training_pad_mirrors_in_torch_for_any_image_size():
     np.testing.assert_array_equal(out["image"].numpy()[0], expected)
     np.testing.assert_array_equal(out["label"].numpy(), out["image"].numpy())
     assert MirrorSpatialPad([32, 32])(image) is image, "no padding needed: the image is returned as it is"
+    as_numpy = MirrorSpatialPad([256, 256])(image.numpy())  # NumPy in, NumPy out, the same pixels
+    assert isinstance(as_numpy, np.ndarray)
+    np.testing.assert_array_equal(as_numpy[0], expected)
 
 
 # --------------------------------------------------------------------------------------------- loss on the device
