@@ -1,5 +1,6 @@
 """Multi-GPU (DistributedDataParallel) override configs, run the way users run them -- ``torchrun -m monai.bundle run``
--- with two CPU processes on the gloo backend.
+-- with two CPU processes on the gloo backend. CUDA is hidden from them (``CUDA_VISIBLE_DEVICES=""``): the configs
+pick ``cuda:<local rank>``/NCCL whenever CUDA is visible, and on a one-GPU machine rank 1 would ask for ``cuda:1``.
 
 - ``multi_gpu_train.json``: two ranks train, rank 0 alone writes checkpoints, TensorBoard events, curves and logs;
   the training split is shared between the ranks (one iteration per rank and epoch instead of two).
@@ -56,7 +57,7 @@ def torchrun(config_files: list[str], run_id: str | None, overrides: dict, log_d
            "-m", "monai.bundle", "run"] + ([run_id] if run_id else []) + ["--config_file", json.dumps(config_files)]
     for k, v in overrides.items():
         cmd += [f"--{k}", _cli_value(v)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", CUDA_VISIBLE_DEVICES="")  # gloo on CPUs
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
     outputs = {}
     for rank in range(nproc):
@@ -118,7 +119,9 @@ def test_ddp_evaluation_counts_every_image_once(trained, tmp_path):
     single = tmp_path / "single"
     files = [str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")]
     # (final_id: skip train.json's finalize -- training curves -- which evaluate.json inherits)
-    run(None, final_id="no_finalize", config_file=files, **OVERRIDES, bundle_root=str(root), output_dir=str(single))
+    # (on the CPU without AMP, as the ranks: a GPU's convolutions would differ in the last bits)
+    run(None, final_id="no_finalize", config_file=files, **OVERRIDES, bundle_root=str(root), output_dir=str(single),
+        device="$torch.device('cpu')", amp=False)
     expected = json.loads((single / "metrics.json").read_text())
     assert report["confusion_matrix"] == expected["confusion_matrix"]
     assert report["mean_iou"] == expected["mean_iou"]

@@ -30,7 +30,9 @@ class MirrorPaddedInferer(Inferer):
     ``scripts.networks.UNet`` and ``XNet``), each spatial dimension of size ``s`` is padded to
     ``valid_input_size(s)``: ``margin`` pixels before, the rest after, so output pixel ``i`` is the prediction for
     input pixel ``i`` and outputs ``[0, s)`` are kept. For other networks (no ``padding`` attribute, or ``"same"``)
-    the network is called on the input unchanged. Gradients flow as in a plain call: use it as a trainer's inferer::
+    the network is called on the input unchanged. The network receives plain tensors (a MONAI ``MetaTensor`` input is
+    unwrapped with ``as_tensor()``), so the training step does not pay for metadata tracking. Gradients flow as in a
+    plain call: use it as a trainer's inferer::
 
         "train": {"inferer": {"_target_": "scripts.inferers.MirrorPaddedInferer"}}
 
@@ -67,11 +69,13 @@ class MirrorPaddedInferer(Inferer):
             ValueError: ``inputs`` is not a (B, C, *spatial) tensor, or an output is smaller than the input.
         """
         net = _unwrap(network)
-        if getattr(net, "padding", "same") != "valid":
-            return network(inputs, *args, **kwargs)
-        if not isinstance(inputs, torch.Tensor) or inputs.ndim < 3:
-            raise ValueError(f"inputs must be a (B, C, *spatial) tensor, got {getattr(inputs, 'shape', type(inputs))}.")
+        # plain tensors: a MetaTensor would make every op of the forward and backward pass (and the loss) track
+        # metadata that training does not use
         image = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        if getattr(net, "padding", "same") != "valid":
+            return network(image, *args, **kwargs)
+        if not isinstance(image, torch.Tensor) or image.ndim < 3:
+            raise ValueError(f"inputs must be a (B, C, *spatial) tensor, got {getattr(inputs, 'shape', type(inputs))}.")
         sizes = tuple(image.shape[2:])
         margin = int(net.margin)
         pads = [(margin, net.valid_input_size(s) - s - margin) for s in sizes]

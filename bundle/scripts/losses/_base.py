@@ -15,6 +15,15 @@ from monai.networks import one_hot
 from monai.utils import LossReduction
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as float32 when it is a lower-precision float (float16/bfloat16 logits under autocast), else unchanged.
+
+    Losses compute in at least float32: class weights above 65504 overflow float16, and sums over an image's pixels
+    lose precision in it.
+    """
+    return x.float() if x.is_floating_point() and x.element_size() < 4 else x
+
+
 def as_class_weight(
     weight: Sequence[float] | float | int | torch.Tensor | None, name: str = "weight"
 ) -> torch.Tensor | None:
@@ -131,11 +140,13 @@ class SoftRegionLoss(_Loss):
 
     def prepare(self, input: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """Apply the activation, one-hot conversion and background removal; return ``(input, target, axes)``
-        where ``axes`` are the dimensions to sum over (spatial, plus batch when ``batch=True``).
+        where ``axes`` are the dimensions to sum over (spatial, plus batch when ``batch=True``). Lower-precision
+        ``input`` (float16/bfloat16 logits under autocast) is cast to float32 first (:func:`at_least_float32`).
 
         Raises:
             ValueError: when ``input`` and ``target`` (after one-hot conversion) have different shapes.
         """
+        input = at_least_float32(input)
         if self.sigmoid:
             input = torch.sigmoid(input)
         n_pred_ch = input.shape[1]
@@ -181,7 +192,7 @@ class SoftRegionLoss(_Loss):
                     f"`weight` has {cw.shape[0]} values but the loss sees {num_classes} classes. "
                     "Give one weight per class; with include_background=False leave out the weight of class 0."
                 )
-            f = f * cw.to(f)
+            f = f * cw.to(device=f.device, dtype=f.dtype)
         if self.reduction == LossReduction.MEAN.value:
             return torch.mean(f)
         if self.reduction == LossReduction.SUM.value:

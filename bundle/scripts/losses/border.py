@@ -10,7 +10,7 @@ from torch.nn.modules.loss import _Loss
 
 from monai.utils import LossReduction
 
-from ._base import check_weight_count, per_class_weight
+from ._base import at_least_float32, check_weight_count, per_class_weight
 
 __all__ = ["BorderWeightedCELoss"]
 
@@ -89,9 +89,11 @@ class BorderWeightedCELoss(_Loss):
         class_weight = self.class_weight
         check_weight_count(class_weight, input.shape[1])
         labels = torch.round(target[:, 0]).long()
+        # at least float32 (fp16 logits under autocast): large weights would overflow fp16
+        input = at_least_float32(input)
         pixel_weight = target[:, 1].to(input.dtype)
         if class_weight is not None:
-            pixel_weight = pixel_weight + class_weight.to(input)[labels]
+            pixel_weight = pixel_weight + class_weight.to(device=input.device, dtype=input.dtype)[labels]
         loss = pixel_weight * F.cross_entropy(input, labels, reduction="none")
         if self.reduction == LossReduction.MEAN.value:
             return loss.mean()

@@ -10,7 +10,7 @@ from torch.nn.modules.loss import _Loss
 
 from monai.utils import LossReduction
 
-from ._base import check_weight_count, per_class_weight
+from ._base import at_least_float32, check_weight_count, per_class_weight
 
 __all__ = ["SoftmaxCrossEntropyLoss", "target_to_indices"]
 
@@ -54,8 +54,9 @@ def target_to_indices(target: torch.Tensor, input: torch.Tensor) -> torch.Tensor
 class SoftmaxCrossEntropyLoss(_Loss):
     """Softmax cross-entropy with optional class weights, built on :func:`torch.nn.functional.cross_entropy`.
 
-    ``input`` are raw logits ``BCH[WD]`` (the softmax is part of the loss); ``target`` holds class indices
-    ``B1H[WD]`` / ``BH[WD]`` or is one-hot ``BCH[WD]``. With class weights ``w`` and ``reduction="mean"`` the
+    ``input`` are raw logits ``BCH[WD]`` (the softmax is part of the loss; computed in at least float32 whatever
+    their dtype, e.g. float16 under autocast, so that large class weights cannot overflow); ``target`` holds class
+    indices ``B1H[WD]`` / ``BH[WD]`` or is one-hot ``BCH[WD]``. With class weights ``w`` and ``reduction="mean"`` the
     loss is torch's weighted mean ``Σ_i w[y_i] CE_i / Σ_i w[y_i]``; this is the "SCE" (softmax cross entropy)
     of Fujii et al. (X-Net) and, with ``weight``, the class-balanced cross entropy used for U-Net.
 
@@ -112,7 +113,9 @@ class SoftmaxCrossEntropyLoss(_Loss):
         class_weight = self.class_weight
         check_weight_count(class_weight, input.shape[1])
         indices = target_to_indices(target, input)
-        weight = None if class_weight is None else class_weight.to(input)
+        # at least float32 (fp16 logits under autocast): large class weights would overflow fp16
+        input = at_least_float32(input)
+        weight = None if class_weight is None else class_weight.to(device=input.device, dtype=input.dtype)
         loss = F.cross_entropy(input, indices, weight=weight, reduction=self.reduction, ignore_index=self.ignore_index)
         if self.reduction == LossReduction.NONE.value:
             loss = loss.unsqueeze(1)

@@ -44,12 +44,15 @@ def confusion_matrix(y_pred: torch.Tensor, y: torch.Tensor, num_classes: int) ->
     p, t = _to_index_map(y_pred, "y_pred"), _to_index_map(y, "y")
     if p.shape != t.shape:
         raise ValueError(f"y_pred and y must cover the same pixels, got {tuple(y_pred.shape)} and {tuple(y.shape)}.")
-    for name, v in (("y_pred", p), ("y", t)):
-        if v.numel() and (int(v.min()) < 0 or int(v.max()) >= num_classes):
-            raise ValueError(
-                f"{name} holds class indices outside [0, {num_classes}): min {int(v.min())}, max {int(v.max())}. "
-                "Check num_classes and the label class map."
-            )
+    if p.numel():
+        # one device->host copy (a sync on a GPU) for the four bounds, not one per bound
+        bounds = torch.stack([*torch.aminmax(p), *torch.aminmax(t)]).tolist()
+        for name, (lo, hi) in (("y_pred", bounds[:2]), ("y", bounds[2:])):
+            if lo < 0 or hi >= num_classes:
+                raise ValueError(
+                    f"{name} holds class indices outside [0, {num_classes}): min {lo}, max {hi}. "
+                    "Check num_classes and the label class map."
+                )
     idx = t * num_classes + p + (torch.arange(p.shape[0], device=p.device) * num_classes**2)[:, None]
     counts = torch.bincount(idx.flatten(), minlength=p.shape[0] * num_classes**2)
     return counts.reshape(p.shape[0], num_classes, num_classes)

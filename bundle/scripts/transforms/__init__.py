@@ -8,3 +8,4 @@ from .difficult_pixels import (
 )
 from .save_probabilities import SaveProbabilityMaps, SaveProbabilityMapsd
 from .border_weights import UNetBorderWeightMap, UNetBorderWeightMapd, border_distances
+from .mirror_pad import MirrorSpatialPad, MirrorSpatialPadd

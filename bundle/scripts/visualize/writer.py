@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import torch
 from monai.data import decollate_batch
+from monai.networks.utils import eval_mode
 from monai.utils import min_version, optional_import
 
 from scripts.data.classes import CLASS_NAMES, class_palette
@@ -85,7 +86,8 @@ class PictureWriter:
         difficult: write ``difficult.png``.
         refined: write ``refined.png``.
         feature_maps: write ``features.png``; needs ``network`` and ``feature_module`` and costs one more inference
-            pass per image (through ``inferer`` when given).
+            pass per image (through ``inferer`` when given). That pass never changes the network: it runs in eval mode
+            under ``torch.no_grad`` (the network's mode is restored afterwards) and under the engine's autocast.
         gallery: write ``index.html`` and ``legend.png``.
         image_key, pred_key, label_key: keys in the engine's output (``label_key=None``: no ground truth).
         softmax: ``pred`` holds logits (apply softmax); ``False``: it holds probabilities.
@@ -105,6 +107,10 @@ class PictureWriter:
         confidence_cmap: colormap of ``confidence.png``. Default 'inferno' (black = uniform 1/C, yellow = 1).
         feature_cmap: colormap of ``features.png``. Default 'jet' (blue -> red).
         title: the gallery's title.
+        amp: run the feature-map pass under ``torch.autocast("cuda", **amp_kwargs)``. ``None`` (default): as the
+            engine the writer is attached to does (its ``amp`` and ``amp_kwargs``), so the picture is computed like
+            the prediction; ``False`` when called without an engine.
+        amp_kwargs: keyword arguments of ``torch.autocast`` for ``amp=True`` (``None``: the engine's, or none).
 
     Raises:
         ValueError: ``feature_maps`` without ``network``/``feature_module``, a refiner with ``softmax=True``, or
@@ -135,6 +141,8 @@ class PictureWriter:
         confidence_cmap: str = "inferno",
         feature_cmap: str = "jet",
         title: str = "Segmentation pictures",
+        amp: bool | None = None,
+        amp_kwargs: dict | None = None,
     ) -> None:
         if refiner is not None and refiner.softmax:
             raise ValueError("the PictureWriter passes probabilities to the refiner: give it softmax=False "
@@ -161,6 +169,8 @@ class PictureWriter:
         self.class_names, self.class_colors = tuple(class_names), tuple(class_colors)
         self.confidence_cmap, self.feature_cmap = confidence_cmap, feature_cmap
         self.title = title
+        self.amp, self.amp_kwargs = amp, amp_kwargs
+        self._engine_amp: tuple[bool, dict] = (False, {})
         self.rows: list[tuple[str, dict[str, str]]] = []
 
     # ------------------------------------------------------------------ Ignite
@@ -172,8 +182,10 @@ class PictureWriter:
             engine.add_event_handler(Events.COMPLETED, self.completed)
 
     def reset(self, _engine: Engine | None = None) -> None:
-        """Forget the rows of a previous run."""
+        """Forget the rows of a previous run; take the autocast settings of the engine (see ``amp``)."""
         self.rows = []
+        if _engine is not None:
+            self._engine_amp = (bool(getattr(_engine, "amp", False)), dict(getattr(_engine, "amp_kwargs", None) or {}))
 
     def iteration_completed(self, engine: Engine) -> None:
         """Write the pictures of every image of the iteration's batch."""
@@ -277,11 +289,18 @@ class PictureWriter:
         return pictures
 
     def _features(self, image: Any) -> np.ndarray:
-        """(1, *spatial) channel-mean feature map of the whole image, in MONAI layout."""
+        """(1, *spatial) channel-mean feature map of the whole image, in MONAI layout.
+
+        An extra forward pass: in eval mode (BatchNorm uses its running statistics and does not update them, dropout
+        is off) under ``torch.no_grad``, with the network's previous mode restored afterwards, and under the same
+        autocast as the engine's own pass (``amp``).
+        """
         net = self.feature_net
         device = next(net.module.parameters()).device
         x = torch.as_tensor(_numpy(image), dtype=torch.float32, device=device)[None]
-        with torch.no_grad():
+        amp = self._engine_amp[0] if self.amp is None else self.amp
+        amp_kwargs = self._engine_amp[1] if self.amp_kwargs is None else self.amp_kwargs
+        with eval_mode(net.module), torch.autocast("cuda", enabled=amp, **amp_kwargs):
             fm = self.inferer(x, net) if self.inferer is not None else net(x)
         return _numpy(fm)[0]
 
