@@ -113,3 +113,35 @@ def test_network_cost(tmp_path):
     assert xnet["flops"] / unet["flops"] == pytest.approx(2.42, abs=0.01)
     assert rows["DoubleUNet", 64]["params"] == pytest.approx(2 * unet["params"], rel=0.001)  # two U-Nets + a 1x1 conv
     assert unet["output"] == [1, 5, 64, 64]
+
+
+def test_gpu_suite_smoke(tmp_path):
+    # every stage on the CPU at tiny sizes, in-process: the suite that runs on a GPU keeps working
+    assert load("gpu_suite").main(["--smoke", "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "gpu_suite.json").read_text())
+    s = r["stages"]
+    assert list(s) == ["cuda_tests", "throughput", "inference", "training"]
+    assert s["cuda_tests"]["status"] in ("passed", "all skipped", "skipped")  # skipped: no tests/test_cuda_path.py
+    assert [row["network"] for row in s["throughput"]["rows"]] == ["UNet", "XNet"]
+    for row in s["throughput"]["rows"]:
+        assert row["cached_samples_per_s"] > 0 and row["uncached_samples_per_s"] > 0
+    assert s["inference"]["status"] == "done" and s["inference"]["runs"][0]["report"]["results"]
+    runs = s["training"]["runs"]
+    assert [run["experiment"] for run in runs] == ["xnet_sce_and_iou", "unet_sce_iou"]
+    for run in runs:
+        # the paper's schedule was merged (1500 epochs, step at 1000), the smoke run shortened it to one epoch
+        assert run["epochs"] == 1 and run["final_lr"] == pytest.approx(1e-3)
+        assert run["test_images"] == 2 and 0.0 <= run["test_mean_iou"] <= 1.0
+        assert set(run["test_iou"]) == {"intracellular", "membrane", "glia_extracellular", "mitochondria", "synapse"}
+    md = (tmp_path / "gpu_suite.md").read_text()
+    assert "| X-Net (SCE and IoU) | 1 |" in md and "Training throughput" in md
+
+
+def test_gpu_suite_without_cuda_records_it(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert load("gpu_suite").main(["--out", str(tmp_path)]) == 0
+    s = json.loads((tmp_path / "gpu_suite.json").read_text())["stages"]
+    assert {v["status"] for v in s.values()} == {"no CUDA"}
