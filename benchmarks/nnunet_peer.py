@@ -13,9 +13,13 @@ Steps (``all`` runs them in order; each is also a subcommand):
    -overwrite_plans_name nnUNetPlans_1G`` (the default 2D plan, a 1024x1024 patch and 59 M parameters, costs ~48 s
    per iteration on a 2-core CPU; the 1 GB plan ~5 s), then ``nnUNetv2_preprocess -c 2d``.
 3. ``train``: ``nnUNetv2_train ID 2d 0 -tr nnUNetTrainerBudget -p nnUNetPlans_1G -device cpu`` with the budget
-   trainer of ``benchmarks/nnunet_trainers`` (``nnUNet_extTrainer``): epochs x iterations sized to the wall-clock
-   budget so that the poly schedule decays to its end, final validation skipped.
-4. ``predict``: ``nnUNetv2_predict`` on the 4 test sections (``checkpoint_final.pth``, nnU-Net's defaults).
+   trainer of ``benchmarks/nnunet_trainers``: epochs x iterations sized to the wall-clock budget so that the poly
+   schedule decays to its end, final validation skipped. The trainer file is copied into nnU-Net's own trainer
+   folder (``install_trainer``): nnU-Net looks there first, and only after importing every trainer module of its
+   subpackages (one of which imports timm and torchvision) would it try ``nnUNet_extTrainer``; a torchvision build
+   that does not match the CPU torch then stops the search before it gets there.
+4. ``predict``: ``nnUNetv2_predict`` on the 4 test sections (``checkpoint_final.pth``), without test-time mirroring
+   by default, as ours predicts (``--tta`` for nnU-Net's default mirroring: 4x the time, ~15 min on a 2-core CPU).
 5. ``score``: our metric code (``scripts.metrics.confusion``: IoU accumulated over the split, per class and mean,
    and the per-image mean IoU; ``scripts.metrics.refinement.membrane_rand_error``), written to ``scores.json``.
 
@@ -217,7 +221,7 @@ def _tool(name: str) -> str:
     return str(path)
 
 
-def commands(dataset_id: int, work_dir: str | os.PathLike, processes: int = 2) -> dict[str, list[list[str]]]:
+def commands(dataset_id: int, work_dir: str | os.PathLike, processes: int = 2, tta: bool = False) -> dict[str, list[list[str]]]:
     """The nnU-Net command lines of steps 2-4 (names resolved at run time)."""
     d, raw = str(dataset_id), nnunet_dirs(work_dir)["nnUNet_raw"] / dataset_name(dataset_id)
     return {
@@ -229,20 +233,46 @@ def commands(dataset_id: int, work_dir: str | os.PathLike, processes: int = 2) -
         "train": [["nnUNetv2_train", d, CONFIGURATION, "0", "-tr", TRAINER, "-p", PLANS, "-device", "cpu"]],
         "predict": [["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(Path(work_dir) / "predictions"),
                      "-d", d, "-c", CONFIGURATION, "-f", "0", "-tr", TRAINER, "-p", PLANS, "-device", "cpu",
-                     "-npp", str(processes), "-nps", str(processes)]],
+                     "-npp", str(processes), "-nps", str(processes)] + ([] if tta else ["--disable_tta"])],
     }
 
 
+def install_trainer() -> Path:
+    """Copy the budget trainer into the installed nnU-Net's trainer folder (when missing or different).
+
+    nnU-Net resolves ``-tr NAME`` by importing the modules of ``nnunetv2/training/nnUNetTrainer`` itself first; a file
+    there is found before the subpackages (and their timm/torchvision imports) are searched.
+
+    Returns:
+        the installed file.
+    """
+    import nnunetv2
+
+    src = TRAINER_DIR / f"{TRAINER}.py"
+    dst = Path(nnunetv2.__path__[0]) / "training" / "nnUNetTrainer" / f"{TRAINER}.py"
+    if not dst.is_file() or dst.read_bytes() != src.read_bytes():
+        shutil.copyfile(src, dst)
+    return dst
+
+
 def run_step(step: str, args: argparse.Namespace) -> dict:
+    if step in ("train", "predict"):
+        install_trainer()
     budget_s = args.budget_min * 60 if step == "train" else None
     env = nnunet_env(args.work_dir, budget_s)
     record = {"step": step, "commands": [], "seconds": 0.0}
-    for cmd in commands(args.dataset_id, args.work_dir, args.processes)[step]:
+    for cmd in commands(args.dataset_id, args.work_dir, args.processes, args.tta)[step]:
         cmd = [_tool(cmd[0])] + cmd[1:]
         t0 = time.monotonic()
         subprocess.run(cmd, env=env, check=True)
         record["commands"].append(" ".join(cmd))
         record["seconds"] += round(time.monotonic() - t0, 1)
+    if step == "train":  # what the budget trainer made of the budget
+        ckpt = Path(args.work_dir) / "results" / dataset_name(args.dataset_id) / f"{TRAINER}__{PLANS}__{CONFIGURATION}" \
+            / "fold_0" / "checkpoint_final.pth"
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        record["epochs"] = int(state["current_epoch"])
+        record["iterations_per_epoch"] = int(os.environ.get("NNUNET_ITERS_PER_EPOCH", 25))
     return record
 
 
@@ -254,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset_id", type=int, default=501)
     ap.add_argument("--budget_min", type=float, default=45.0, help="training wall-clock budget in minutes")
     ap.add_argument("--processes", type=int, default=2, help="nnU-Net worker processes (-np, -npp, -nps)")
+    ap.add_argument("--tta", action="store_true", help="predict with nnU-Net's test-time mirroring")
     ap.add_argument("--pred_dir", default=None, help="score: predictions (default <work_dir>/predictions)")
     ap.add_argument("--labels_dir", default=None, help="score: labels (default the converted labelsTs)")
     ap.add_argument("--json", default=None, help="results file (default <work_dir>/scores.json)")

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             steps = {s["step"]: s for s in result.get("steps", [])}
             entry.update(status="done" if r["returncode"] == 0 else f"failed ({r['returncode']}, see {r['log']})",
                          train_seconds=steps.get("train", {}).get("seconds"), scores=result.get("scores"),
-                         epochs="see nnU-Net's training log")
+                         epochs=steps.get("train", {}).get("epochs"))
         else:
             r = run(cmds[0], out / f"{name}_train.log", args.budget_min * 60 + slack_s)
             entry.update(train_seconds=r["seconds"], epochs=f"<= {epochs[name]}")

@@ -110,6 +110,8 @@ def test_nnunet_commands_use_the_budget_trainer_and_the_1gb_plan(peer, tmp_path)
                                "-overwrite_plans_name", "nnUNetPlans_1G"]
     train = cmds["train"][0]
     assert train[:4] == ["nnUNetv2_train", "501", "2d", "0"] and "nnUNetTrainerBudget" in train and "cpu" in train
+    assert cmds["predict"][0][-1] == "--disable_tta"  # as ours predicts; --tta restores nnU-Net's mirroring
+    assert "--disable_tta" not in peer.commands(501, tmp_path, tta=True)["predict"][0]
     env = peer.nnunet_env(tmp_path, budget_s=2700)
     assert env["NNUNET_BUDGET_S"] == "2700" and env["nnUNet_raw"] == str(tmp_path / "raw")
     assert (Path(env["nnUNet_extTrainer"]) / "nnUNetTrainerBudget.py").is_file()

@@ -9,10 +9,16 @@
 # VENV_DIR may also be given as NNUNET_VENV; PYTHON picks the interpreter (default: python3); TORCH_PIN the torch
 # build (default torch==2.13.0, the CPU wheel the bundle is tested with: pip's configured index serves the CPU
 # build here; elsewhere add --index-url https://download.pytorch.org/whl/cpu through PIP_INDEX_URL).
-# It installs, through pip's configured package index: torch (first, on its own), nnunetv2 2.8.1 (its trainer
-# search honours nnUNet_extTrainer, which benchmarks/nnunet_trainers needs) and this repository in editable mode
-# (the bundle's `scripts` package: nnunet_peer.py converts and scores with it). A stamp file records what was
-# installed; a later run with the same pins and a working environment does nothing.
+# It installs, through pip's configured package index: torch (first, on its own), nnunetv2 2.8.1 and this
+# repository in editable mode (the bundle's `scripts` package: nnunet_peer.py converts and scores with it). A stamp
+# file records what was installed; a later run with the same pins and a working environment does nothing.
+#
+# torchvision: nnunetv2 pulls timm, timm pulls torchvision. Without a CPU torchvision on the index, pip installs the
+# CUDA build, which cannot load next to the CPU torch ("operator torchvision::nms does not exist") as soon as
+# something imports timm; nnU-Net imports it only when its trainer search walks into its primus trainers, which
+# nnunet_peer.py avoids by copying the budget trainer into nnU-Net's top trainer folder (found first). With
+# TORCH_INDEX_URL set (e.g. https://download.pytorch.org/whl/cpu), torch and the matching torchvision
+# (TORCHVISION_PIN, default torchvision==0.28.0) come from that index instead, CPU builds both.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,7 +27,7 @@ PYTHON="${PYTHON:-python3}"
 TORCH_PIN="${TORCH_PIN:-torch==2.13.0}"
 NNUNET_PIN="nnunetv2==2.8.1"
 STAMP="$VENV/.cellseg-nnunet-env"
-SPEC="v1 $TORCH_PIN $NNUNET_PIN -e $REPO"
+SPEC="v1 $TORCH_PIN ${TORCH_INDEX_URL:-} $NNUNET_PIN -e $REPO"
 
 check() {
     "$VENV/bin/python" - <<'PY'
@@ -50,7 +56,11 @@ pip_install() {
     "${PIP[@]}" "$@" 2>&1 | { grep -v "^WARNING: Location '.*' is ignored" || true; }
 }
 # the CPU torch first, on its own, then nnunetv2 with the same pin so that the resolver keeps it
-pip_install "$TORCH_PIN"
+if [[ -n "${TORCH_INDEX_URL:-}" ]]; then
+    pip_install "$TORCH_PIN" "${TORCHVISION_PIN:-torchvision==0.28.0}" --index-url "$TORCH_INDEX_URL"
+else
+    pip_install "$TORCH_PIN"
+fi
 pip_install "$TORCH_PIN" "$NNUNET_PIN" -e "$REPO"
 check
 echo "$SPEC" > "$STAMP"
