@@ -7,6 +7,11 @@ precision, recall and IoU over all pixels (the paper's tables), and the adapted 
 (connected components of non-membrane pixels; membrane continuity). Optionally writes the per-image pictures and
 their gallery (``--pictures DIR``).
 
+``--keep-others both`` scores two refinements of the same predictions side by side: the paper's rule (every
+unreached difficult pixel goes to the fallback class) and ``keep_other_classes=True`` (difficult pixels whose
+arg-max is not a priority class keep it; ``refine_keep_others`` in inference.json). The JSON then holds
+``after_keep_others`` (and ``rand_error`` in it) next to ``after``.
+
 Examples::
 
     # Drosophila test sections, trained model
@@ -15,6 +20,9 @@ Examples::
 
     # smoke run: synthetic data, untrained network with small features
     python benchmarks/evaluate_refinement.py --num-test 2 --size 128 --set features=[8,16,32,64,128]
+
+    # both refinement rules on the same predictions
+    python benchmarks/evaluate_refinement.py --ckpt bundle/models/model.pt --keep-others both ...
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -47,6 +56,48 @@ def load_checkpoint(network: torch.nn.Module, path: str, device: torch.device) -
     network.load_state_dict(state)
 
 
+#: ``--keep-others`` choice -> the ``keep_other_classes`` values to score.
+KEEP_OTHERS = {"no": (False,), "yes": (True,), "both": (False, True)}
+
+
+def score_images(
+    items: list[dict],
+    predict: Callable[[dict], tuple[torch.Tensor, torch.Tensor]],
+    refiners: Mapping[str, DifficultPixelRefine],
+    num_classes: int,
+    writer: PictureWriter | None = None,
+) -> dict:
+    """Score the arg-max prediction and each refinement of it over ``items``.
+
+    Args:
+        items: datalist items with ``image`` and ``label``.
+        predict: item -> ``(image, prob)``: the preprocessed image (C, H, W) and per-class probabilities (K, H, W).
+        refiners: name -> refinement; the first one's scores are ``before``/``after``, each other one's ``after``
+            is stored as ``after_<name>``.
+        num_classes: K.
+        writer: optional picture writer, fed every image.
+
+    Returns:
+        :meth:`RefinementEvaluation.aggregate` of the first refiner, plus ``after_<name>`` per other refiner (the
+        difficult pixels are the same for all: only the reassignment differs).
+    """
+    evaluations = {name: RefinementEvaluation(r, num_classes=num_classes) for name, r in refiners.items()}
+    load_label = LoadImage(image_only=True, ensure_channel_first=True)
+    for item in items:
+        image, prob = predict(item)
+        label = load_label(item["label"])
+        for name, evaluation in evaluations.items():
+            per_image = evaluation.update(prob, label)
+            logger.info("%s [%s]: %s", Path(item["image"]).name, name, {k: round(v, 4) for k, v in per_image.items()})
+        if writer is not None:
+            writer.write(image, prob, label, name=item["image"])
+    first, *others = evaluations
+    results = evaluations[first].aggregate()
+    for name in others:
+        results[f"after_{name}"] = evaluations[name].aggregate()["after"]
+    return results
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", nargs="+", default=[str(REPO / "bundle" / "configs" / "inference.json")],
@@ -65,6 +116,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--connectivity", type=int, default=8)
     ap.add_argument("--scale", type=float, default=1.0, help="threshold = scale * mean confidence")
     ap.add_argument("--max-passes", type=int, default=None)
+    ap.add_argument("--keep-others", choices=sorted(KEEP_OTHERS), default="no",
+                    help="keep the arg-max of unreached difficult pixels outside the priority classes (yes), send "
+                         "them to the fallback as the paper does (no, default), or score both on the same predictions")
     ap.add_argument("--pictures", default=None, help="write per-image pictures and index.html here")
     ap.add_argument("--json", default=None, help="write the results to this JSON file")
     args = ap.parse_args(argv)
@@ -94,39 +148,39 @@ def main(argv: list[str] | None = None) -> dict:
         logger.warning("no --ckpt: the network is untrained, the scores only show that the pipeline runs.")
     preprocessing = parser.get_parsed_content("preprocessing", instantiate=True)
     inferer = parser.get_parsed_content("inferer", instantiate=True)
-    load_label = LoadImage(image_only=True, ensure_channel_first=True)
 
     refine_kwargs = {"connectivity": args.connectivity, "scale": args.scale, "max_passes": args.max_passes}
     if args.priorities is not None:
         refine_kwargs["priorities"] = args.priorities
     if args.fallback is not None:
         refine_kwargs["fallback"] = args.fallback
-    refiner = DifficultPixelRefine(**refine_kwargs)
-    evaluation = RefinementEvaluation(refiner, num_classes=int(parser.get_parsed_content("num_classes")))
-    writer = PictureWriter(args.pictures, refiner=refiner) if args.pictures else None
+    refiners = {
+        "keep_others" if keep else "fallback": DifficultPixelRefine(**refine_kwargs, keep_other_classes=keep)
+        for keep in KEEP_OTHERS[args.keep_others]
+    }
+    writer = PictureWriter(args.pictures, refiner=next(iter(refiners.values()))) if args.pictures else None
 
-    t0 = time.perf_counter()
-    for item in items:
+    def predict(item: dict) -> tuple[torch.Tensor, torch.Tensor]:
         data = preprocessing({"image": item["image"]})
         with torch.no_grad():
             logits = inferer(data["image"][None].to(device), network)[0]
-        prob = torch.softmax(logits.float(), dim=0).cpu()
-        label = load_label(item["label"])
-        per_image = evaluation.update(prob, label)
-        logger.info("%s: %s", Path(item["image"]).name, {k: round(v, 4) for k, v in per_image.items()})
-        if writer is not None:
-            writer.write(data["image"], prob, label, name=item["image"])
+        return data["image"], torch.softmax(logits.float(), dim=0).cpu()
+
+    t0 = time.perf_counter()
+    results = score_images(items, predict, refiners, int(parser.get_parsed_content("num_classes")), writer)
     seconds = time.perf_counter() - t0
     if writer is not None:
         logger.info("gallery: %s", writer.write_gallery())
-
-    results = evaluation.aggregate()
+    refine_kwargs["keep_other_classes"] = list(KEEP_OTHERS[args.keep_others])
     results.update(
         datalist=str(datalist), key=args.key, ckpt=args.ckpt, config=args.config, overrides=args.set,
         refinement=refine_kwargs, device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         seconds=round(seconds, 2),
     )
     print(format_refinement_table(results))
+    if "after_keep_others" in results:
+        print("\nkeep_other_classes=True, same predictions:")
+        print(format_refinement_table({**results, "after": results["after_keep_others"]}))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return results

@@ -10,11 +10,14 @@ Both pipelines are built from ``bundle/configs/train.json`` (so the benchmark me
   ``non_blocking=True``), as a tuned uncached pipeline would.
 
 Same network, loss, optimizer and batch size, run through MONAI's ``SupervisedTrainer`` one after the other in one
-process. The first epoch of each is a warm-up and not timed. Prints samples/s for each and the ratio.
+process, with automatic mixed precision on a GPU. The first epoch of each is a warm-up and not timed. Prints
+samples/s for each and the ratio. The network and loss are train.json's (X-Net, SCE and IoU) unless
+``--experiment`` names an override file of ``bundle/configs/experiments/`` (e.g. ``unet_sce_iou``).
 
 Example::
 
     python benchmarks/train_throughput.py --epochs 4 --features 16 32 64 128 256
+    python benchmarks/train_throughput.py --experiment unet_sce_iou --features 64 128 256 512 1024 --device cuda
 """
 
 from __future__ import annotations
@@ -41,7 +44,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def build_parser(args: argparse.Namespace, device: str) -> ConfigParser:
     parser = ConfigParser()
-    parser.read_config(str(REPO / "bundle" / "configs" / "train.json"))
+    files = [str(REPO / "bundle" / "configs" / "train.json")]
+    if args.experiment:
+        exp = Path(args.experiment)
+        files.append(str(exp if exp.suffix == ".json" else REPO / "bundle" / "configs" / "experiments" / f"{exp}.json"))
+    parser.read_config(files)
     parser["bundle_root"] = args.work_dir
     parser["device"] = f"$torch.device('{device}')"
     parser["features"] = list(args.features)
@@ -104,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers (uncached)")
     ap.add_argument("--cache-workers", type=int, default=2)
+    ap.add_argument("--experiment", default=None,
+                    help="experiment override file: a name in bundle/configs/experiments (unet_sce_iou) or a path")
     ap.add_argument("--datalist", default=None, help="datalist JSON (e.g. a Drosophila fold) instead of synthetic data")
     ap.add_argument("--work-dir", default=None, help="where synthetic data is written (default: a temp dir)")
     ap.add_argument("--json", default=None, help="write the results to this JSON file")
@@ -141,6 +150,9 @@ def main(argv: list[str] | None = None) -> None:
         "torch_threads": torch.get_num_threads(),
         "images": len(data),
         "image_size": args.size if not args.datalist else "from datalist",
+        "network": type(cached_parser.get_parsed_content("network_def")).__name__,
+        "experiment": args.experiment,
+        "amp": amp,
         "features": args.features,
         "batch_size": args.batch_size,
         "timed_epochs": args.epochs - 1,

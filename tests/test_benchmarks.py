@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,12 +51,97 @@ def test_evaluate_refinement(tmp_path):
     out = tmp_path / "refinement.json"
     load("evaluate_refinement").main(["--num-test", "2", "--size", "64", "--work-dir", str(tmp_path), "--set",
                                       "features=[4,8,16]", "patch_size=[64,64]", "--pictures", str(tmp_path / "pics"),
-                                      "--json", str(out)])
+                                      "--keep-others", "both", "--json", str(out)])
     r = json.loads(out.read_text())
-    assert set(r) >= {"before", "after"}
+    assert r["images"] == 2 and r["refinement"]["keep_other_classes"] == [False, True]
+    assert 0.0 < r["difficult_fraction"] < 1.0  # an untrained network: some pixels, never all, below the mean
+    for scores in (r["before"], r["after"], r["after_keep_others"]):
+        assert 0.0 <= scores["mean_iou"] <= 1.0 and 0.0 <= scores["rand_error"] <= 1.0
     assert (tmp_path / "pics" / "index.html").is_file()
 
 
-def test_network_cost(capsys):
-    assert load("network_cost").main(["--size", "64"]) in (0, None)
-    assert "XNet" in capsys.readouterr().out
+def _two_cell_dataset(root: Path) -> list[dict]:
+    """One 8x9 label: membrane (1) in column 4 between two 8x4 cells of intracellular (0)."""
+    from scripts.data import write_png
+
+    label = np.zeros((8, 9), np.uint8)
+    label[:, 4] = 1
+    write_png(root / "image.png", (label * 200).astype(np.uint8))
+    write_png(root / "label.png", label)
+    return [{"image": str(root / "image.png"), "label": str(root / "label.png")}]
+
+
+@pytest.mark.parametrize("wrong", [False, True])
+def test_refinement_scores_known_predictions(tmp_path, wrong):
+    import torch
+    from monai.transforms import LoadImage
+
+    from scripts.transforms import DifficultPixelRefine
+
+    items = _two_cell_dataset(tmp_path)
+
+    def predict(item):  # one-hot: every pixel fully confident, so nothing is difficult and after == before
+        label = LoadImage(image_only=True)(item["label"]).long().as_tensor()  # read as the script reads labels
+        pred = torch.zeros_like(label) if wrong else label
+        return label[None].float(), torch.nn.functional.one_hot(pred, 5).permute(2, 0, 1).float()
+
+    refiners = {"fallback": DifficultPixelRefine(), "keep_others": DifficultPixelRefine(keep_other_classes=True)}
+    r = load("evaluate_refinement").score_images(items, predict, refiners, num_classes=5)
+    assert r["difficult_fraction"] == 0.0
+    for scores in (r["before"], r["after"], r["after_keep_others"]):
+        if wrong:
+            # all intracellular: IoU 64/72 and 0 (membrane missed), classes 2-4 absent from both -> mean (64/72)/2;
+            # one predicted cell for two true ones of 32 pixels (skimage counts pixel pairs, sum n^2 - n):
+            # precision (2 * 32^2 - 64) / (64^2 - 64) = 31/63, recall 1, error 1 - 2p/(p + 1) = 32/94 = 16/47
+            assert scores["iou"][:2] == pytest.approx([64 / 72, 0.0])
+            assert scores["mean_iou"] == pytest.approx(32 / 72)
+            assert scores["rand_error"] == pytest.approx(16 / 47)
+        else:
+            assert scores["iou"][:2] == [1.0, 1.0] and scores["mean_iou"] == 1.0 and scores["rand_error"] == 0.0
+
+
+def test_network_cost(tmp_path):
+    out = tmp_path / "cost.json"
+    assert load("network_cost").main(["--size", "64", "--json", str(out)]) == 0
+    rows = {(r["network"], r["features"][0]): r for r in json.loads(out.read_text())}
+    unet, xnet = rows["UNet", 64], rows["XNet", 64]
+    # the docs' table (bundle/docs/README.md, Benchmarks): U-Net 64..1024 31.0 M parameters, 96.2 GFLOPs at 256^2
+    # (a same-padding network's FLOPs scale with the area: 16x those at 64^2), X-Net 72.5 M, 2.42x the U-Net's FLOPs
+    assert unet["params"] / 1e6 == pytest.approx(31.03, abs=0.01)
+    assert xnet["params"] / 1e6 == pytest.approx(72.52, abs=0.01)
+    assert 16 * unet["flops"] / 1e9 == pytest.approx(96.2, abs=0.1)
+    assert xnet["flops"] / unet["flops"] == pytest.approx(2.42, abs=0.01)
+    assert rows["DoubleUNet", 64]["params"] == pytest.approx(2 * unet["params"], rel=0.001)  # two U-Nets + a 1x1 conv
+    assert unet["output"] == [1, 5, 64, 64]
+
+
+def test_gpu_suite_smoke(tmp_path):
+    # every stage on the CPU at tiny sizes, in-process: the suite that runs on a GPU keeps working
+    assert load("gpu_suite").main(["--smoke", "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "gpu_suite.json").read_text())
+    s = r["stages"]
+    assert list(s) == ["cuda_tests", "throughput", "inference", "training"]
+    assert s["cuda_tests"]["status"] in ("passed", "all skipped", "skipped")  # skipped: no tests/test_cuda_path.py
+    assert [row["network"] for row in s["throughput"]["rows"]] == ["UNet", "XNet"]
+    for row in s["throughput"]["rows"]:
+        assert row["cached_samples_per_s"] > 0 and row["uncached_samples_per_s"] > 0
+    assert s["inference"]["status"] == "done" and s["inference"]["runs"][0]["report"]["results"]
+    runs = s["training"]["runs"]
+    assert [run["experiment"] for run in runs] == ["xnet_sce_and_iou", "unet_sce_iou"]
+    for run in runs:
+        # the paper's schedule was merged (1500 epochs, step at 1000), the smoke run shortened it to one epoch
+        assert run["epochs"] == 1 and run["final_lr"] == pytest.approx(1e-3)
+        assert run["test_images"] == 2 and 0.0 <= run["test_mean_iou"] <= 1.0
+        assert set(run["test_iou"]) == {"intracellular", "membrane", "glia_extracellular", "mitochondria", "synapse"}
+    md = (tmp_path / "gpu_suite.md").read_text()
+    assert "| X-Net (SCE and IoU) | 1 |" in md and "Training throughput" in md
+
+
+def test_gpu_suite_without_cuda_records_it(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert load("gpu_suite").main(["--out", str(tmp_path)]) == 0
+    s = json.loads((tmp_path / "gpu_suite.json").read_text())["stages"]
+    assert {v["status"] for v in s.values()} == {"no CUDA"}

@@ -132,6 +132,41 @@ def test_fake_dataset_three_folds(tmp_path):
     assert dl["unlabelled"] == []  # no stack2 in this source
 
 
+def test_manifest_records_checksums_and_split(tmp_path):
+    import hashlib
+
+    from scripts.data.drosophila import verify_manifest
+
+    src, out = _fake(tmp_path / "src"), tmp_path / "out"
+    prepare_drosophila(src, out, crop_size=16, num_folds=3)
+    manifest = json.loads((out / "manifest.json").read_text())
+    sources = sorted((src / "stack1").rglob("*.*"))
+    assert {s["path"] for s in manifest["sources"]} == {str(p.resolve()) for p in sources}
+    for s in manifest["sources"]:
+        assert s["sha256"] == hashlib.sha256(Path(s["path"]).read_bytes()).hexdigest()
+    assert manifest["folds"][2] == {"fold": 2, "training": [2, 3], "validation": [0, 1], "testing": [4, 5]}
+    # every file written but the manifest: 6 sections x 4 crops x 2, 6 sections x 2, 3 datalists, classes, README
+    written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert set(manifest["outputs"]) == written and len(written) == 48 + 12 + 3 + 2
+    for rel, digest in manifest["outputs"].items():
+        assert digest == hashlib.sha256((out / rel).read_bytes()).hexdigest()
+    assert verify_manifest(out) == []
+
+    # a damaged output is found, and preparing again repairs it
+    crop = out / "crops" / "labels" / "sec_03_r1_c0.png"
+    good = crop.read_bytes()
+    crop.write_bytes(b"broken")
+    assert verify_manifest(out) == ["crops/labels/sec_03_r1_c0.png"]
+    prepare_drosophila(src, out, crop_size=16, num_folds=3)
+    assert crop.read_bytes() == good and verify_manifest(out) == []
+
+    # a changed source changes the manifest (and the preparation is redone)
+    tifffile.imwrite(src / "stack1" / "raw" / "00.tif", np.zeros((32, 32), np.uint8))
+    prepare_drosophila(src, out, crop_size=16, num_folds=3)
+    assert json.loads((out / "manifest.json").read_text())["sources"] != manifest["sources"]
+    assert not read_image(out / "sections" / "images" / "sec_00.png").any()
+
+
 def test_unmapped_grey_value_names_file_and_value(tmp_path):
     src = _fake(tmp_path / "src", bad_value=100)
     with pytest.raises(ValueError, match=r"labels00000001\.png: label values \[100\] are not in the class map"):

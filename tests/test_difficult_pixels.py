@@ -150,6 +150,67 @@ def test_dictionary_version():
     np.testing.assert_array_equal(out["pred"][0].numpy(), EXPECTED_4)
 
 
+# keep_other_classes: confident classes in CONFIDENT (-1 = difficult), the difficult pixels' arg-max in ARGMAX.
+#   7 difficult pixels at 0.4, 18 confident at 0.9: mean confidence 0.76, so exactly the difficult ones are below it.
+CONFIDENT = np.array(
+    [
+        [1, -1, 0, 0, -1],
+        [0, 0, 0, 0, -1],
+        [-1, 0, 3, -1, 0],
+        [-1, 0, 0, 0, -1],
+        [0, 0, 0, 0, 0],
+    ]
+)
+ARGMAX = np.where(CONFIDENT >= 0, CONFIDENT, 0)
+ARGMAX[0, 1] = ARGMAX[3, 4] = 1  # membrane (a priority class)
+ARGMAX[0, 4] = ARGMAX[1, 4] = 4  # synapse
+ARGMAX[2, 0] = ARGMAX[3, 0] = ARGMAX[2, 3] = 2  # glia/extracellular
+
+
+def make_prob_argmax() -> np.ndarray:
+    prob = np.full((5, 5, 5), 0.025, dtype=np.float32)
+    for (r, c), v in np.ndenumerate(ARGMAX):
+        if CONFIDENT[r, c] < 0:
+            prob[:, r, c] = 0.15
+            prob[v, r, c] = 0.4
+        else:
+            prob[v, r, c] = 0.9
+    return prob
+
+
+# 4-connectivity, priorities (1, 3), fallback 0. Membrane grows from (0,0) into (0,1); mitochondria from (2,2) into
+# (2,3) (a glia arg-max: the priority classes still take adjacent difficult pixels of other classes). Unreached:
+# (0,4), (1,4) synapse, (2,0), (3,0) glia, (3,4) membrane.
+EXPECTED_OTHERS_TO_FALLBACK = np.where(CONFIDENT >= 0, CONFIDENT, 0)
+EXPECTED_OTHERS_TO_FALLBACK[0, 1] = 1
+EXPECTED_OTHERS_TO_FALLBACK[2, 3] = 3
+# keep_other_classes: synapse and glia keep their arg-max; the unreached membrane pixel (3,4) still falls back to 0
+EXPECTED_KEEP_OTHERS = EXPECTED_OTHERS_TO_FALLBACK.copy()
+EXPECTED_KEEP_OTHERS[[0, 1, 2, 3], [4, 4, 0, 0]] = [4, 4, 2, 2]
+# fallback=None keeps every unreached arg-max, the membrane one at (3,4) too
+EXPECTED_KEEP_ALL = EXPECTED_KEEP_OTHERS.copy()
+EXPECTED_KEEP_ALL[3, 4] = 1
+
+
+@pytest.mark.parametrize(
+    "keep,fallback,expected",
+    [
+        (False, 0, EXPECTED_OTHERS_TO_FALLBACK),
+        (True, 0, EXPECTED_KEEP_OTHERS),
+        (True, None, EXPECTED_KEEP_ALL),
+    ],
+)
+def test_keep_other_classes(keep, fallback, expected):
+    prob = make_prob_argmax()
+    np.testing.assert_array_equal(np.argmax(prob, axis=0), ARGMAX)
+    out = DifficultPixelRefine(connectivity=4, fallback=fallback, keep_other_classes=keep)(prob)
+    np.testing.assert_array_equal(out[0], expected)
+    d = DifficultPixelRefined("pred", connectivity=4, fallback=fallback, keep_other_classes=keep)(
+        {"pred": torch.as_tensor(prob)}
+    )
+    np.testing.assert_array_equal(d["pred"][0].numpy(), expected)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

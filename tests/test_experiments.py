@@ -10,18 +10,21 @@ written, and evaluation reads it back and writes its metrics.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigParser, run
+from monai.bundle import ConfigParser, create_workflow, run
 
 from bundle_runner import CONFIGS
 
 pytestmark = pytest.mark.slow
 
 EXPERIMENTS = sorted((CONFIGS / "experiments").glob("*.json"))
-NETWORK_OF = {"unet": "UNet", "xnet": "XNet", "double_unet": "DoubleUNet", "ensemble_unet": "EnsembleUNet"}
+NETWORK_OF = {
+    "unet": "UNet", "xnet": "XNet", "double_unet": "DoubleUNet", "ensemble_unet": "EnsembleUNet", "basic_unet": "BasicUNet"
+}
 
 TINY = {
     "features": [4, 8, 16],
@@ -60,7 +63,13 @@ def test_experiment_trains_and_evaluates(experiment: Path, synthetic_dataset, tm
     expected = NETWORK_OF[parser["network_def"].replace("::", "#").split("#")[-1]]
     assert type(network).__name__ == expected
 
-    run("training", config_file=files, **overrides)
+    workflow = create_workflow(config_file=files, run_id="training", **overrides)  # what `run` does, kept in hand
+    workflow.run()
+    workflow.finalize()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    assert trainer.state.iteration == 2  # 4 training images, batch 2, 1 epoch
+    loss = trainer.state.output[0]["loss"]  # the last iteration's loss (the output is decollated per sample)
+    assert math.isfinite(float(loss)) and float(loss) > 0, f"{experiment.stem}: training loss {loss}"
     ckpt = tmp_path / "models" / "model.pt"
     assert ckpt.is_file()
     state = torch.load(ckpt, map_location="cpu")

@@ -1,7 +1,7 @@
 """Preparation of the Drosophila ssTEM dataset (Gerhard et al. 2013) into the bundle's layout.
 
 Source layout (the folder ``drosophila-vnc`` or a download of the public repository
-``unidesign/groundtruth-drosophila-vnc``, same folder names)::
+``unidesigner/groundtruth-drosophila-vnc``, same folder names)::
 
     stack1/raw/NN.tif                     20 labelled 1024x1024 uint8 sections
     stack1/labels/labelsNNNNNNNN.png      grey-coded labels (see scripts.data.classes.DROSOPHILA_VALUE_MAP)
@@ -14,6 +14,12 @@ Output layout (``out``)::
     unlabelled/stack2_XX.png                                  stack2 raw sections
     datalist_fold{k}.json                                     k = 0..num_folds-1
     classes.json, README.txt
+    manifest.json                                             parameters, sources, split and checksums
+
+``manifest.json`` records the parameters (``crop_size``, ``num_folds``), every source file (``path``, ``sha256``),
+the fold assignment by section index (``folds``: per fold its ``training``/``validation``/``testing`` sections) and
+the sha256 of every output file (``outputs``: relative path -> sha256). It is written last, so its presence means
+the preparation completed; ``sha256sum``-style checks: ``scripts.data.drosophila.verify_manifest(out)``.
 
 Folds split by source section (serial sections are correlated): the sorted sections form ``num_folds`` groups
 of consecutive sections; fold ``k`` tests on group ``k``, validates on group ``(k + 1) % num_folds`` and trains
@@ -22,6 +28,7 @@ on the rest. With 20 sections, 5 folds and 256 px crops: 12/4/4 sections = 192/6
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -34,7 +41,15 @@ from .classes import CLASS_NAMES, DROSOPHILA_VALUE_MAP
 from .datalist import write_json
 from .io import read_image, write_png
 
-__all__ = ["find_drosophila_sections", "map_label_values", "prepare_drosophila", "section_folds", "crop_grid"]
+__all__ = [
+    "find_drosophila_sections",
+    "map_label_values",
+    "prepare_drosophila",
+    "section_folds",
+    "crop_grid",
+    "sha256_file",
+    "verify_manifest",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +58,39 @@ REFERENCE = (
     "Stephan Gerhard, Jan Funke, Julien Martel, Albert Cardona, Richard Fetter. Segmented anisotropic ssTEM "
     "dataset of neural tissue. figshare, 2013. doi:10.6084/m9.figshare.856713"
 )
-_VERSION = 1
+_VERSION = 2  # 2: sources with sha256, the fold assignment and the outputs' sha256 in manifest.json
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_manifest(out: str | os.PathLike) -> list[str]:
+    """Output files of a prepared folder that are missing or whose sha256 differs from ``manifest.json``.
+
+    Args:
+        out: the prepared folder.
+
+    Returns:
+        the relative paths that do not match (empty when everything matches).
+
+    Raises:
+        FileNotFoundError: when ``out/manifest.json`` is missing (the preparation did not complete).
+        ValueError: when the manifest has no ``outputs`` (written by an older version: prepare again).
+    """
+    out = Path(out)
+    manifest_path = out / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path}: not found; run `python -m scripts.data.prepare drosophila` first.")
+    outputs = json.loads(manifest_path.read_text()).get("outputs")
+    if not isinstance(outputs, dict):
+        raise ValueError(f"{manifest_path}: no output checksums (an older preparation); prepare the dataset again.")
+    return [rel for rel, digest in outputs.items() if not (out / rel).is_file() or sha256_file(out / rel) != digest]
 
 
 def find_drosophila_sections(src: str | os.PathLike) -> tuple[list[tuple[int, Path, Path]], list[tuple[int, Path]]]:
@@ -65,7 +112,7 @@ def find_drosophila_sections(src: str | os.PathLike) -> tuple[list[tuple[int, Pa
         if not d.is_dir():
             raise FileNotFoundError(
                 f"{d}: folder not found; --src must be the Drosophila ssTEM dataset folder holding stack1/raw and "
-                "stack1/labels (e.g. a clone of github.com/unidesign/groundtruth-drosophila-vnc)."
+                "stack1/labels (e.g. a clone of github.com/unidesigner/groundtruth-drosophila-vnc)."
             )
 
     def indexed(folder: Path, pattern: str) -> dict[int, Path]:
@@ -162,8 +209,9 @@ def prepare_drosophila(
 ) -> list[Path]:
     """Prepare the Drosophila ssTEM dataset (see the module docstring for the layouts).
 
-    Idempotent: when ``out/manifest.json`` records the same source files and parameters and every output file
-    exists, nothing is rewritten; otherwise every output is (re)written with the same deterministic content.
+    Idempotent: when ``out/manifest.json`` records the same parameters, source files (paths and sha256) and split,
+    and every output file it lists exists with its recorded sha256, nothing is rewritten; otherwise every output is
+    (re)written with the same deterministic content.
 
     Args:
         src: dataset folder (``stack1/``, ``stack2/``).
@@ -190,11 +238,14 @@ def prepare_drosophila(
         "version": _VERSION,
         "crop_size": crop_size,
         "num_folds": num_folds,
-        "sources": [[str(r.resolve()), str(lab.resolve())] for _, r, lab in labelled]
-        + [[str(r.resolve())] for _, r in unlabelled],
+        "sources": [
+            {"path": str(path.resolve()), "sha256": sha256_file(path)}
+            for path in [p for _, r, lab in labelled for p in (r, lab)] + [r for _, r in unlabelled]
+        ],
+        "folds": [{"fold": k, **fold} for k, fold in enumerate(folds)],
     }
     manifest_path = out / "manifest.json"
-    if _up_to_date(out, manifest_path, manifest, datalist_paths):
+    if _up_to_date(out, manifest_path, manifest):
         logger.info("%s is up to date", out)
         return datalist_paths
     if manifest_path.exists():  # written again last, once everything else is complete
@@ -268,22 +319,23 @@ def prepare_drosophila(
         "Labels are class indices 0..4 (see classes.json); crops are non-overlapping "
         f"{crop_size}x{crop_size} tiles; folds are split by section (datalist_fold*.json).\n"
     )
+    written = [item[key] for items in crops.values() for item in items for key in ("image", "label")]
+    written += [sections[i][key] for i in sorted(sections) for key in ("image", "label")]
+    written += [item["image"] for item in unlabelled_items]
+    written += [p.name for p in datalist_paths] + ["classes.json", "README.txt"]
+    manifest["outputs"] = {rel: sha256_file(out / rel) for rel in written}
     write_json(manifest_path, manifest)
     logger.info("prepared %d sections (%d crops) and %d unlabelled sections in %s",
                 len(labelled), sum(len(v) for v in crops.values()), len(unlabelled), out)
     return datalist_paths
 
 
-def _up_to_date(out: Path, manifest_path: Path, manifest: dict, datalist_paths: list[Path]) -> bool:
+def _up_to_date(out: Path, manifest_path: Path, manifest: dict) -> bool:
+    """Same parameters, sources and split as recorded, and every recorded output file intact."""
     try:
-        if json.loads(manifest_path.read_text()) != manifest:
+        recorded = json.loads(manifest_path.read_text())
+        if {k: v for k, v in recorded.items() if k != "outputs"} != manifest or not recorded.get("outputs"):
             return False
-        for p in datalist_paths:
-            content = json.loads(p.read_text())
-            for key in ("training", "validation", "testing", "testing_sections", "unlabelled"):
-                for item in content[key]:
-                    if not all((out / v).is_file() for v in item.values()):
-                        return False
-        return (out / "classes.json").is_file() and (out / "README.txt").is_file()
+        return not verify_manifest(out)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False

@@ -32,7 +32,7 @@ class IoULoss(SoftRegionLoss):
     ``to_onehot_y=True``. The arguments mean what they mean in :class:`monai.losses.DiceLoss`.
 
     Reference:
-        Fujii, K., Kido, D., Hotta, K. et al. (2021) X-Net with Different Loss Functions for Cell Image
+        Fujii, H., Tanaka, H., Ikeuchi, M., Hotta, K. (2021) X-Net with Different Loss Functions for Cell Image
         Segmentation. CVPR Workshops 2021.
 
     Args:

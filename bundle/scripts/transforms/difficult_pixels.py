@@ -2,7 +2,7 @@
 
 Reference:
     D. Matsuzuki and K. Hotta, "Visualizing and Modifying Difficult Pixels in Cell Image Segmentation",
-    VISAPP 2020. https://www.scitepress.org/Papers/2020/91642/
+    Proc. BIOSTEC 2020, vol. 4: BIOSIGNALS, pp. 314-318. doi:10.5220/0009164203140318
 
 The method, as implemented here:
 
@@ -12,7 +12,9 @@ The method, as implemented here:
 4. refinement: the difficult pixels lose their arg-max label. For each class of ``priorities`` in turn, the region
    of that class (its confident pixels plus the difficult pixels it has already taken) grows into the adjacent
    difficult pixels, one neighbourhood step per pass, until no pixel changes (or ``max_passes`` passes); the
-   difficult pixels no priority class reached go to ``fallback`` (or keep their arg-max when ``fallback=None``).
+   difficult pixels no priority class reached go to ``fallback`` (or keep their arg-max when ``fallback=None``);
+   with ``keep_other_classes=True`` those whose arg-max is not a priority class keep it, and only the unreached
+   difficult pixels of the priority classes go to ``fallback``.
 
 Why the defaults (``priorities=(membrane, mitochondria)``, ``fallback=intracellular``, see
 ``scripts/data/classes.py``): the paper (mouse liver: membrane, nucleus, cytoplasm) gives difficult pixels first
@@ -24,6 +26,12 @@ cell regions measures); nucleus -> mitochondria (the compact organelles inside t
 intracellular (the filler). Glia/extracellular and synapse get no priority: glia/extracellular regions are large
 and bounded by membranes, which already take the difficult pixels at their borders, and synapses are small dark
 patches *on* membranes, so letting them grow would eat the membrane pixels the refinement wants to keep.
+
+``keep_other_classes`` (default ``False``, the paper's rule): on the 5-class map the fallback turns the difficult
+glia/extracellular and synapse pixels that no membrane or mitochondrion reached into intracellular (synapse recall
+0.39 -> 0.08 on an under-trained U-Net, docs/README.md, Results). With ``True`` they keep their arg-max; the priority
+classes still grow into them where adjacent. Which is better is to be measured on a trained model
+(``benchmarks/evaluate_refinement.py --keep-others both``) before it becomes the default.
 """
 
 from __future__ import annotations
@@ -115,6 +123,7 @@ def refine_difficult_pixels(
     fallback: int | None = INTRACELLULAR,
     connectivity: int = 8,
     max_passes: int | None = None,
+    keep_other_classes: bool = False,
 ) -> np.ndarray:
     """Reassign difficult pixels by growing the priority classes into them (see the module docstring).
 
@@ -128,6 +137,8 @@ def refine_difficult_pixels(
         fallback: class for the difficult pixels no priority class reached; ``None`` keeps their arg-max label.
         connectivity: neighbourhood, 4 or 8 in 2D, 6, 18 or 26 in 3D.
         max_passes: passes per priority class; ``None`` repeats until nothing changes.
+        keep_other_classes: difficult pixels that no priority class reached and whose arg-max is not a priority
+            class keep their arg-max instead of going to ``fallback``.
 
     Returns:
         the refined label map, same shape and dtype as ``labels``.
@@ -146,6 +157,8 @@ def refine_difficult_pixels(
         taken = grown & unassigned
         refined[taken] = cls
         unassigned &= ~taken
+    if keep_other_classes:
+        unassigned &= np.isin(labels, priorities)
     if fallback is not None:
         refined[unassigned] = fallback
     return refined
@@ -154,7 +167,8 @@ def refine_difficult_pixels(
 class DifficultPixelRefine(Transform):
     """Refine an arg-max segmentation by reassigning its low-confidence ("difficult") pixels.
 
-    Matsuzuki & Hotta, "Visualizing and Modifying Difficult Pixels in Cell Image Segmentation", VISAPP 2020;
+    Matsuzuki & Hotta, "Visualizing and Modifying Difficult Pixels in Cell Image Segmentation", BIOSTEC 2020
+    (BIOSIGNALS), pp. 314-318, doi:10.5220/0009164203140318;
     algorithm and choice of defaults in the module docstring of ``scripts.transforms.difficult_pixels``.
 
     Example (5 classes, membrane = 1)::
@@ -175,6 +189,9 @@ class DifficultPixelRefine(Transform):
         softmax: apply softmax over the channel dimension first (input = logits). Defaults to ``False``
             (input = probabilities).
         max_passes: dilation passes per priority class; ``None`` (default) repeats until nothing changes.
+        keep_other_classes: difficult pixels no priority class reached keep their arg-max when it is not a
+            priority class (e.g. glia/extracellular, synapse), instead of going to ``fallback``. Defaults to
+            ``False`` (the paper's rule: all of them go to ``fallback``).
 
     Raises:
         ValueError: bad ``priorities``/``fallback``/``connectivity``/``max_passes``/``threshold``/``scale``.
@@ -191,6 +208,7 @@ class DifficultPixelRefine(Transform):
         scale: float = 1.0,
         softmax: bool = False,
         max_passes: int | None = None,
+        keep_other_classes: bool = False,
     ) -> None:
         self.priorities = tuple(int(p) for p in ensure_tuple(priorities))
         if any(p < 0 for p in self.priorities) or len(set(self.priorities)) != len(self.priorities):
@@ -208,6 +226,7 @@ class DifficultPixelRefine(Transform):
         self.scale = scale
         self.softmax = softmax
         self.max_passes = max_passes
+        self.keep_other_classes = bool(keep_other_classes)
 
     def check_num_classes(self, num_classes: int) -> None:
         """Raise when ``priorities``/``fallback`` name a class index a ``num_classes``-class model does not have.
@@ -256,7 +275,13 @@ class DifficultPixelRefine(Transform):
         confidence = confidence_map(prob)
         difficult = difficult_pixel_mask(confidence, self.threshold, self.scale)
         refined = refine_difficult_pixels(
-            np.argmax(prob, axis=0), difficult[0], self.priorities, self.fallback, self.connectivity, self.max_passes
+            np.argmax(prob, axis=0),
+            difficult[0],
+            self.priorities,
+            self.fallback,
+            self.connectivity,
+            self.max_passes,
+            self.keep_other_classes,
         )[None]
         out, *_ = convert_to_dst_type(refined, img)
         if not return_maps:
@@ -276,7 +301,7 @@ class DifficultPixelRefined(MapTransform):
         confidence_keys: where to store the confidence maps (1, H, W[, D]); ``None`` (default) does not store them.
         difficult_keys: where to store the boolean difficult-pixel masks (1, H, W[, D]); ``None`` (default) does not
             store them.
-        priorities, fallback, connectivity, threshold, scale, softmax, max_passes: see
+        priorities, fallback, connectivity, threshold, scale, softmax, max_passes, keep_other_classes: see
             :class:`DifficultPixelRefine`.
         allow_missing_keys: don't raise an exception if a key is missing.
 
@@ -301,6 +326,7 @@ class DifficultPixelRefined(MapTransform):
         scale: float = 1.0,
         softmax: bool = False,
         max_passes: int | None = None,
+        keep_other_classes: bool = False,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -308,7 +334,9 @@ class DifficultPixelRefined(MapTransform):
         self.refined_keys = self.keys if refined_keys is None else ensure_tuple_rep(refined_keys, n)
         self.confidence_keys = ensure_tuple_rep(confidence_keys, n)
         self.difficult_keys = ensure_tuple_rep(difficult_keys, n)
-        self.refiner = DifficultPixelRefine(priorities, fallback, connectivity, threshold, scale, softmax, max_passes)
+        self.refiner = DifficultPixelRefine(
+            priorities, fallback, connectivity, threshold, scale, softmax, max_passes, keep_other_classes
+        )
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)

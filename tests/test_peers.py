@@ -1,0 +1,151 @@
+"""The peer benchmark's own code, without nnU-Net installed: the conversion of a prepared fold to nnU-Net's raw
+format, the scoring of a prediction folder with our metric code, the budget trainer's arithmetic, and the driver's
+commands. (The MONAI recipe, ``experiments/monai_basic_unet.json``, trains and evaluates one tiny epoch in
+tests/test_experiments.py with every other experiment file.)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from scripts.data import DROSOPHILA_VALUE_MAP, prepare_drosophila, read_image, write_png
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def peer():
+    return load(REPO / "benchmarks" / "nnunet_peer.py", "bench_nnunet_peer")
+
+
+@pytest.fixture(scope="module")
+def fold(tmp_path_factory):
+    """A prepared fake Drosophila dataset: 10 sections of 32x32, 5 folds of 2 sections (fold 0: test 0-1, val 2-3)."""
+    root = tmp_path_factory.mktemp("fake_drosophila")
+    rng = np.random.default_rng(0)
+    values = np.array(sorted(DROSOPHILA_VALUE_MAP), np.uint8)
+    for i in range(10):
+        (root / "src" / "stack1" / "raw").mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(root / "src" / "stack1" / "raw" / f"{i:02d}.tif", rng.integers(0, 256, (32, 32), dtype=np.uint8))
+        write_png(root / "src" / "stack1" / "labels" / f"labels{i:08d}.png", values[rng.integers(0, 8, (32, 32))])
+    paths = prepare_drosophila(root / "src", root / "prepared", crop_size=16, num_folds=5)
+    return paths[0]
+
+
+def test_convert_fold_layout_dataset_json_and_split(peer, fold, tmp_path):
+    raw = peer.convert_fold(fold, tmp_path, dataset_id=7)
+    assert raw == tmp_path / "raw" / "Dataset007_DrosophilaFold0"
+    train_val = [f"sec_{i:02d}" for i in range(2, 10)]
+    assert sorted(p.name for p in (raw / "imagesTr").iterdir()) == [f"{c}_0000.png" for c in train_val]
+    assert sorted(p.name for p in (raw / "labelsTr").iterdir()) == [f"{c}.png" for c in train_val]
+    assert sorted(p.name for p in (raw / "imagesTs").iterdir()) == ["sec_00_0000.png", "sec_01_0000.png"]
+    assert sorted(p.name for p in (raw / "labelsTs").iterdir()) == ["sec_00.png", "sec_01.png"]
+
+    ds = json.loads((raw / "dataset.json").read_text())
+    assert ds["labels"] == {"background": 0, "membrane": 1, "glia_extracellular": 2, "mitochondria": 3, "synapse": 4}
+    assert ds["numTraining"] == 8 and ds["file_ending"] == ".png" and ds["channel_names"] == {"0": "EM"}
+
+    split = json.loads((tmp_path / "preprocessed" / "Dataset007_DrosophilaFold0" / "splits_final.json").read_text())
+    assert split == [{"train": [f"sec_{i:02d}" for i in range(4, 10)], "val": ["sec_02", "sec_03"]}]
+
+    # pixels and class indices unchanged (the bundle's indices are nnU-Net's label values)
+    sections = fold.parent / "sections"
+    for case, folder in (("sec_05", "Tr"), ("sec_01", "Ts")):
+        np.testing.assert_array_equal(read_image(raw / f"images{folder}" / f"{case}_0000.png"),
+                                      read_image(sections / "images" / f"{case}.png"))
+        label = read_image(raw / f"labels{folder}" / f"{case}.png")
+        np.testing.assert_array_equal(label, read_image(sections / "labels" / f"{case}.png"))
+        assert label.dtype == np.uint8 and set(np.unique(label)) <= set(range(5))
+
+
+def test_convert_refuses_a_datalist_without_sections(peer, tmp_path):
+    bad = tmp_path / "datalist.json"
+    bad.write_text(json.dumps({"training": [{"image": "a.png", "label": "b.png"}], "validation": []}))
+    with pytest.raises(ValueError, match="no validation, testing_sections"):
+        peer.convert_fold(bad, tmp_path)
+    with pytest.raises(ValueError, match="1..999"):
+        peer.dataset_name(1000)
+
+
+def test_score_predictions_right_beats_wrong(peer, tmp_path):
+    labels, right, wrong = tmp_path / "labels", tmp_path / "right", tmp_path / "wrong"
+    label = np.zeros((8, 9), np.uint8)
+    label[:, 4] = 1  # a membrane between two cells
+    label[0:2, 0:2] = 3
+    for case in ("sec_00", "sec_01"):
+        write_png(labels / f"{case}.png", label)
+        write_png(right / f"{case}.png", label)
+        write_png(wrong / f"{case}.png", np.zeros_like(label))  # everything intracellular
+    good = peer.score_predictions(right, labels)
+    bad = peer.score_predictions(wrong, labels)
+    assert good["images"] == 2 and good["cases"] == ["sec_00", "sec_01"]
+    assert good["mean_iou"] == 1.0 and good["per_image_mean_iou"] == 1.0 and good["rand_error"] == 0.0
+    # wrong: intracellular IoU 60/72 (the 12 other pixels predicted 0), membrane and mitochondria 0; 2 and 4 absent
+    assert bad["iou"]["intracellular"] == pytest.approx(60 / 72)
+    assert bad["mean_iou"] == pytest.approx((60 / 72) / 3)
+    assert bad["mean_iou"] < good["mean_iou"] and bad["rand_error"] > 0.0
+    (right / "sec_01.png").unlink()
+    with pytest.raises(ValueError, match="sec_01.png: prediction missing"):
+        peer.score_predictions(right, labels)
+
+
+def test_nnunet_commands_use_the_budget_trainer_and_the_1gb_plan(peer, tmp_path):
+    cmds = peer.commands(501, tmp_path)
+    assert cmds["plan"][1] == ["nnUNetv2_plan_experiment", "-d", "501", "-gpu_memory_target", "1",
+                               "-overwrite_plans_name", "nnUNetPlans_1G"]
+    train = cmds["train"][0]
+    assert train[:4] == ["nnUNetv2_train", "501", "2d", "0"] and "nnUNetTrainerBudget" in train and "cpu" in train
+    assert cmds["predict"][0][-1] == "--disable_tta"  # as ours predicts; --tta restores nnU-Net's mirroring
+    assert "--disable_tta" not in peer.commands(501, tmp_path, tta=True)["predict"][0]
+    env = peer.nnunet_env(tmp_path, budget_s=2700)
+    assert env["NNUNET_BUDGET_S"] == "2700" and env["nnUNet_raw"] == str(tmp_path / "raw")
+    assert (Path(env["nnUNet_extTrainer"]) / "nnUNetTrainerBudget.py").is_file()
+
+
+def test_budget_trainer_arithmetic():
+    budget = load(REPO / "benchmarks" / "nnunet_trainers" / "nnUNetTrainerBudget.py", "bench_nnunet_budget")
+    assert budget.initial_epochs(2700, 25, 5) == 21  # 2700 s / (25 iterations x 5 s)
+    assert budget.fit_epochs(100, 30, 3, 10) == 10  # 70 s left: 7 more epochs of 10 s
+    assert budget.fit_epochs(100, 95, 3, 10) == 3  # nothing more fits: stop now
+    assert budget.poly_lr(0.01, 0, 10) == 0.01 and budget.poly_lr(0.01, 5, 10) == pytest.approx(0.01 * 0.5 ** 0.9)
+    with pytest.raises(ValueError):
+        budget.fit_epochs(100, 0, 0, 10)
+
+    # the trainer's policy over a run: 100 s budget, the first epoch 12 s (start-up), then 7 s per epoch
+    elapsed, done, times, planned = 0.0, 0, [], budget.initial_epochs(100, 25, 0.2)
+    while done < planned:
+        times.append(12.0 if done == 0 else 7.0)
+        elapsed, done = elapsed + times[-1], done + 1
+        epoch_s = sum(times[1:]) / len(times[1:]) if len(times) > 1 else times[0]
+        planned = budget.fit_epochs(100, elapsed, done, epoch_s)
+    assert (done, elapsed) == (13, 96.0)  # 12 + 12 x 7: the budget is used, never exceeded
+    assert budget.poly_lr(0.01, done - 1, planned) < 0.001  # the last epoch ran at < 10% of the initial rate
+
+    s = budget.budget_settings({"NNUNET_BUDGET_S": "600", "NNUNET_SKIP_FINAL_VALIDATION": "0"})
+    assert s["budget_s"] == 600 and s["iters_per_epoch"] == 25 and s["skip_final_validation"] is False
+
+
+def test_peer_driver_commands(capsys, tmp_path):
+    driver = load(REPO / "benchmarks" / "peer_benchmark.py", "bench_peer_benchmark")
+    assert driver.planned_epochs(45, 3.9) == 12 and driver.planned_epochs(1, 8.0) == 2
+    assert driver.main(["--dry_run", "--budget_min", "45", "--out", str(tmp_path), "--epochs", "ours_xnet=9"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 7  # train + evaluate for the three bundle entries, one nnU-Net line
+    assert "experiments/unet_sce_iou.json" in lines[0] and "--time_limit_s 2700" in lines[0] and "--epochs 12" in lines[0]
+    assert "--epochs 9" in lines[2] and "experiments/monai_basic_unet.json" in lines[4]
+    assert "--test_key testing_sections" in lines[1] and "nnunet_peer.py all" in lines[6]
