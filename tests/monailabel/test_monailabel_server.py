@@ -31,8 +31,9 @@ from mlabel_utils import (  # noqa: E402
     download_app,
     free_port,
     load_weights,
+    ensure_model_info,
+    make_app_copy,
     make_studies,
-    make_tiny_bundle,
     read_image,
     server_command,
 )
@@ -50,7 +51,7 @@ TRAIN_TIMEOUT = 300
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, trained_source):
     root = tmp_path_factory.mktemp("monailabel_server")
     env = dict(
         os.environ,
@@ -60,7 +61,7 @@ def server(tmp_path_factory):
         MONAI_LABEL_SESSION_PATH=str(root / "sessions"),
     )
     app = download_app(sys.executable, root / "apps", env)
-    bundle = make_tiny_bundle(app / "model" / MODEL_NAME)
+    bundle = make_app_copy(trained_source, app)
     studies = root / "studies"
     shapes = make_studies(studies)
     port = free_port()

@@ -19,6 +19,7 @@ from scripts.networks.blocks import (
     he_init,
     pad_to_multiple,
 )
+from scripts.networks.checkpoint import CheckpointLoadMixin
 from scripts.networks.config import init_args
 
 __all__ = ["XNet", "XNET_SKIP_MODES"]
@@ -26,7 +27,7 @@ __all__ = ["XNet", "XNET_SKIP_MODES"]
 XNET_SKIP_MODES = ("both", "own", "crossed")
 
 
-class XNet(nn.Module, SizeRuleMixin):
+class XNet(CheckpointLoadMixin, nn.Module, SizeRuleMixin):
     """X-Net for cell image segmentation, 1D/2D/3D.
 
     Based on:
