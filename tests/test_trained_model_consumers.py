@@ -160,8 +160,13 @@ def test_archive_load_and_inference(trained, tmp_path):
 
     name = "microscopy_cell_segmentation"
     source = tmp_path / "src"
-    shutil.copytree(BUNDLE, source, ignore=shutil.ignore_patterns(
-        "__pycache__", "*.pyc", "data", "eval", "logs", "outputs", "runs", "models", "large_files.json"))
+    top_level = {"data", "eval", "logs", "outputs", "runs", "models", "large_files.json"}
+    caches = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+
+    def ignore(folder, names):
+        return set(caches(folder, names)) | (top_level & set(names) if os.path.samefile(folder, BUNDLE) else set())
+
+    shutil.copytree(BUNDLE, source, ignore=ignore)
     (source / "models").mkdir()
     shutil.copy2(trained / "models" / "model.pt", source / "models" / "model.pt")
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "package_bundle.py"), "--bundle", str(source),
