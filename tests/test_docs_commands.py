@@ -22,7 +22,7 @@ DOCS = [REPO / "README.md", REPO / "bundle" / "docs" / "README.md"]
 #: Programs a documented command may start with.
 PROGRAMS = ("python", "bash", "source", "monailabel", "curl", "export", "cd", "torchrun", "sha256sum", "mkdir")
 #: Repository files named in commands: configs, tools, schemas.
-PATH = re.compile(r"(?<![\w/.])((?:bundle/configs|tools)/[\w./-]+\.(?:json|py|sh))")
+PATH = re.compile(r"(?<![\w/.])((?:bundle/configs|tools|benchmarks)/[\w./-]+\.(?:json|py|sh))")
 
 
 def fenced_commands(path: Path) -> list[tuple[str, str]]:
