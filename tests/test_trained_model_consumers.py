@@ -180,6 +180,9 @@ def test_archive_load_and_inference(trained, tmp_path):
 
     download(name=name, url=archive.as_uri(), bundle_dir=str(tmp_path / "bundles"), progress=False)
     extracted = tmp_path / "bundles" / name
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "download_large_files", "--bundle_path", "."],
+                          cwd=extracted, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Verified 'model.pt'" in proc.stderr + proc.stdout, proc.stderr[-2000:]
     code = (
         "import json, torch, monai.bundle\n"
         f"net = monai.bundle.load({name!r}, bundle_dir='..', workflow_type='inference', device='cpu')\n"
