@@ -83,18 +83,44 @@ FAKE_FILES = {
 }
 
 
+#: The fake bundle's metadata: two classes, one input channel (what the fake model.pt's model_info says).
+FAKE_FORMAT = {"inputs": {"image": {"num_channels": 1}},
+               "outputs": {"pred": {"num_channels": 2, "channel_def": {"0": "a", "1": "b"}}}}
+
+
+def write_model(path: Path, seed: int = 0, class_names=("a", "b"), with_info: bool = True) -> None:
+    """A small checkpoint in the bundle's format (weights + model_info); ``seed`` changes the weights."""
+    weights = {"w": torch.arange(4.0) + seed}
+    info = {"network": {"_target_": "scripts.networks.UNet", "in_channels": 1, "out_channels": len(class_names)},
+            "class_names": list(class_names), "intensity_max": 255, "patch_size": [64, 64]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": weights, "model_info": info} if with_info else weights, path)
+
+
 def make_bundle(root: Path, meta: dict | None = None) -> Path:
-    """A fake bundle under ``root`` with every kind of file in :data:`FAKE_FILES`."""
+    """A fake bundle under ``root`` with every kind of file in :data:`FAKE_FILES`; its model.pt is pinned to its
+    version in large_files.json (as the tool writes it at the version bump)."""
     for rel in FAKE_FILES:
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(f"content of {rel}\n".encode())
-    (root / "configs" / "metadata.json").write_text(json.dumps(meta or metadata(), indent=4))
+    write_model(root / "models" / "model.pt")
+    (root / "configs" / "inference.json").write_text('{"intensity_max": 255}')
+    meta = meta or metadata()
+    (root / "configs" / "metadata.json").write_text(json.dumps({**meta, "network_data_format": FAKE_FORMAT}, indent=4))
+    pin(root)
     return root
 
 
+def pin(bundle: Path) -> None:
+    """Pin the bundle's model files to its current version (large_files.json)."""
+    version = json.loads((bundle / "configs" / "metadata.json").read_text())["version"]
+    weights = [f for f in pb.list_bundle_files(bundle) if f.startswith("models/")]
+    (bundle / pb.MANIFEST).write_text(json.dumps(pb.make_manifest(bundle, version, weights), indent=4))
+
+
 def packaged_names(root_name: str = NAME) -> list[str]:
-    kept = ["configs/metadata.json"] + [r for r, keep in FAKE_FILES.items() if keep]
+    kept = ["configs/metadata.json", pb.MANIFEST] + [r for r, keep in FAKE_FILES.items() if keep]
     return sorted(f"{root_name}/{r}" for r in kept)
 
 
@@ -217,7 +243,7 @@ def test_release_record_catches_unbumped_version(tmp_path):
     dist = tmp_path / "dist"
     first = pb.package_bundle(bundle, dist)
     original = first.archive.read_bytes()
-    (bundle / "models" / "model.pt").write_bytes(b"retrained weights")  # not in git: only the record can tell
+    (bundle / "docs" / "README.md").write_text("reworded")  # not in git: only the record can tell
     with pytest.raises(pb.PackagingError, match=r"already exists with different content.*version 0.1.0 was not bumped"):
         pb.package_bundle(bundle, dist)
     assert first.archive.read_bytes() == original, "the released archive must stay untouched"
@@ -299,6 +325,51 @@ def test_git_catches_unbumped_version(git_bundle):
         pb.package_bundle(bundle, dist, check_only=True, git_check=False)
 
 
+def test_weights_pinned_by_version_from_any_clone(git_bundle):
+    """The committed large_files.json pins model.pt's sha256 to the version: a fresh clone with other weights (and
+    another --out) is refused; the same weights give the same archive; a version bump pins new weights."""
+    repo, bundle, dist = git_bundle
+    first = pb.package_bundle(bundle, dist)
+    clone = repo.parent / "clone"
+    git(repo.parent, "clone", "-q", str(repo), str(clone))
+    assert not (clone / "bundle" / "models" / "model.pt").exists(), "weights are not in git"
+    shutil.copy2(bundle / "models" / "model.ts", clone / "bundle" / "models" / "model.ts")
+    write_model(clone / "bundle" / "models" / "model.pt", seed=1)  # retrained elsewhere
+    with pytest.raises(pb.PackagingError, match=r"models/model.pt \(sha256 \w+\.\.\.\) is not the file version 0.1.0 "
+                                                r"was packaged with .*Bump 'version'"):
+        pb.package_bundle(clone / "bundle", repo.parent / "other_dist")
+    shutil.copy2(bundle / "models" / "model.pt", clone / "bundle" / "models" / "model.pt")
+    assert pb.package_bundle(clone / "bundle", repo.parent / "other_dist").sha256 == first.sha256
+
+    write_model(clone / "bundle" / "models" / "model.pt", seed=1)
+    set_version(clone / "bundle", "0.2.0", "retrained")
+    result = pb.package_bundle(clone / "bundle", repo.parent / "other_dist")
+    assert any("pinned models/model.pt" in n for n in result.notes)
+    manifest = json.loads((clone / "bundle" / pb.MANIFEST).read_text())
+    digest = hashlib.sha256((clone / "bundle" / "models" / "model.pt").read_bytes()).hexdigest()
+    assert manifest["version"] == "0.2.0" and manifest["large_files"][0]["hash_val"] == digest
+
+    # a version committed without pinned weights cannot take weights afterwards
+    (clone / "bundle" / pb.MANIFEST).unlink()
+    git(clone, "add", "-A")
+    git(clone, "commit", "-qm", "0.2.0 without a manifest")
+    with pytest.raises(pb.PackagingError, match="committed without pinned weights"):
+        pb.package_bundle(clone / "bundle", repo.parent / "other_dist", check_only=True)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"with_info": False}, "records no model_info"),
+    ({"class_names": ("a", "b", "c")}, r"does not fit the packaged configs \(class_names \['a', 'b', 'c'\] vs "
+                                       r"metadata.json channel_def \['a', 'b'\]; out_channels 3"),
+])
+def test_weights_must_fit_the_configs(tmp_path, kwargs, message):
+    bundle = make_bundle(tmp_path / "b")
+    write_model(bundle / "models" / "model.pt", **kwargs)
+    set_version(bundle, "0.1.1")
+    with pytest.raises(pb.PackagingError, match=message):
+        pb.package_bundle(bundle, tmp_path / "dist", check_only=True)
+
+
 def test_cli(git_bundle):
     repo, bundle, dist = git_bundle
 
@@ -361,7 +432,11 @@ def test_round_trip_package_download_load_infer(tmp_path):
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
     trained = {k: v.clone() for k, v in net.state_dict().items()}
-    torch.save(trained, source / "models" / "model.pt")
+    from scripts.networks import ModelInfo
+
+    info = ModelInfo(net, json.loads((source / "configs" / "metadata.json").read_text())["network_data_format"]
+                     ["outputs"]["pred"]["channel_def"].values(), 255, [64, 64]).state_dict()
+    torch.save({"model": trained, "model_info": info}, source / "models" / "model.pt")
     ckpt_export("network_def", filepath=str(source / "models" / "model.ts"),
                 ckpt_file=str(source / "models" / "model.pt"), meta_file=str(source / "configs" / "metadata.json"),
                 config_file=str(source / "configs" / "inference.json"))
@@ -373,7 +448,7 @@ def test_round_trip_package_download_load_infer(tmp_path):
     archive = tmp_path / "dist" / f"{NAME}_v{version}.zip"
     with zipfile.ZipFile(archive) as zf:
         names = zf.namelist()
-    assert {n.split("/")[1] for n in names} == {"LICENSE", "configs", "docs", "scripts", "models"}
+    assert {n.split("/")[1] for n in names} == {"LICENSE", "configs", "docs", "scripts", "models", "large_files.json"}
     assert [n for n in names if "/models/" in n] == [f"{NAME}/models/model.pt", f"{NAME}/models/model.ts"]
     assert not [n for n in names if "__pycache__" in n or "must" in n]
 
@@ -389,7 +464,9 @@ def test_round_trip_package_download_load_infer(tmp_path):
     assert (extracted / xnet).read_bytes() == (BUNDLE / xnet).read_bytes()
 
     # load: the network of the bundle's inference.json with the trained weights; and the TorchScript module
-    loaded = load(NAME, bundle_dir=str(bundle_dir), workflow_type="inference", device="cpu")
+    # key_in_ckpt: model.pt is {"model": ..., "model_info": ...} (from inside the extracted folder the network
+    # holds the weights anyway: tests/test_trained_model_consumers.py)
+    loaded = load(NAME, bundle_dir=str(bundle_dir), workflow_type="inference", device="cpu", key_in_ckpt="model")
     assert type(loaded).__name__ == "XNet"
     state = loaded.state_dict()
     assert state.keys() == trained.keys()

@@ -34,7 +34,27 @@ Checks, each failing with a message that names the fix:
      A ``version`` edited in the working tree but not committed yet counts as a bump in progress. Outside git
      (no git, not a work tree, metadata not tracked) this check is skipped with a note.
 
-Standard library only (no torch/MONAI import), so it runs in a second.
+Weights pinned by the version (``large_files.json`` at the bundle root, MONAI's large-files format plus the
+version it belongs to)::
+
+    {"version": "0.4.0",
+     "large_files": [{"path": "models/model.pt", "url": "", "hash_val": "<sha256>", "hash_type": "sha256"}]}
+
+- the manifest's ``version`` is the current one: every packaged model file must have exactly its recorded sha256
+  (and every recorded file must be there), otherwise packaging is refused. The manifest is committed with the
+  version, so a fresh clone (or another ``--out``) holding other weights is refused too;
+- the manifest is absent or belongs to an older version, and model files are present: when the version is a bump
+  in progress (edited in the working tree, not committed yet) or the bundle is outside git, the tool writes the
+  manifest for the current version (commit it with the version); when the version is already committed without
+  pinning weights, it refuses (another clone could package other weights under the same version).
+- ``python -m monai.bundle download_large_files --bundle_path <extracted bundle>`` checks the hash of an
+  extracted ``models/model.pt`` against the manifest (it downloads nothing when the file is there).
+
+Model files must fit the packaged configs: ``models/model.pt`` carries ``model_info`` (the network that built
+it, its class names and intensity scaling) whose network is one of ``scripts/networks``, whose output channels
+and class names equal ``configs/metadata.json``'s output ``channel_def``, whose input channels equal its input
+``num_channels``, and whose ``intensity_max`` equals ``configs/inference.json``'s. Reading ``model.pt`` needs
+``torch`` (imported only then); everything else is standard library only, so the checks run in a second.
 """
 
 from __future__ import annotations
@@ -54,6 +74,11 @@ from pathlib import Path, PurePosixPath
 
 __all__ = [
     "DEFAULT_NAME",
+    "MANIFEST",
+    "check_model_fits",
+    "check_weights_pinned",
+    "make_manifest",
+    "read_manifest",
     "PackagingError",
     "PackageResult",
     "parse_version",
@@ -79,6 +104,9 @@ REQUIRED_FILES = ("LICENSE", "docs/README.md")
 #: Path parts never packaged (caches, build metadata) and file suffixes never packaged.
 EXCLUDED_PARTS = ("__pycache__", ".ipynb_checkpoints", ".pytest_cache", ".mypy_cache")
 EXCLUDED_SUFFIXES = (".pyc", ".pyo", ".egg-info")
+
+#: The weights manifest (MONAI's large-files format plus ``version``), written and checked by this tool.
+MANIFEST = "large_files.json"
 
 #: Zip timestamp when ``SOURCE_DATE_EPOCH`` is not set (the earliest a zip can hold).
 DEFAULT_DATE_TIME = (1980, 1, 1, 0, 0, 0)
@@ -276,6 +304,139 @@ def git_unbumped_changes(bundle: Path, version: str, meta_rel: str = "configs/me
     return sorted(p for p in changed if is_packaged(p)), note
 
 
+def read_manifest(bundle: Path) -> dict | None:
+    """The bundle's weights manifest (``large_files.json``), or ``None`` when there is none.
+
+    Raises:
+        PackagingError: when it is not ``{"version": ..., "large_files": [{"path", "hash_val", ...}, ...]}``.
+    """
+    path = Path(bundle) / MANIFEST
+    if not path.is_file():
+        return None
+    manifest = _load_json_no_duplicates(path)
+    files = manifest.get("large_files")
+    if not isinstance(files, list) or not all(isinstance(f, dict) and "path" in f and "hash_val" in f for f in files):
+        raise PackagingError(
+            f"{path}: expected {{\"version\": ..., \"large_files\": [{{\"path\": ..., \"hash_val\": ..., "
+            f"\"hash_type\": \"sha256\"}}, ...]}}; fix it or delete it and package again from the version bump."
+        )
+    return manifest
+
+
+def make_manifest(bundle: Path, version: str, weights: list[str]) -> dict:
+    """The manifest pinning ``weights`` (bundle-relative paths) to ``version``."""
+    entries = [{"path": rel, "url": "", "hash_val": _sha256_file(Path(bundle) / rel), "hash_type": "sha256"}
+               for rel in sorted(weights)]
+    return {"_desc_": "written by tools/package_bundle.py: the model files this version ships, by sha256 "
+                      "(check an extracted bundle with `python -m monai.bundle download_large_files`)",
+            "version": version, "large_files": entries}
+
+
+def check_weights_pinned(bundle: Path, version: str, weights: list[str], version_committed: bool | None) -> dict | None:
+    """Check the model files against the manifest; return a new manifest to write, or ``None`` (nothing to write).
+
+    Args:
+        version_committed: whether git holds ``version`` in the last commit already (``None``: not in git).
+
+    Raises:
+        PackagingError: other weights than the version pinned, or weights under a committed version that pins none.
+    """
+    manifest = read_manifest(bundle)
+    if manifest is not None and manifest.get("version") == version:
+        pinned = {f["path"]: str(f["hash_val"]).lower() for f in manifest["large_files"]}
+        for rel in sorted(set(pinned) | set(weights)):
+            if rel not in weights:
+                raise PackagingError(
+                    f"version {version} ships {rel} ({MANIFEST}) but {bundle / rel} is missing: restore the file "
+                    "that version was packaged with (sha256 " + pinned[rel][:12] + "...), or bump 'version'."
+                )
+            digest = _sha256_file(bundle / rel)
+            if rel not in pinned or digest != pinned[rel]:
+                was = f"sha256 {pinned[rel][:12]}..." if rel in pinned else "no such file"
+                raise PackagingError(
+                    f"{rel} (sha256 {digest[:12]}...) is not the file version {version} was packaged with ({was}, "
+                    f"{MANIFEST}): other weights need a new version. Bump 'version' in configs/metadata.json and add "
+                    "a changelog entry (the tool then pins the new weights), or restore the pinned file."
+                )
+        return None
+    if not weights:
+        return None
+    if version_committed:
+        raise PackagingError(
+            f"version {version} is committed without pinned weights ({MANIFEST} "
+            + ("absent" if manifest is None else f"is for version {manifest.get('version')}")
+            + f"), so {', '.join(weights)} could differ between clones. Bump 'version' in configs/metadata.json and "
+            "add a changelog entry; packaging then pins these weights (commit the manifest with the version)."
+        )
+    return make_manifest(bundle, version, weights)
+
+
+def _version_committed(bundle: Path, version: str, meta_rel: str = "configs/metadata.json") -> bool | None:
+    """Whether the last commit's metadata holds ``version`` (``None`` outside git or when metadata is untracked)."""
+    try:
+        if _git(bundle, "rev-parse", "--is-inside-work-tree").strip() != "true":
+            return None
+        _git(bundle, "ls-files", "--error-unmatch", "--", meta_rel)
+    except (FileNotFoundError, subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError):
+        return None
+    return _git_version(bundle, "HEAD", meta_rel) == version
+
+
+def check_model_fits(bundle: Path, rel: str = "models/model.pt") -> None:
+    """Check that ``model.pt`` carries ``model_info`` that fits the packaged configs (see the module docstring).
+
+    Raises:
+        PackagingError: naming the mismatch and the fix.
+    """
+    path = Path(bundle) / rel
+    if not path.is_file():
+        return
+    try:
+        import torch
+    except ImportError:
+        raise PackagingError(f"{rel} is packaged: install torch so that its model_info can be checked.") from None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise PackagingError(f"{path} cannot be read as a checkpoint ({type(e).__name__}: {e}).") from None
+    info = ckpt.get("model_info") if isinstance(ckpt, dict) else None
+    if not isinstance(info, dict) or not isinstance(info.get("network"), dict) or not isinstance(ckpt.get("model"), dict):
+        raise PackagingError(
+            f"{rel} records no model_info (the network, class names and intensity scaling it was trained with): "
+            "package a model.pt written by this bundle's train.json ({\"model\": ..., \"model_info\": ...}), so "
+            "that every consumer of the archive builds the right network."
+        )
+    network = info["network"]
+    meta = _load_json_no_duplicates(Path(bundle) / "configs" / "metadata.json")
+    problems = []
+    target = str(network.get("_target_", ""))
+    module_dir = Path(bundle) / "scripts" / "networks"
+    if not target.startswith("scripts.networks.") or not module_dir.is_dir():
+        problems.append(f"network {target!r} is not one of the packaged scripts/networks")
+    fmt = meta.get("network_data_format", {})
+    out = next(iter(fmt.get("outputs", {}).values()), {})
+    inp = next(iter(fmt.get("inputs", {}).values()), {})
+    names = [str(v) for _, v in sorted(out.get("channel_def", {}).items(), key=lambda kv: int(kv[0]))]
+    if info.get("class_names") is not None and list(info["class_names"]) != names:
+        problems.append(f"class_names {list(info['class_names'])} vs metadata.json channel_def {names}")
+    if network.get("out_channels") != out.get("num_channels"):
+        problems.append(f"out_channels {network.get('out_channels')} vs metadata.json outputs num_channels "
+                        f"{out.get('num_channels')}")
+    if network.get("in_channels") != inp.get("num_channels"):
+        problems.append(f"in_channels {network.get('in_channels')} vs metadata.json inputs num_channels "
+                        f"{inp.get('num_channels')}")
+    inference = Path(bundle) / "configs" / "inference.json"
+    if inference.is_file() and info.get("intensity_max") is not None:
+        config_max = _load_json_no_duplicates(inference).get("intensity_max")
+        if isinstance(config_max, (int, float)) and float(config_max) != float(info["intensity_max"]):
+            problems.append(f"intensity_max {info['intensity_max']} vs inference.json {config_max}")
+    if problems:
+        raise PackagingError(
+            f"{rel} does not fit the packaged configs ({'; '.join(problems)}): package the model trained for these "
+            "configs, or update configs/metadata.json (network_data_format) and inference.json to the model's."
+        )
+
+
 def _zip_date_time() -> tuple:
     """The archive's one timestamp: ``SOURCE_DATE_EPOCH`` (UTC) when set, clamped to what a zip can hold, else
     1980-01-01 00:00."""
@@ -359,6 +520,15 @@ def package_bundle(
             )
 
     files = list_bundle_files(bundle)
+    weights = [f for f in files if f.startswith("models/")]
+    check_model_fits(bundle)
+    new_manifest = check_weights_pinned(bundle, version, weights, _version_committed(bundle, version) if git_check else None)
+    if new_manifest is not None:
+        notes.append(f"{MANIFEST}: pinned {', '.join(weights)} to version {version}" + (
+            " (would write it)" if check_only else "; commit it together with the version"))
+        if not check_only:
+            (bundle / MANIFEST).write_text(json.dumps(new_manifest, indent=4) + "\n", encoding="utf-8")
+            files = list_bundle_files(bundle)
     archive = out / f"{name}_v{version}.zip"
     if check_only:
         buffer = io.BytesIO()

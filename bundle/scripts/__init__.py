@@ -11,7 +11,26 @@ Sub-packages, one concept each:
 - ``scripts.visualize``: overlays, confidence maps, feature maps, training curves, HTML gallery.
 """
 
+import json
 from pathlib import Path
 
 #: Root folder of the bundle (the folder holding ``configs/``, ``scripts/``, ``models/``, ``docs/``).
 BUNDLE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def _bundle_version() -> str:
+    """The bundle's version: ``version`` in ``configs/metadata.json``, the one source of truth (pyproject.toml reads
+    it through this attribute); the installed distribution's version when the configs are not beside the package."""
+    try:
+        return str(json.loads((Path(BUNDLE_ROOT) / "configs" / "metadata.json").read_text(encoding="utf-8"))["version"])
+    except (OSError, ValueError, KeyError):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("cellseg-xnet-bundle")
+        except PackageNotFoundError:
+            return "0+unknown"
+
+
+#: The bundle's version (``configs/metadata.json``'s ``version``).
+__version__ = _bundle_version()

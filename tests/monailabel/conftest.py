@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from mlabel_utils import MODEL_NAME, make_studies, make_tiny_bundle
+from mlabel_utils import MODEL_NAME, make_app_copy, make_studies, train_source_bundle
 
 
 @pytest.fixture(autouse=True)
@@ -24,10 +24,16 @@ def _one_thread_per_op(monkeypatch):
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session")
+def trained_source(tmp_path_factory):
+    """A source bundle whose models/model.pt was trained (one tiny epoch, features 4..16) through train.json."""
+    return train_source_bundle(tmp_path_factory.mktemp("source") / "bundle")
+
+
 @pytest.fixture
-def tiny_bundle(tmp_path):
-    """A tiny copy of the bundle (real configs and scripts, small defaults) with an initial models/model.pt."""
-    return make_tiny_bundle(tmp_path / "model" / MODEL_NAME)
+def tiny_bundle(tmp_path, trained_source):
+    """The app's copy of the trained bundle, made with the manual's tool; no width override in its configs."""
+    return make_app_copy(trained_source, tmp_path / "app")
 
 
 @pytest.fixture(scope="module")

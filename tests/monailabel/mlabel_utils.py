@@ -1,8 +1,9 @@
-"""Helpers for the MONAI Label tests: a tiny copy of the bundle, a studies folder, the sample app, the server.
+"""Helpers for the MONAI Label tests: a trained model, the app copy, a studies folder, the sample app, the server.
 
-Everything here runs on the CPU, offline, in seconds: the bundle copy keeps the real configs and ``scripts/``
-and only shrinks their defaults (a 3-level X-Net with 4..16 features, 64x64 tiles, a tiny synthetic dataset for
-the ``initialize`` check), the way a user would edit a copy in ``apps/monaibundle/model/<name>/``.
+Everything here runs on the CPU, offline, in seconds. The model is TRAINED (one tiny epoch through train.json
+with ``features`` 4..16, not the configs' default width) in a source bundle; the app copy is made by the manual's
+own step (``tools/monailabel_app.py``), and its configs get no width override: only the training schedule and the
+tile size are shrunk (a user's session settings), so the network comes from ``model.pt``'s ``model_info``.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundle"
 MODEL_NAME = "cellseg_xnet"
 
-#: Defaults written into the copy's configs (both inference.json and train.json get the network/tile keys).
-TINY_NETWORK = {"features": [4, 8, 16], "patch_size": [64, 64]}
+#: The width the model is trained with (the configs' default is 32..512): never written into the app copy.
+TRAINED_FEATURES = [4, 8, 16]
+#: Tile size written into the copy's configs (both inference.json and train.json): 64x64 tiles for 64x64 images.
+TINY_TILES = {"patch_size": [64, 64]}
 TINY_TRAIN = {
     "epochs": 1,
     "batch_size": 2,
@@ -54,24 +57,65 @@ def _patch(path: Path, values: dict) -> None:
     path.write_text(json.dumps(config, indent=4) + "\n")
 
 
-def make_tiny_bundle(dst: Path, with_model: bool = True, seed: int = 0) -> Path:
-    """Copy ``bundle/configs`` and ``bundle/scripts`` to ``dst`` with tiny defaults; optionally an initial model.pt.
-
-    The initial ``models/model.pt`` (random weights; a bare state dict, as the bundle's key-metric CheckpointSaver
-    writes it) is what MONAI Label needs to register the inferer; training replaces it.
-    """
+def train_source_bundle(dst: Path) -> Path:
+    """A source bundle (copies of ``bundle/configs`` and ``bundle/scripts``) with a ``models/model.pt`` trained
+    for one tiny epoch through train.json with ``features`` :data:`TRAINED_FEATURES`."""
     dst = Path(dst)
     shutil.copytree(BUNDLE / "configs", dst / "configs")
     shutil.copytree(BUNDLE / "scripts", dst / "scripts", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    (dst / "models").mkdir()
-    _patch(dst / "configs" / "inference.json", TINY_NETWORK)
-    _patch(dst / "configs" / "train.json", {**TINY_NETWORK, **TINY_TRAIN})
-    if with_model:
-        import torch
+    shutil.copy2(BUNDLE / "LICENSE", dst / "LICENSE")
+    overrides = {"bundle_root": str(dst), "features": TRAINED_FEATURES, **TINY_TILES, **TINY_TRAIN,
+                 "synthetic": {"num_train": 4, "num_val": 2, "num_test": 1, "size": 64, "seed": 0}}
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(dst / "configs" / "train.json")]
+    for k, v in overrides.items():
+        cmd += [f"--{k}", v if isinstance(v, str) else repr(v)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    proc = subprocess.run(cmd, cwd=dst, capture_output=True, text=True, timeout=600, env=env)
+    model = dst / "models" / "model.pt"
+    if proc.returncode != 0 or not model.is_file():
+        raise AssertionError(f"training failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    ensure_model_info(model, TRAINED_FEATURES)
+    for resumable in (dst / "models").glob("checkpoint_epoch=*.pt"):
+        ensure_model_info(resumable, TRAINED_FEATURES)
+    return dst
 
-        torch.manual_seed(seed)
-        net = build_network(dst)
-        torch.save(net.state_dict(), dst / "models" / "model.pt")
+
+def ensure_model_info(path: Path, features: list[int]) -> None:
+    """Add ``model_info`` to a checkpoint written without it (train.json's savers write it once the checkpoint
+    format change of the "training runs you can trust" issue is in); a no-op for checkpoints that carry it."""
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(ckpt.get("model_info"), dict):
+        return
+    with bundle_scripts(BUNDLE):
+        from scripts.data import CLASS_NAMES
+        from scripts.networks import ModelInfo, XNet
+
+        net = XNet(2, 1, len(CLASS_NAMES), features, padding="same", batch_norm=True, dropout=0.0, skip="both")
+        info = ModelInfo(net, list(CLASS_NAMES), 255, TINY_TILES["patch_size"]).state_dict()
+    weights = ckpt["model"] if isinstance(ckpt.get("model"), dict) else ckpt
+    rest = {k: v for k, v in ckpt.items() if k != "model"} if isinstance(ckpt.get("model"), dict) else {}
+    torch.save({**rest, "model": weights, "model_info": info}, path)
+
+
+def make_app_copy(source: Path, app: Path, name: str = MODEL_NAME, with_model: bool = True) -> Path:
+    """The manual's step 2: ``python tools/monailabel_app.py --app <app> --name <name> --bundle <source>``, then
+    the session settings a user would give (tiny schedule and tiles, no width)."""
+    import importlib.util
+
+    app = Path(app)
+    if not (app / "main.py").is_file():  # the in-process tests need no real app, only its model folder
+        app.mkdir(parents=True, exist_ok=True)
+        (app / "main.py").write_text("# placeholder: tests/monailabel run the tasks in process\n")
+    spec = importlib.util.spec_from_file_location("monailabel_app", REPO / "tools" / "monailabel_app.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    dst = tool.make_app_copy(app, name, Path(source))
+    if not with_model:
+        (dst / "models" / "model.pt").unlink()
+    _patch(dst / "configs" / "inference.json", TINY_TILES)
+    _patch(dst / "configs" / "train.json", {**TINY_TILES, **TINY_TRAIN})
     return dst
 
 

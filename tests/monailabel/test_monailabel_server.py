@@ -26,13 +26,15 @@ pytest.importorskip(
 from mlabel_utils import (  # noqa: E402
     DATASTORE_EXT,
     MODEL_NAME,
+    TRAINED_FEATURES,
     Server,
     class_names,
     download_app,
     free_port,
     load_weights,
+    ensure_model_info,
+    make_app_copy,
     make_studies,
-    make_tiny_bundle,
     read_image,
     server_command,
 )
@@ -50,7 +52,7 @@ TRAIN_TIMEOUT = 300
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, trained_source):
     root = tmp_path_factory.mktemp("monailabel_server")
     env = dict(
         os.environ,
@@ -60,7 +62,7 @@ def server(tmp_path_factory):
         MONAI_LABEL_SESSION_PATH=str(root / "sessions"),
     )
     app = download_app(sys.executable, root / "apps", env)
-    bundle = make_tiny_bundle(app / "model" / MODEL_NAME)
+    bundle = make_app_copy(trained_source, app)
     studies = root / "studies"
     shapes = make_studies(studies)
     port = free_port()
@@ -157,9 +159,38 @@ def test_train_one_epoch_writes_model(server):
 def test_train_model_endpoint(server):
     """``POST /train/<model>`` with the params as the body (what MONAI Label's clients send)."""
     model_pt = server.bundle / "models" / "model.pt"
+    ensure_model_info(model_pt, TRAINED_FEATURES)  # a no-op once train.json's savers write model_info
     before = load_weights(model_pt)
     started = server.post_json(f"/train/{MODEL_NAME}", {"max_epochs": 1, "val_split": 0.4, "pretrained": True})
     assert started.get("status") in ("SUBMITTED", "RUNNING", "DONE"), started
     task = _wait_for_training(server)
     assert task["request"]["max_epochs"] == 1
     _assert_new_weights(before, load_weights(model_pt))
+
+
+def test_upload_leaves_no_files_behind(server):
+    """The app copy saves no probability maps: an upload (a temporary file) leaves nothing in outputs/."""
+    content = (server.studies / "wide.png").read_bytes()
+    status, _, data = server.post_file(f"/infer/{MODEL_NAME}?output=image", "file", "upload.png", content)
+    assert status == 200, f"HTTP {status}: {data[:2000]!r}"
+    outputs = server.bundle / "outputs"
+    assert not (outputs.is_dir() and list(outputs.iterdir())), sorted(p.name for p in outputs.iterdir())
+
+
+def test_weights_of_another_width_give_a_readable_error(server):
+    """model.pt replaced, while the server runs, by weights of another width without model_info: the client gets
+    the one-line message (HTTP 422, JSON detail), not a bare 500."""
+    import torch
+
+    from mlabel_utils import bundle_scripts
+
+    with bundle_scripts(server.bundle):
+        from scripts.networks import XNet
+
+        other = XNet(2, 1, 5, [8, 16, 32], batch_norm=True, skip="both")
+    model_pt = server.bundle / "models" / "model.pt"
+    torch.save(other.state_dict(), model_pt)
+    status, _, data = server.request("POST", f"/infer/{MODEL_NAME}?image=wide&output=image")
+    assert status == 422, f"HTTP {status}: {data[:2000]!r}"
+    detail = json.loads(data)["detail"]
+    assert "do not fit" in detail and "--features" in detail and "\n" not in detail

@@ -22,7 +22,15 @@ pytest.importorskip(
 import torch  # noqa: E402
 from monai.bundle import ConfigParser  # noqa: E402
 
-from mlabel_utils import MODEL_NAME, bundle_scripts, class_names, load_weights, read_image  # noqa: E402
+from mlabel_utils import (  # noqa: E402
+    BUNDLE,
+    MODEL_NAME,
+    TRAINED_FEATURES,
+    bundle_scripts,
+    class_names,
+    load_weights,
+    read_image,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -31,21 +39,42 @@ pytestmark = [
 ]
 
 
+def trained_network(bundle_dir):
+    """The trained model, built independently of the configs: an X-Net of :data:`TRAINED_FEATURES` (the width it
+    was trained with) holding model.pt's weights, in eval mode."""
+    with bundle_scripts(bundle_dir):
+        from scripts.networks import XNet
+
+        net = XNet(2, 1, 5, TRAINED_FEATURES, padding="same", batch_norm=True, dropout=0.0, skip="both")
+    torch.nn.Module.load_state_dict(net, load_weights(bundle_dir / "models" / "model.pt"))
+    return net.eval()
+
+
 def expected_prediction(bundle_dir, image: np.ndarray) -> np.ndarray:
-    """The bundle's own prediction for ``image`` (H, W), computed directly: MONAI's (W, H) layout in, argmax out,
+    """The trained model's prediction for ``image`` (H, W), computed directly: MONAI's (W, H) layout in, argmax out,
     back to (H, W). MONAI Label's output must equal it pixel for pixel (same size, same orientation)."""
     with bundle_scripts(bundle_dir):
         parser = ConfigParser()
         parser.read_config(str(bundle_dir / "configs" / "inference.json"))
         parser["bundle_root"] = str(bundle_dir)
-        net = parser.get_parsed_content("network_def", instantiate=True)
         inferer = parser.get_parsed_content("inferer", instantiate=True)
-    net.load_state_dict(load_weights(bundle_dir / "models" / "model.pt"))
-    net.eval()
+    net = trained_network(bundle_dir)
     x = torch.from_numpy(np.ascontiguousarray(image.T, dtype=np.float32) / 255.0)[None, None]
     with torch.no_grad():
         logits = inferer(x, net)
     return logits.argmax(1)[0].numpy().T.astype(np.uint8)
+
+
+def test_app_copy_has_no_width_override(tiny_bundle):
+    """The manual's copy keeps the bundle's default width (32..512); the model was trained at 4..16; only model.pt
+    goes into models/ (no resumable checkpoints)."""
+    default = json.loads((BUNDLE / "configs" / "inference.json").read_text())["features"]
+    for name in ("inference.json", "train.json"):
+        config = json.loads((tiny_bundle / "configs" / name).read_text())
+        assert config["features"] == default != TRAINED_FEATURES, name
+    assert sorted(p.name for p in (tiny_bundle / "models").iterdir()) == ["model.pt"]
+    ckpt = torch.load(tiny_bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert ckpt["model_info"]["network"]["features"] == TRAINED_FEATURES
 
 
 @pytest.fixture
@@ -115,5 +144,43 @@ def test_train_task_one_epoch_from_datastore(tiny_bundle, studies):
 
     after = load_weights(model_pt)
     assert after.keys() == before.keys()
+    assert all(after[k].shape == before[k].shape for k in before), "it continued the trained 4..16 network"
     assert any(not torch.equal(after[k], before[k]) for k in before), "training updated the weights in model.pt"
     assert (tiny_bundle / "models" / "checkpoint_epoch=1.pt").is_file()
+
+
+def test_train_task_from_scratch_without_model(tmp_path, trained_source, studies):
+    """No model.pt in the app yet: MONAI Label trains the configured network (random initialisation)."""
+    from monailabel.datastore.local import LocalDatastore
+    from monailabel.tasks.train.bundle import BundleTrainTask
+
+    from mlabel_utils import make_app_copy
+
+    bundle = make_app_copy(trained_source, tmp_path / "app", with_model=False)
+    # a small configured width for speed: here the configs, not a model, decide the network
+    config = json.loads((bundle / "configs" / "train.json").read_text())
+    config["features"] = [4, 8]
+    (bundle / "configs" / "train.json").write_text(json.dumps(config))
+    root, _ = studies
+    datastore = LocalDatastore(str(root), extensions=["*.png"], auto_reload=False)
+    task = BundleTrainTask(str(bundle), {})
+    request = {"model": MODEL_NAME, "max_epochs": 1, "val_split": 0.4, "device": "cpu", "multi_gpu": False}
+    assert task(request, datastore) == {}
+    weights = load_weights(bundle / "models" / "model.pt")
+    assert weights["encoder1.blocks.0.0.weight"].shape[0] == 4 and "decoder1.ups.1.up.weight" not in weights
+
+
+def test_infer_task_readable_error_for_weights_of_another_width(infer_task, tiny_bundle, studies):
+    """model.pt replaced while the app runs, by weights of another width without model_info: one clear message
+    (an HTTP error with that detail in a server, see test_monailabel_server), not hundreds of size mismatches."""
+    root, _ = studies
+    with bundle_scripts(tiny_bundle):
+        from scripts.networks import XNet
+
+        other = XNet(2, 1, 5, [8, 16, 32], batch_norm=True, skip="both")
+    torch.save(other.state_dict(), tiny_bundle / "models" / "model.pt")
+    with pytest.raises(ValueError) as err:
+        infer_task({"image": str(root / "wide.png"), "device": "cpu"})
+    message = str(err.value)
+    assert "\n" not in message and "size mismatch" not in message
+    assert "do not fit" in message and "--features" in message

@@ -3,9 +3,20 @@ baselines. All take ``spatial_dims, in_channels, out_channels, features, padding
 logits, and expose their size rule (``padding``, ``depth``, ``size_divisor``, ``margin``, ``receptive_field``,
 ``output_size()``, ``valid_input_size()``) and ``num_outputs`` (length of the training-mode output tuple; the
 multi-output networks return one tensor in eval mode). Each records the arguments that built it in ``init_args``
-(:func:`network_config` / :func:`build_network`)."""
+(:func:`network_config` / :func:`build_network`);
+:func:`network_from_checkpoint` builds the network a saved ``model.pt`` describes, with its weights."""
 
 from scripts.networks.baselines import DoubleUNet, EnsembleUNet
+from scripts.networks.checkpoint import (
+    MODEL_KEY,
+    CheckpointLoadMixin,
+    CheckpointMismatchError,
+    check_model_info,
+    check_state_dict,
+    network_from_checkpoint,
+    read_checkpoint,
+    split_checkpoint,
+)
 from scripts.networks.config import build_network, init_args, network_config
 from scripts.networks.model_info import MODEL_INFO_KEY, ModelInfo, describe_mismatch
 from scripts.networks.unet import UNet
@@ -18,6 +29,14 @@ __all__ = [
     "XNET_SKIP_MODES",
     "XNet",
     "MODEL_INFO_KEY",
+    "MODEL_KEY",
+    "CheckpointLoadMixin",
+    "CheckpointMismatchError",
+    "check_model_info",
+    "check_state_dict",
+    "network_from_checkpoint",
+    "read_checkpoint",
+    "split_checkpoint",
     "ModelInfo",
     "build_network",
     "describe_mismatch",

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from scripts.networks.blocks import check_network_args
+from scripts.networks.checkpoint import CheckpointLoadMixin
 from scripts.networks.config import init_args
 from scripts.networks.size_rule import SizeRuleMixin, receptive_field
 from scripts.networks.unet import UNet
@@ -25,7 +26,7 @@ def _check_same_padding(name: str, padding: str) -> None:
         )
 
 
-class DoubleUNet(nn.Module, SizeRuleMixin):
+class DoubleUNet(CheckpointLoadMixin, nn.Module, SizeRuleMixin):
     """Double U-Net: two U-Nets in series, the second refining the first.
 
     The first :class:`~scripts.networks.UNet` segments the image; the second takes the image concatenated with the
@@ -95,7 +96,7 @@ class DoubleUNet(nn.Module, SizeRuleMixin):
         return out2
 
 
-class EnsembleUNet(nn.Module, SizeRuleMixin):
+class EnsembleUNet(CheckpointLoadMixin, nn.Module, SizeRuleMixin):
     """Ensemble U-Net: two independent U-Nets on the same input, their logits averaged.
 
     Baseline of Fujii et al., "X-Net with Different Loss Functions for Cell Image Segmentation", CVPR Workshops

@@ -16,13 +16,14 @@ from scripts.networks.blocks import (
     he_init,
     pad_to_multiple,
 )
+from scripts.networks.checkpoint import CheckpointLoadMixin
 from scripts.networks.config import init_args
 from scripts.networks.size_rule import SizeRuleMixin, check_valid_input_size
 
 __all__ = ["UNet"]
 
 
-class UNet(nn.Module, SizeRuleMixin):
+class UNet(CheckpointLoadMixin, nn.Module, SizeRuleMixin):
     """The original U-Net, 1D/2D/3D.
 
     Based on:

@@ -17,6 +17,7 @@ from scripts.networks.blocks import (
     he_init,
     pad_to_multiple,
 )
+from scripts.networks.checkpoint import CheckpointLoadMixin
 from scripts.networks.config import init_args
 from scripts.networks.size_rule import SizeRuleMixin, check_valid_input_size
 
@@ -25,7 +26,7 @@ __all__ = ["XNet", "XNET_SKIP_MODES"]
 XNET_SKIP_MODES = ("both", "own", "crossed")
 
 
-class XNet(nn.Module, SizeRuleMixin):
+class XNet(CheckpointLoadMixin, nn.Module, SizeRuleMixin):
     """X-Net for cell image segmentation, 1D/2D/3D.
 
     Based on:

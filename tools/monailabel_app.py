@@ -1,0 +1,120 @@
+"""Put a copy of the bundle into a MONAI Label app (manual §12, step 2).
+
+Usage (from the repository root, in any environment with MONAI)::
+
+    python tools/monailabel_app.py --app apps/monaibundle --name cellseg_xnet [--bundle bundle]
+        [--merge bundle/configs/experiments/unet_sce_iou.json]
+
+Copies into ``<app>/model/<name>/``: ``configs/``, ``scripts/`` (without caches), ``docs/``, ``LICENSE`` and
+``models/model.pt`` only (resumable ``checkpoint_epoch=N.pt`` files stay out: MONAI Label would offer them as
+models and each one is tens of MB). MONAI Label reads only ``configs/inference.json`` and ``configs/train.json``,
+so what the app needs is written into the copy's two files (the source bundle is not changed):
+
+- ``train.json``: ``network_def`` builds the network ``models/model.pt`` was trained with (its ``model_info``;
+  the config's network when there is no ``model.pt`` yet), so that MONAI Label's ``/train`` (``pretrained``, the
+  default) continues that model whatever width it has; ``--merge`` files (e.g. the experiment the model was trained
+  with, for its loss) are merged first;
+- ``inference.json``: ``save_probabilities`` false (MONAI Label returns the label only; otherwise every request,
+  uploads included, would leave ``outputs/<name>_prob.tif`` behind). ``network_def`` already builds the network
+  from ``model.pt``.
+
+An existing ``<app>/model/<name>/`` is replaced. Exit status 1 with one message when something is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+__all__ = ["INFERENCE_OVERRIDES", "TRAIN_OVERRIDES", "make_app_copy", "main"]
+
+#: Written into the copy's train.json: continue the model in models/model.pt (MONAI Label's "pretrained").
+TRAIN_OVERRIDES = {
+    "network_def": {
+        "_desc_": "MONAI Label copy (tools/monailabel_app.py): the network models/model.pt was trained with, with its "
+                  "weights; the configured network when there is no model.pt yet",
+        "_target_": "scripts.networks.network_from_checkpoint",
+        "path": "$@ckpt_dir + '/model.pt'",
+        "default": "@networks#xnet",
+    },
+}
+#: Written into the copy's inference.json.
+INFERENCE_OVERRIDES = {"save_probabilities": False}
+
+
+def _merged(files: list[Path], overrides: dict) -> dict:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in files])
+    for key, value in overrides.items():
+        if key == "network_def" and isinstance(value, dict) and "default" in value:
+            current = parser.get("network_def")
+            # keep the network the merged configs chose (e.g. "@networks#unet" from an experiment) as the default
+            value = {**value, "default": current if isinstance(current, str) and current.startswith("@") else value["default"]}
+        parser[key] = value
+    return parser.get()
+
+
+def make_app_copy(app: Path, name: str, bundle: Path = Path("bundle"), merge: list[Path] | None = None) -> Path:
+    """Copy the bundle into ``<app>/model/<name>`` as described in the module docstring; return that folder.
+
+    Raises:
+        FileNotFoundError: the bundle or app folder is not what it should be.
+    """
+    from monai.bundle import ConfigParser
+
+    bundle, app = Path(bundle), Path(app)
+    if not (bundle / "configs" / "train.json").is_file():
+        raise FileNotFoundError(f"{bundle} holds no configs/train.json: pass --bundle <bundle root>.")
+    if not (app / "main.py").is_file():
+        raise FileNotFoundError(
+            f"{app} is not a MONAI Label app (no main.py): get it with "
+            "`monailabel apps --download --name monaibundle --output apps`."
+        )
+    for f in merge or []:
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"--merge {f}: no such config file.")
+    dst = app / "model" / name
+    if dst.exists():
+        shutil.rmtree(dst)
+    caches = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("configs", "scripts", "docs"):
+        if (bundle / folder).is_dir():
+            shutil.copytree(bundle / folder, dst / folder, ignore=caches)
+    if (bundle / "LICENSE").is_file():
+        shutil.copy2(bundle / "LICENSE", dst / "LICENSE")
+    (dst / "models").mkdir(parents=True)
+    if (bundle / "models" / "model.pt").is_file():
+        shutil.copy2(bundle / "models" / "model.pt", dst / "models" / "model.pt")
+    configs = dst / "configs"
+    train = _merged([configs / "train.json", *[Path(f) for f in merge or []]], TRAIN_OVERRIDES)
+    ConfigParser.export_config_file(train, str(configs / "train.json"), fmt="json", indent=4)
+    inference = _merged([configs / "inference.json"], INFERENCE_OVERRIDES)
+    ConfigParser.export_config_file(inference, str(configs / "inference.json"), fmt="json", indent=4)
+    return dst
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Copy the bundle into a MONAI Label app (configs, scripts, model.pt).")
+    parser.add_argument("--app", required=True, help="the MONAI Label app folder (e.g. apps/monaibundle)")
+    parser.add_argument("--name", default="cellseg_xnet", help="model name in MONAI Label (default: cellseg_xnet)")
+    parser.add_argument("--bundle", default="bundle", help="bundle root (default: bundle)")
+    parser.add_argument("--merge", action="append", default=[],
+                        help="a config merged into the copy's train.json (e.g. the experiment the model was trained with)")
+    args = parser.parse_args(argv)
+    try:
+        dst = make_app_copy(Path(args.app), args.name, Path(args.bundle), [Path(m) for m in args.merge])
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    model = dst / "models" / "model.pt"
+    print(f"{dst}: configs, scripts, " + ("models/model.pt" if model.is_file() else "no model.pt yet (train first, "
+          "or train in MONAI Label and restart the server to offer inference)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
