@@ -31,11 +31,14 @@ def test_training_writes_checkpoints_and_logs(trained):
     root, proc = trained
     assert (root / "models" / "model.pt").is_file(), proc.stdout[-3000:]
     state = torch.load(root / "models" / "model.pt", map_location="cpu")
-    assert any(k.endswith("weight") for k in state), "model.pt should hold the network's state_dict"
+    assert set(state) == {"model", "model_info"}, "model.pt: the network's state_dict and what built it"
+    assert any(k.endswith("weight") for k in state["model"])
+    assert state["model_info"]["network"]["features"] == TINY["features"]
     resumable = list((root / "models").glob("checkpoint_epoch=*.pt"))
     assert [p.name for p in resumable] == ["checkpoint_epoch=2.pt"]
     ckpt = torch.load(resumable[0], map_location="cpu", weights_only=False)
-    assert {"model", "optimizer", "trainer", "lr_scheduler"} <= set(ckpt)
+    assert {"model_info", "model", "optimizer", "trainer", "lr_scheduler", "best_model_saver", "early_stop",
+            "random_states"} <= set(ckpt)
     assert ckpt["trainer"]["iteration"] == 4  # 2 epochs x 2 iterations
     assert list((root / "logs").glob("events.out.tfevents.*")), "TensorBoard events expected"
     assert "val_mean_iou" in proc.stdout + proc.stderr
@@ -49,7 +52,7 @@ def test_resume_continues_from_last_epoch(trained, tmp_path):
     shutil.copytree(root, copy)
     proc = run_bundle(config_arg("train.json"), "training", {**TINY, "bundle_root": str(copy), "resume": True, "epochs": 3})
     out = proc.stdout + proc.stderr
-    assert "checkpoint_epoch=3.pt" in {p.name for p in (copy / "models").glob("checkpoint_epoch=*.pt")}
+    assert {p.name for p in (copy / "models").glob("checkpoint_epoch=*.pt")} == {"checkpoint_epoch=3.pt"}
     assert "Epoch[1]" not in out, "a resumed run must not start again from epoch 1"
     assert "Epoch[3]" in out
 
