@@ -194,15 +194,26 @@ def test_non_finite_loss_stops_before_the_optimiser_step(bad, tmp_path):
 def test_finite_explosion_stops_the_run():
     # case 6b: lr 1e6 drove the loss to 7.5e18 without a NaN and the run ended with rc 0; 1e4 x the first-epoch loss
     # stops it now (here the loss scale jumps 1e5 x)
-    trainer, net = _trainer([1.0, 1.0, 1.0, 1e5], lr=0.0)
+    trainer, net = _trainer([1.0, 1.0, 1.0, 1.0, 1e5], lr=0.0)  # (the third: the epoch-end check of the last step)
     with pytest.raises(DivergenceError, match="exploded"):
         trainer.run()
     assert trainer.state.iteration == 4 and trainer.state.epoch == 2
 
 
+def test_damaging_last_step_of_an_epoch_is_not_saved():
+    # case 6: with the damage done by an epoch's last step, the old guard fired only in the next epoch -- after the
+    # epoch's checkpoint had saved the damaged weights. The loss under the new weights is checked at the epoch's end.
+    trainer, _ = _trainer([1.0, 1.0, float("nan")])
+    saved = []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: saved.append(e.state.epoch))  # a checkpoint saver
+    with pytest.raises(DivergenceError, match="after the epoch's last optimiser step at epoch 1"):
+        trainer.run()
+    assert saved == []
+
+
 def test_guard_state_is_checkpointable():
     guard = StopOnNonFiniteLoss()
-    trainer, _ = _trainer([1.0, 3.0, 1.0, 1.0], lr=0.0, guard=guard)
+    trainer, _ = _trainer([1.0, 3.0, 1.0, 1.0, 1.0, 1.0], lr=0.0, guard=guard)
     trainer.run()
     assert guard.state_dict() == {"reference": pytest.approx(8.0)}  # first epoch: pred 2, losses 4 * 1 and 4 * 3
     other = StopOnNonFiniteLoss()

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from monai.data import list_data_collate
 from monai.engines.utils import IterationEvents
 from monai.handlers import from_engine
 from monai.utils import CommonKeys
@@ -39,7 +40,9 @@ class StopOnNonFiniteLoss:
       1e18 without ever reaching infinity);
     - a gradient is NaN or infinite (not checked with AMP, where the ``GradScaler`` skips such steps itself).
 
-    At the end of every epoch (before the checkpoint of that epoch is written) the weights are checked too. The
+    At the end of every epoch (before the checkpoint of that epoch is written) the weights are checked, and so is the
+    loss of the epoch's last batch under the weights after the epoch's last step (one forward pass without
+    gradients; batch-norm statistics and random states are restored), so a damaging last step is not saved. The
     message names the last resumable checkpoint in ``ckpt_dir`` (finite: non-finite tensors are never saved) and
     what to change. On an engine without MONAI's iteration events the loss is checked after each iteration.
 
@@ -89,24 +92,54 @@ class StopOnNonFiniteLoss:
     def after_iteration(self, engine: Engine) -> None:
         self._check_loss(engine, _value(self.output_transform(engine.state.output)), before_step=False)
 
-    def _check_loss(self, engine: Engine, value: float, before_step: bool) -> None:
+    def _check_loss(self, engine: Engine, value: float, before_step: bool, after_last_step: bool = False) -> None:
+        when = " after the epoch's last optimiser step" if after_last_step else ""
         if not math.isfinite(value):
-            self._stop(engine, f"the training loss became {value}", before_step)
+            self._stop(engine, f"the training loss became {value}{when}", before_step)
         reference = self.reference if self.reference is not None else (self._first_epoch[0] if self._first_epoch else None)
         if self.explosion_factor is not None and reference is not None and reference > 0 and value > self.explosion_factor * reference:
-            self._stop(engine, f"the training loss exploded to {value:.4g}, more than {self.explosion_factor:g} times "
-                       f"its first-epoch value {reference:.4g}", before_step)
-        if self.reference is None:
+            self._stop(engine, f"the training loss exploded to {value:.4g}{when}, more than "
+                       f"{self.explosion_factor:g} times its first-epoch value {reference:.4g}", before_step)
+        if self.reference is None and not after_last_step:
             self._first_epoch.append(value)
 
     def epoch_completed(self, engine: Engine) -> None:
         if self.reference is None and self._first_epoch:
             self.reference = sum(self._first_epoch) / len(self._first_epoch)
         network = getattr(engine, "network", None)
-        if network is not None:
-            bad = [n for n, p in network.state_dict().items() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
-            if bad:
-                self._stop(engine, f"{len(bad)} weight tensor(s) ({', '.join(bad[:3])}) became NaN or infinite", False)
+        if network is None:
+            return
+        bad = [n for n, p in network.state_dict().items() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+        if bad:
+            self._stop(engine, f"{len(bad)} weight tensor(s) ({', '.join(bad[:3])}) became NaN or infinite", False)
+        loss = self._last_batch_loss(engine)
+        if loss is not None:  # the epoch's last step is checked only here, before this epoch's checkpoint is written
+            self._check_loss(engine, loss, before_step=False, after_last_step=True)
+
+    @staticmethod
+    def _last_batch_loss(engine: Engine) -> float | None:
+        """The loss of the epoch's last batch under the weights after its optimiser step (batch-norm statistics and
+        random states untouched), or ``None`` on an engine that is not a MONAI trainer."""
+        needed = ("prepare_batch", "inferer", "loss_function", "network")
+        if any(not hasattr(engine, a) for a in needed) or getattr(engine.state, "batch", None) is None:
+            return None
+        batch = engine.state.batch
+        if isinstance(batch, list):  # MONAI decollates the batch after each iteration
+            batch = list_data_collate(batch)
+        batch = engine.prepare_batch(batch, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        inputs, targets = batch[0], batch[1]
+        network = engine.network
+        buffers = [b.clone() for b in network.buffers()]
+        rng = torch.get_rng_state()
+        try:
+            with torch.no_grad():
+                value = _value(engine.loss_function(engine.inferer(inputs, network), targets).mean())
+        finally:
+            with torch.no_grad():
+                for b, saved in zip(network.buffers(), buffers):
+                    b.copy_(saved)
+            torch.set_rng_state(rng)
+        return value
 
     def _stop(self, engine: Engine, what: str, before_step: bool) -> None:
         engine.terminate()
@@ -124,7 +157,7 @@ class StopOnNonFiniteLoss:
             lr = f" (now {optimizer.param_groups[0]['lr']:g})"
         resume = (f"the last checkpoint, {Path(last).name} in {self.ckpt_dir}, is finite: resume from it with "
                   f"--resume True and a lower --learning_rate{lr}" if last else
-                  f"no resumable checkpoint was written yet: start over (--overwrite True) with a lower --learning_rate{lr}")
+                  f"no resumable checkpoint was written yet: train again with a lower --learning_rate{lr}")
         raise DivergenceError(
             f"{what} at epoch {engine.state.epoch}, iteration {engine.state.iteration}; training stopped"
             f"{' before the optimiser step' if before_step else ''} and nothing was saved from this state. {resume[0].upper()}{resume[1:]}. "
