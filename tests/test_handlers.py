@@ -346,3 +346,18 @@ def test_user_errors_are_found_through_wrappers():
             raise RuntimeError("Failed to evaluate ConfigExpression") from e
     except RuntimeError as wrapped:
         assert str(user_error_in(wrapped)) == "diverged"
+
+
+def test_resume_checks_the_network_configuration_first(tmp_path):
+    from scripts.errors import ConfigError
+    from scripts.networks import ModelInfo, UNet
+
+    small = UNet(spatial_dims=2, in_channels=1, out_channels=5, features=(4, 8, 16))
+    torch.save({"model_info": ModelInfo(small).state_dict(), "model": small.state_dict()}, tmp_path / "c.pt")
+    other = UNet(spatial_dims=2, in_channels=1, out_channels=5, features=(8, 16, 32))
+    loader = ResumeCheckpointLoader(str(tmp_path / "c.pt"), {"model_info": ModelInfo(other), "model": other}, engine_key=None)
+    engine = Engine(lambda e, b: None)
+    loader.attach(engine)
+    with pytest.raises(ConfigError, match=r"cannot resume from .*c\.pt: .*another network configuration \(features") as err:
+        engine.run([0])
+    assert "size mismatch" not in str(err.value)
