@@ -24,7 +24,7 @@ from typing import Any
 
 import ignite.distributed as idist
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader as _MonaiCheckpointLoader
 from monai.handlers import CheckpointSaver as _MonaiCheckpointSaver
@@ -153,9 +153,13 @@ class CheckpointSaver(_MonaiCheckpointSaver):
     def attach(self, engine: Engine) -> None:
         if self.engine_key is not None:
             self.save_dict[self.engine_key] = engine
-            if getattr(engine, "amp", False) and getattr(engine, "scaler", None) is not None:
-                self.save_dict["scaler"] = engine.scaler
+            engine.add_event_handler(Events.STARTED, self._add_scaler)
         super().attach(engine)
+
+    def _add_scaler(self, engine: Engine) -> None:
+        # MONAI's SupervisedTrainer creates its GradScaler in run(), after the handlers are attached
+        if getattr(engine, "amp", False) and getattr(engine, "scaler", None) is not None:
+            self.save_dict["scaler"] = engine.scaler
 
     def state_dict(self) -> dict:
         return dict(self._key_metric_checkpoint.state_dict()) if self._key_metric_checkpoint is not None else {}
@@ -202,13 +206,16 @@ class ResumeCheckpointLoader(_MonaiCheckpointLoader):
     def attach(self, engine: Engine) -> None:
         if self.engine_key is not None:
             self.load_dict[self.engine_key] = engine
-            if getattr(engine, "amp", False) and getattr(engine, "scaler", None) is not None:
-                self.load_dict["scaler"] = engine.scaler
         super().attach(engine)
 
     def __call__(self, engine: Engine) -> None:
         try:
             super().__call__(engine)
+            scaler = getattr(engine, "scaler", None) if self.engine_key is not None else None
+            if getattr(engine, "amp", False) and scaler is not None:  # created in run(), after attach
+                saved = torch.load(self.load_path, map_location=self.map_location, weights_only=True).get("scaler")
+                if saved:
+                    scaler.load_state_dict(saved)
         except UserError:
             raise
         except (ValueError, KeyError) as e:
