@@ -361,3 +361,15 @@ def test_resume_checks_the_network_configuration_first(tmp_path):
     with pytest.raises(ConfigError, match=r"cannot resume from .*c\.pt: .*another network configuration \(features") as err:
         engine.run([0])
     assert "size mismatch" not in str(err.value)
+
+
+def test_non_finite_gradients_with_a_finite_loss_stop_before_the_step():
+    net = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.ones_(net.weight)
+    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=[{"image": torch.ones(1, 2), "label": torch.zeros(1, 1)}],
+                                network=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+                                loss_function=lambda p, t: (p * 0).abs().sqrt().mean(),  # loss 0, gradient 0 * inf = nan
+                                train_handlers=[StopOnNonFiniteLoss()])
+    with pytest.raises(DivergenceError, match=r"gradients of 1 parameter\(s\) \(weight\) are NaN or infinite"):
+        trainer.run()
+    assert torch.equal(net.weight, torch.ones(1, 2))

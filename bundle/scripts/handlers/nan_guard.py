@@ -85,7 +85,10 @@ class StopOnNonFiniteLoss:
         self._check_loss(engine, _value(engine.state.output[CommonKeys.LOSS]), before_step=True)
         if getattr(engine, "amp", False) and getattr(engine, "scaler", None) is not None:
             return
-        bad = [n for n, p in engine.network.named_parameters() if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+        grads = [(n, p.grad) for n, p in engine.network.named_parameters() if p.grad is not None]
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for _, g in grads]).all()):  # one device sync
+            return
+        bad = [n for n, g in grads if not bool(torch.isfinite(g).all())]
         if bad:
             self._stop(engine, f"the gradients of {len(bad)} parameter(s) ({', '.join(bad[:3])}) are NaN or infinite", True)
 
