@@ -373,3 +373,14 @@ def test_non_finite_gradients_with_a_finite_loss_stop_before_the_step():
     with pytest.raises(DivergenceError, match=r"gradients of 1 parameter\(s\) \(weight\) are NaN or infinite"):
         trainer.run()
     assert torch.equal(net.weight, torch.ones(1, 2))
+
+
+def test_resume_from_a_checkpoint_without_the_new_entries_says_what_to_do(tmp_path):
+    net = torch.nn.Linear(1, 1)
+    torch.save({"model": net.state_dict()}, tmp_path / "checkpoint_epoch=1.pt")  # the pre-0.4 resumable layout
+    loader = ResumeCheckpointLoader(str(tmp_path / "checkpoint_epoch=1.pt"), {"model": net, "early_stop": _Box(0.0)},
+                                    engine_key=None)
+    engine = Engine(lambda e, b: None)
+    loader.attach(engine)
+    with pytest.raises(RunFolderError, match=r"holds no 'early_stop' entry.*--overwrite True"):
+        engine.run([0])

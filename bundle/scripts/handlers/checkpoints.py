@@ -218,7 +218,14 @@ class ResumeCheckpointLoader(_MonaiCheckpointLoader):
                     scaler.load_state_dict(saved)
         except UserError:
             raise
-        except (ValueError, KeyError) as e:
+        except (KeyError, ValueError) as e:
+            missing = re.search(r"Key '([^']+)' from x is not found in y", str(e))  # Ignite's message for a missing key
+            if isinstance(e, KeyError) or missing:
+                key = missing.group(1) if missing else e.args[0]
+                raise RunFolderError(
+                    f"cannot resume from {self.load_path}: it holds no {key!r} entry (a checkpoint of an older version "
+                    "of this bundle, or not a resumable checkpoint); start over with --overwrite True."
+                ) from e
             raise ConfigError(f"cannot resume from {self.load_path}: {e}") from e
         except Exception as e:  # noqa: BLE001 - unreadable file: EOFError, UnpicklingError, zip reader errors...
             raise RunFolderError(
