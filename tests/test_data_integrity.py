@@ -224,6 +224,9 @@ def test_images_the_training_loader_reads_differently_are_reported(tmp_path, lay
     assert "1 problem(s)" in message and "odd.tif: the training loader reads this image as shape" in message
     assert "RGB (H, W, 3) PNG" in message
     assert check_datalist(_dataset(tmp_path / "clean", n=3), 3, in_channels=1, transform=_training_transforms())
+    # the command line reads through the training transforms too (--no-loader: the reader only)
+    assert main(["check", "--datalist", str(path), "--num-classes", "3", "--in-channels", "3"]) == 1
+    assert main(["check", "--datalist", str(path), "--num-classes", "3", "--in-channels", "3", "--no-loader"]) == 0
 
 
 def test_training_settings_are_checked_one_line_per_key():
