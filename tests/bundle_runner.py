@@ -47,13 +47,14 @@ def run_bundle(
     timeout: int = 300,
     check: bool = True,
     extra_args: list[str] | None = None,
+    env: dict | None = None,
 ) -> subprocess.CompletedProcess:
     """``python -m monai.bundle run [run_id] --config_file <config> --key value ...``; returns the finished process."""
     cmd = [sys.executable, "-m", "monai.bundle", "run"] + ([run_id] if run_id else []) + ["--config_file", config]
     for k, v in (overrides or {}).items():
         cmd += [f"--{k}", _cli_value(v)]
     cmd += extra_args or []
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), **(env or {}))
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)}\nexit {proc.returncode}\nSTDOUT:\n{proc.stdout[-6000:]}\nSTDERR:\n{proc.stderr[-6000:]}")

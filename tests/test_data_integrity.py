@@ -193,3 +193,52 @@ def test_alpha_png_and_values_above_intensity_max_are_reported(tmp_path):
     assert "2 problem(s)" in message
     assert "0.png: image has an alpha" in message
     assert "16bit.tif: pixel values up to 3000 exceed intensity_max=255" in message and "--intensity_max to the data's range (e.g. 4095" in message
+
+
+def _training_transforms():
+    from monai.bundle import ConfigParser
+
+    from bundle_runner import CONFIGS
+
+    parser = ConfigParser(ConfigParser.load_config_files(str(CONFIGS / "train.json")))
+    return parser.get_parsed_content("train#deterministic_transforms")
+
+
+@pytest.mark.parametrize("layout", ["planar", "imagej"])
+def test_images_the_training_loader_reads_differently_are_reported(tmp_path, layout):
+    # case 1: a planar (3, H, W) RGB TIFF or an ImageJ TIFF passed the check (the project's reader understands it),
+    # then MONAI's LoadImaged read it as (4, W, H) / (1, W, H, 3), collate failed in the loader thread and training
+    # ran 0 iterations. The check now also reads every item through the training transforms.
+    import tifffile
+
+    path = _dataset(tmp_path, n=3)
+    rgb = np.random.default_rng(0).integers(0, 255, (8, 6, 3), dtype=np.uint8)
+    for i in range(3):
+        write_png(tmp_path / "img" / f"{i}.png", rgb)
+    tifffile.imwrite(tmp_path / "img" / "odd.tif", np.moveaxis(rgb, -1, 0), imagej=layout == "imagej")
+    _edit(path, "training", 1, image="img/odd.tif")
+    check_datalist(path, 3, in_channels=3)  # the old check: passes
+    with pytest.raises(DatasetError) as err:
+        check_datalist(path, 3, in_channels=3, transform=_training_transforms())
+    message = str(err.value)
+    assert "1 problem(s)" in message and "odd.tif: the training loader reads this image as shape" in message
+    assert "RGB (H, W, 3) PNG" in message
+    assert check_datalist(_dataset(tmp_path / "clean", n=3), 3, in_channels=1, transform=_training_transforms())
+    # the command line reads through the training transforms too (--no-loader: the reader only)
+    assert main(["check", "--datalist", str(path), "--num-classes", "3", "--in-channels", "3"]) == 1
+    assert main(["check", "--datalist", str(path), "--num-classes", "3", "--in-channels", "3", "--no-loader"]) == 0
+
+
+def test_training_settings_are_checked_one_line_per_key():
+    # case 7: --epochs abc -> "TypeError: can't multiply sequence by non-int", --batch_size 0 -> a raw torch error
+    from scripts import ConfigError, check_training_settings
+
+    with pytest.raises(ConfigError) as err:
+        check_training_settings(epochs="abc", batch_size=0, learning_rate="abc", patch_size=[64], features=[4, 8, 16],
+                                time_limit_s=None, val_batch_size=2, resume="yes")
+    lines = str(err.value).splitlines()[1:]
+    assert [line.split(":")[0].strip() for line in lines] == ["--epochs", "--batch_size", "--learning_rate", "--patch_size", "--resume"]
+    assert "got 'abc'; expected an integer >= 1" in lines[0] and "a list of 2 integers" in lines[3]
+    assert check_training_settings(epochs=1, learning_rate=1e-3, time_limit_s=60) == {"epochs": 1, "learning_rate": 1e-3, "time_limit_s": 60}
+    with pytest.raises(ValueError):
+        check_training_settings(epoch=3)  # a misspelt key is not silently skipped

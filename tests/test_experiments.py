@@ -3,7 +3,7 @@ iterations and evaluates, through ``monai.bundle.run`` -- the function behind ``
 called in-process so that the 15 configs cost seconds, not minutes of interpreter start-ups.
 
 Each run checks what could go wrong in its config: the network the file names is the one built, the loss it wires
-takes that network's output (a tuple for X-Net/Double U-Net in training), the loss is finite, the checkpoint is
+takes that network's output (a tuple for X-Net/Double U-Net in training), the weights stay finite, the checkpoint is
 written, and evaluation reads it back and writes its metrics.
 """
 
@@ -72,7 +72,7 @@ def test_experiment_trains_and_evaluates(experiment: Path, synthetic_dataset, tm
     assert math.isfinite(float(loss)) and float(loss) > 0, f"{experiment.stem}: training loss {loss}"
     ckpt = tmp_path / "models" / "model.pt"
     assert ckpt.is_file()
-    state = torch.load(ckpt, map_location="cpu")
+    state = torch.load(ckpt, map_location="cpu")["model"]
     assert set(state) == set(network.state_dict()), "checkpoint must hold the experiment's network"
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,7 +64,7 @@ def test_non_finite_loss_stops_with_message(bad):
     # MONAI trainers decollate: the output is a list of per-sample dicts
     engine = Engine(lambda e, b: [{"loss": torch.tensor(next(losses))}])
     StopOnNonFiniteLoss().attach(engine)
-    with pytest.raises(FloatingPointError, match="learning rate"):
+    with pytest.raises(FloatingPointError, match="lower --learning_rate"):
         engine.run([0, 1, 2], max_epochs=1)
     assert engine.state.iteration == 2
 
@@ -82,3 +83,304 @@ def test_latest_checkpoint(tmp_path):
         (tmp_path / f"checkpoint_epoch={n}.pt").write_bytes(b"")
     (tmp_path / "model.pt").write_bytes(b"")
     assert latest_checkpoint(str(tmp_path)).endswith("checkpoint_epoch=10.pt")
+
+
+# --- reliability (issue 10): crash-safe checkpoints, exact resume, divergence, run folder, loaders ---------------
+
+import numpy as np
+from ignite.engine import Events
+from ignite.handlers import Checkpoint
+from monai.engines import SupervisedTrainer
+
+from scripts.errors import DataLoadingError, DivergenceError, RunFolderError, user_error_in
+from scripts.handlers import (AtomicDiskSaver, CheckpointSaver, EarlyStopHandler, FailOnEmptyEpoch, RandomStates,
+                              ResumeCheckpointLoader, atomic_save, prepare_run_folder)
+
+
+class _Box:
+    """A checkpointable tensor holder."""
+
+    def __init__(self, value):
+        self.value = torch.tensor(value)
+
+    def state_dict(self):
+        return {"value": self.value}
+
+    def load_state_dict(self, state):
+        self.value = state["value"]
+
+
+def test_atomic_save_replaces_whole_files_and_leaves_no_temporary(tmp_path):
+    atomic_save({"a": torch.ones(3)}, tmp_path / "x.pt")
+    atomic_save({"a": torch.zeros(3)}, tmp_path / "x.pt")
+    assert torch.equal(torch.load(tmp_path / "x.pt")["a"], torch.zeros(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
+
+
+def test_old_checkpoint_is_removed_only_after_its_successor_is_written(tmp_path):
+    # Ignite's Checkpoint asks to remove checkpoint_epoch=1.pt *before* writing epoch 2; when that write fails (here:
+    # a non-finite tensor, refused), epoch 1 must still be there -- the old way (DiskSaver) deleted it first
+    box = _Box([1.0])
+    engine = Engine(lambda e, b: None)
+    ckpt = Checkpoint({"box": box, "other": _Box([0.0])}, AtomicDiskSaver(tmp_path), n_saved=1,
+                      score_function=lambda e: e.state.epoch, score_name="epoch", filename_prefix="")
+    engine.add_event_handler(Events.EPOCH_COMPLETED, ckpt)
+    engine.add_event_handler(Events.EPOCH_COMPLETED(once=1), lambda e: setattr(box, "value", torch.tensor([float("nan")])))
+    with pytest.raises(DivergenceError, match="refusing to write.*box/value"):
+        engine.run([0], max_epochs=2)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_epoch=1.pt"]
+    assert torch.load(tmp_path / "checkpoint_epoch=1.pt")["box"]["value"].item() == 1.0
+
+
+def _key_metric_engine(scores):
+    engine = Engine(lambda e, b: None)
+    it = iter(scores)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(val=next(it)))
+    return engine
+
+
+def test_resumed_best_model_saver_keeps_a_better_model(tmp_path):
+    # case 3: best 0.0854 at epoch 3; the run is resumed, epoch 4 scores 0.0764: model.pt must keep epoch 3's model
+    net = torch.nn.Linear(2, 1)
+    saver = CheckpointSaver(str(tmp_path), {"model": net}, save_key_metric=True, key_metric_name="val",
+                            key_metric_filename="model.pt")
+    engine = _key_metric_engine([0.05, 0.0854])
+    saver.attach(engine)
+    engine.run([0], max_epochs=2)
+    best = {k: v.clone() for k, v in net.state_dict().items()}
+    state = saver.state_dict()
+    assert state["_saved"][0][0] == pytest.approx(0.0854)
+
+    with torch.no_grad():
+        net.weight.add_(1.0)  # the resumed run's weights differ
+    resumed = CheckpointSaver(str(tmp_path), {"model": net}, save_key_metric=True, key_metric_name="val",
+                              key_metric_filename="model.pt")
+    resumed.load_state_dict(state)
+    engine = _key_metric_engine([0.0764])
+    resumed.attach(engine)
+    engine.run([0], max_epochs=1)
+    saved = torch.load(tmp_path / "model.pt")
+    assert all(torch.equal(saved[k], best[k]) for k in best), "a worse score replaced the best model"
+
+
+def _trainer(loss_values, lr=0.1, guard=None):
+    net = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.ones_(net.weight)
+    values = iter(loss_values)
+
+    def loss_fn(pred, target):
+        v = next(values)
+        return (pred - target).pow(2).mean() * 0 + v if isinstance(v, float) and not np.isfinite(v) else (pred - target).pow(2).mean() * v
+
+    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=2, train_data_loader=[{"image": torch.ones(1, 2), "label": torch.zeros(1, 1)}] * 2,
+                                network=net, optimizer=torch.optim.SGD(net.parameters(), lr=lr), loss_function=loss_fn,
+                                train_handlers=[guard or StopOnNonFiniteLoss()])
+    return trainer, net
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_loss_stops_before_the_optimiser_step(bad, tmp_path):
+    # case 6: the old guard checked after the iteration, i.e. after optimizer.step() had applied the damage
+    (tmp_path / "checkpoint_epoch=1.pt").write_bytes(b"")
+    trainer, net = _trainer([1.0, bad], guard=StopOnNonFiniteLoss(ckpt_dir=str(tmp_path)))
+    with pytest.raises(DivergenceError, match=r"before the optimiser step.*checkpoint_epoch=1\.pt.*--resume True") as err:
+        trainer.run()
+    after_first = 1.0 - 0.1 * 4.0  # loss (w . x)^2 with w = x = (1, 1): gradient 2 * 2 * x = 4 per weight
+    assert torch.allclose(net.weight, torch.full((1, 2), after_first)), "the second step must not be applied"
+    assert trainer.state.iteration == 2
+    assert isinstance(err.value, FloatingPointError)
+
+
+def test_finite_explosion_stops_the_run():
+    # case 6b: lr 1e6 drove the loss to 7.5e18 without a NaN and the run ended with rc 0; 1e4 x the first-epoch loss
+    # stops it now (here the loss scale jumps 1e5 x)
+    trainer, net = _trainer([1.0, 1.0, 1.0, 1.0, 1e5], lr=0.0)  # (the third: the epoch-end check of the last step)
+    with pytest.raises(DivergenceError, match="exploded"):
+        trainer.run()
+    assert trainer.state.iteration == 4 and trainer.state.epoch == 2
+
+
+def test_damaging_last_step_of_an_epoch_is_not_saved():
+    # case 6: with the damage done by an epoch's last step, the old guard fired only in the next epoch -- after the
+    # epoch's checkpoint had saved the damaged weights. The loss under the new weights is checked at the epoch's end.
+    trainer, _ = _trainer([1.0, 1.0, float("nan")])
+    saved = []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: saved.append(e.state.epoch))  # a checkpoint saver
+    with pytest.raises(DivergenceError, match="after the epoch's last optimiser step at epoch 1"):
+        trainer.run()
+    assert saved == []
+
+
+def test_guard_state_is_checkpointable():
+    guard = StopOnNonFiniteLoss()
+    trainer, _ = _trainer([1.0, 3.0, 1.0, 1.0, 1.0, 1.0], lr=0.0, guard=guard)
+    trainer.run()
+    assert guard.state_dict() == {"reference": pytest.approx(8.0)}  # first epoch: pred 2, losses 4 * 1 and 4 * 3
+    other = StopOnNonFiniteLoss()
+    other.load_state_dict(guard.state_dict())
+    assert other.reference == guard.reference
+
+
+def test_random_states_round_trip_covers_nested_transform_generators():
+    from monai.transforms import Compose, Rand2DElasticd, RandFlipd, RandGaussianNoised
+    from scripts.handlers import transform_generators
+
+    compose = Compose([RandFlipd("image", prob=0.5), Rand2DElasticd("image", spacing=(8, 8), magnitude_range=(1, 2), prob=1.0),
+                       RandGaussianNoised("image", prob=1.0)])
+    compose.set_random_state(seed=3)
+    assert len(transform_generators(compose)) >= 5, "Rand2DElasticd keeps generators in its inner transforms"
+    states = RandomStates(compose)
+    data = {"image": torch.rand(1, 16, 16)}
+    saved = states.state_dict()
+    first = [compose(dict(data))["image"] for _ in range(3)] + [torch.rand(2), np.random.rand(2)]
+    states.load_state_dict(saved)
+    again = [compose(dict(data))["image"] for _ in range(3)] + [torch.rand(2), np.random.rand(2)]
+    for a, b in zip(first, again):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    buffer = __import__("io").BytesIO()
+    torch.save(saved, buffer)
+    buffer.seek(0)
+    torch.load(buffer, weights_only=True)  # loads the way CheckpointLoader loads
+
+
+def test_early_stop_state_is_checkpointable():
+    handler = EarlyStopHandler(patience=3, score_function=lambda e: 0.5)
+    trainer = Engine(lambda e, b: None)
+    handler.set_trainer(trainer)
+    evaluator = Engine(lambda e, b: None)
+    handler.attach(evaluator)
+    evaluator.run([0], max_epochs=2)
+    assert handler.state_dict()["counter"] == 1 and handler.state_dict()["best_score"] == 0.5
+    other = EarlyStopHandler(patience=3, score_function=lambda e: 0.5)
+    other.set_trainer(trainer)
+    other.load_state_dict(handler.state_dict())
+    assert other._handler.counter == 1
+
+
+def test_resume_loader_names_an_unreadable_file(tmp_path):
+    path = tmp_path / "checkpoint_epoch=2.pt"
+    path.write_bytes(b"")  # what a kill during the old, non-atomic write left
+    loader = ResumeCheckpointLoader(str(path), {"model": torch.nn.Linear(1, 1)}, engine_key=None)
+    engine = Engine(lambda e, b: None)
+    loader.attach(engine)
+    with pytest.raises(RunFolderError, match=r"checkpoint_epoch=2\.pt: the file cannot be read|cannot resume from .*checkpoint_epoch=2\.pt"):
+        engine.run([0])
+
+
+def test_resume_loader_applies_a_new_learning_rate(tmp_path):
+    net = torch.nn.Linear(1, 1)
+    opt = torch.optim.Adam(net.parameters(), lr=1e12)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[5], gamma=0.1)
+    torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict()}, tmp_path / "c.pt")
+    opt2 = torch.optim.Adam(net.parameters(), lr=1e-3)
+    sched2 = torch.optim.lr_scheduler.MultiStepLR(opt2, milestones=[5], gamma=0.1)
+    loader = ResumeCheckpointLoader(str(tmp_path / "c.pt"), {"model": net, "optimizer": opt2, "lr_scheduler": sched2},
+                                    engine_key=None, learning_rate=1e-3)
+    engine = Engine(lambda e, b: None)
+    loader.attach(engine)
+    engine.run([0])
+    assert opt2.param_groups[0]["lr"] == pytest.approx(1e-3) and sched2.base_lrs == [1e-3]
+
+
+def test_run_folder_refuses_a_second_run_and_archives_with_overwrite(tmp_path):
+    # case 5: a second run into the same folder silently overwrote model.pt and kept the first run's checkpoints
+    models, logs = tmp_path / "models", tmp_path / "logs"
+    models.mkdir()
+    logs.mkdir()
+    (models / "model.pt").write_bytes(b"1")
+    (models / "checkpoint_epoch=5.pt").write_bytes(b"1")
+    (models / ".model.pt.123.tmp").write_bytes(b"partial")
+    (logs / "events.out.tfevents.1.host.1.0").write_bytes(b"1")
+    with pytest.raises(RunFolderError) as err:
+        prepare_run_folder(str(models), str(logs))
+    message = str(err.value)
+    assert "\n" not in message and "--resume True" in message and "--overwrite True" in message
+    assert not (models / ".model.pt.123.tmp").exists(), "a temporary file left by a kill is removed"
+    archive = prepare_run_folder(str(models), str(logs), overwrite=True)
+    assert archive and not list(models.iterdir()) and not list(logs.iterdir())
+    assert sorted(p.relative_to(archive).as_posix() for p in Path(archive).rglob("*") if p.is_file()) == [
+        "logs/events.out.tfevents.1.host.1.0", "models/checkpoint_epoch=5.pt", "models/model.pt"]
+    with pytest.raises(RunFolderError, match="No resumable checkpoint.*--overwrite True"):
+        prepare_run_folder(str(models), str(logs), resume=True)
+    with pytest.raises(RunFolderError, match="contradict"):
+        prepare_run_folder(str(models), str(logs), resume=True, overwrite=True)
+
+
+def test_empty_epoch_is_an_error():
+    # case 1: a loader thread that died made every epoch run 0 iterations, and the run exited 0
+    engine = Engine(lambda e, b: None)
+    FailOnEmptyEpoch().attach(engine)
+    with pytest.raises(DataLoadingError, match="epoch 1 ran no iteration"):
+        engine.run([], max_epochs=1, epoch_length=1)
+
+
+def test_thread_loader_raises_collate_errors_naming_the_files():
+    # case 1: MONAI's ThreadDataLoader thread died in collate and the epoch simply ended (0 iterations)
+    from monai.data import Dataset, MetaTensor
+    from monai.data import ThreadDataLoader as MonaiThreadDataLoader
+
+    from scripts.data import ThreadDataLoader
+
+    items = [{"image": MetaTensor(torch.zeros(c, 8, 8), meta={"filename_or_obj": f"/d/{n}.tif"})}
+             for n, c in (("a", 3), ("planar", 4))]
+    old = list(MonaiThreadDataLoader(Dataset(items), batch_size=2))
+    assert old == [], "the old loader yields nothing (the failure only goes to stderr)"
+    with pytest.raises(DataLoadingError, match=r"/d/a\.tif image \(3, 8, 8\), /d/planar\.tif image \(4, 8, 8\)"):
+        list(ThreadDataLoader(Dataset(items), batch_size=2))
+
+
+def test_naming_compose_names_the_file(tmp_path):
+    from monai.transforms import LoadImaged
+
+    from scripts.data import NamingCompose
+
+    with pytest.raises(DataLoadingError, match=r"missing\.png: loading/transforming this item failed"):
+        NamingCompose([LoadImaged("image")])({"image": str(tmp_path / "missing.png")})
+
+
+def test_user_errors_are_found_through_wrappers():
+    try:
+        try:
+            raise DivergenceError("diverged")
+        except DivergenceError as e:
+            raise RuntimeError("Failed to evaluate ConfigExpression") from e
+    except RuntimeError as wrapped:
+        assert str(user_error_in(wrapped)) == "diverged"
+
+
+def test_resume_checks_the_network_configuration_first(tmp_path):
+    from scripts.errors import ConfigError
+    from scripts.networks import ModelInfo, UNet
+
+    small = UNet(spatial_dims=2, in_channels=1, out_channels=5, features=(4, 8, 16))
+    torch.save({"model_info": ModelInfo(small).state_dict(), "model": small.state_dict()}, tmp_path / "c.pt")
+    other = UNet(spatial_dims=2, in_channels=1, out_channels=5, features=(8, 16, 32))
+    loader = ResumeCheckpointLoader(str(tmp_path / "c.pt"), {"model_info": ModelInfo(other), "model": other}, engine_key=None)
+    engine = Engine(lambda e, b: None)
+    loader.attach(engine)
+    with pytest.raises(ConfigError, match=r"cannot resume from .*c\.pt: .*another network configuration \(features") as err:
+        engine.run([0])
+    assert "size mismatch" not in str(err.value)
+
+
+def test_non_finite_gradients_with_a_finite_loss_stop_before_the_step():
+    net = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.ones_(net.weight)
+    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=[{"image": torch.ones(1, 2), "label": torch.zeros(1, 1)}],
+                                network=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+                                loss_function=lambda p, t: (p * 0).abs().sqrt().mean(),  # loss 0, gradient 0 * inf = nan
+                                train_handlers=[StopOnNonFiniteLoss()])
+    with pytest.raises(DivergenceError, match=r"gradients of 1 parameter\(s\) \(weight\) are NaN or infinite"):
+        trainer.run()
+    assert torch.equal(net.weight, torch.ones(1, 2))
+
+
+def test_resume_from_a_checkpoint_without_the_new_entries_says_what_to_do(tmp_path):
+    net = torch.nn.Linear(1, 1)
+    torch.save({"model": net.state_dict()}, tmp_path / "checkpoint_epoch=1.pt")  # the pre-0.4 resumable layout
+    loader = ResumeCheckpointLoader(str(tmp_path / "checkpoint_epoch=1.pt"), {"model": net, "early_stop": _Box(0.0)},
+                                    engine_key=None)
+    engine = Engine(lambda e, b: None)
+    loader.attach(engine)
+    with pytest.raises(RunFolderError, match=r"holds no 'early_stop' entry.*--overwrite True"):
+        engine.run([0])

@@ -82,10 +82,10 @@ def test_ddp_training_writes_everything_once_from_rank0(trained):
     root, logs = trained
     models = root / "models"
     assert sorted(p.name for p in models.iterdir()) == ["checkpoint_epoch=2.pt", "model.pt"]
-    state = torch.load(models / "model.pt", map_location="cpu")
+    state = torch.load(models / "model.pt", map_location="cpu")["model"]
     assert state and not any(k.startswith("module.") for k in state), "model.pt must hold the unwrapped network"
     ckpt = torch.load(models / "checkpoint_epoch=2.pt", map_location="cpu", weights_only=False)
-    assert {"model", "optimizer", "trainer", "lr_scheduler"} <= set(ckpt)
+    assert {"model_info", "model", "optimizer", "trainer", "lr_scheduler", "best_model_saver", "random_states"} <= set(ckpt)
     assert not any(k.startswith("module.") for k in ckpt["model"])
     # 4 training images, 2 ranks, batch 2: one iteration per rank and epoch (two on a single process)
     assert ckpt["trainer"]["epoch_length"] == 1 and ckpt["trainer"]["iteration"] == 2
@@ -145,21 +145,22 @@ def _parser(files: list[str]):
 def test_rank0_switches_address_the_intended_handlers():
     """multi_gpu_*.json disable handlers by list index: fail here, not silently, if train/evaluate.json reorder them."""
     train = _parser([str(CONFIGS / "train.json")])
-    targets = [h["_target_"] if isinstance(h, dict) else h for h in train["train"]["handlers"]]
-    assert targets[:3] == ["LrScheduleHandler", "ValidationHandler", "scripts.handlers.StopOnNonFiniteLoss"]
-    assert targets[3:] == ["StatsHandler", "TensorBoardStatsHandler", "ignite.handlers.ProgressBar"]
+    targets = [h["_target_"] if isinstance(h, dict) else h.replace("::", "#") for h in train["train"]["handlers"]]
+    assert targets[:6] == ["scripts.handlers.ResumeCheckpointLoader", "@divergence_guard", "scripts.handlers.FailOnEmptyEpoch",
+                           "LrScheduleHandler", "ValidationHandler", "@checkpoint_saver"]
+    assert targets[6:] == ["StatsHandler", "TensorBoardStatsHandler", "ignite.handlers.ProgressBar"]
     targets = [h["_target_"] if isinstance(h, dict) else h.replace("::", "#") for h in train["validate"]["handlers"]]
-    assert targets[:3] == ["StatsHandler", "TensorBoardStatsHandler", "CheckpointSaver"]
-    assert targets[3:] == ["@validate#early_stop"]
+    assert targets[:2] == ["StatsHandler", "TensorBoardStatsHandler"]
+    assert targets[2:] == ["@best_model_saver", "@validate#early_stop", "scripts.handlers.FailOnEmptyEpoch"]
     evaluate = _parser([str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")])
     targets = [h["_target_"] for h in evaluate["validate"]["handlers"]]
     assert targets == ["CheckpointLoader", "StatsHandler", "scripts.handlers.SegmentationReport"]
 
     multi = json.loads((CONFIGS / "multi_gpu_train.json").read_text())
     disabled = sorted(k for k in multi if k.endswith("#_disabled_"))
-    assert disabled == ["checkpoint_saver#_disabled_", "lr_logger#_disabled_", "train#handlers#3#_disabled_",
-                        "train#handlers#4#_disabled_", "train#handlers#5#_disabled_", "validate#handlers#0#_disabled_",
-                        "validate#handlers#1#_disabled_", "validate#handlers#2#_disabled_"]
+    # the checkpoint savers run on every rank (they hold state every rank needs); Ignite's DiskSaver writes on rank 0
+    assert disabled == ["lr_logger#_disabled_", "train#handlers#6#_disabled_", "train#handlers#7#_disabled_",
+                        "train#handlers#8#_disabled_", "validate#handlers#0#_disabled_", "validate#handlers#1#_disabled_"]
     multi = json.loads((CONFIGS / "multi_gpu_evaluate.json").read_text())
     # the report (handler 2) runs on every rank: it gathers the image names, then writes on rank 0 only
     assert sorted(k for k in multi if k.endswith("#_disabled_")) == ["validate#handlers#1#_disabled_"]
@@ -174,8 +175,10 @@ def test_override_keeps_every_step_of_train_json():
         assert len(steps) == len(train[key]), key
         for mine, theirs in zip(steps, train[key]):
             assert mine == theirs or mine == f"{theirs} if dist.get_rank() == 0 else None", (mine, theirs)
-    check = [s for s in train["initialize"] if "check_datalist" in s]
-    assert check and all(s in multi["initialize"] for s in check)
+    check = [s for s in train["initialize"] if "check_datalist" in s or "check_training_settings" in s]
+    assert len(check) == 2 and all(s in multi["initialize"] for s in check)
+    folder = [s for s in train["initialize"] if "prepare_run_folder" in s]
+    assert len(folder) == 1 and f"{folder[0]} if dist.get_rank() == 0 else None" in multi["initialize"]
 
 
 def _terminate_together_worker(rank: int, port: int, stop_on_rank: int, result) -> None:

@@ -31,11 +31,14 @@ def test_training_writes_checkpoints_and_logs(trained):
     root, proc = trained
     assert (root / "models" / "model.pt").is_file(), proc.stdout[-3000:]
     state = torch.load(root / "models" / "model.pt", map_location="cpu")
-    assert any(k.endswith("weight") for k in state), "model.pt should hold the network's state_dict"
+    assert set(state) == {"model", "model_info"}, "model.pt: the network's state_dict and what built it"
+    assert any(k.endswith("weight") for k in state["model"])
+    assert state["model_info"]["network"]["features"] == TINY["features"]
     resumable = list((root / "models").glob("checkpoint_epoch=*.pt"))
     assert [p.name for p in resumable] == ["checkpoint_epoch=2.pt"]
     ckpt = torch.load(resumable[0], map_location="cpu", weights_only=False)
-    assert {"model", "optimizer", "trainer", "lr_scheduler"} <= set(ckpt)
+    assert {"model_info", "model", "optimizer", "trainer", "lr_scheduler", "best_model_saver", "early_stop",
+            "random_states"} <= set(ckpt)
     assert ckpt["trainer"]["iteration"] == 4  # 2 epochs x 2 iterations
     assert list((root / "logs").glob("events.out.tfevents.*")), "TensorBoard events expected"
     assert "val_mean_iou" in proc.stdout + proc.stderr
@@ -44,12 +47,13 @@ def test_training_writes_checkpoints_and_logs(trained):
 
 
 def test_resume_continues_from_last_epoch(trained, tmp_path):
+    # (exactness of resume, case 4, and kills during checkpoint writes, case 2: tests/test_fault_injection.py)
     root, _ = trained
     copy = tmp_path / "root"
     shutil.copytree(root, copy)
     proc = run_bundle(config_arg("train.json"), "training", {**TINY, "bundle_root": str(copy), "resume": True, "epochs": 3})
     out = proc.stdout + proc.stderr
-    assert "checkpoint_epoch=3.pt" in {p.name for p in (copy / "models").glob("checkpoint_epoch=*.pt")}
+    assert {p.name for p in (copy / "models").glob("checkpoint_epoch=*.pt")} == {"checkpoint_epoch=3.pt"}
     assert "Epoch[1]" not in out, "a resumed run must not start again from epoch 1"
     assert "Epoch[3]" in out
 
@@ -130,6 +134,47 @@ def test_integrity_check_runs_before_training(tmp_path):
     err = proc.stdout + proc.stderr
     assert "labels/a.png" in err and "7" in err
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir()), "nothing trained"
+    # case 8: the message was buried in a ~58-line traceback ending in "Failed to evaluate ConfigExpression"
+    assert "Traceback" not in err and "Failed to evaluate" not in err
+    assert proc.stderr.rstrip().splitlines()[-1].endswith("set num_classes."), "the message is the last thing printed"
+
+
+def test_bad_overrides_get_one_line_each_and_nothing_runs(tmp_path):
+    # case 7: --epochs abc -> "TypeError: can't multiply sequence by non-int", --batch_size 0, --learning_rate abc ->
+    # raw MONAI/torch messages; case 1: --patch_size "[64]" trained 0 iterations and exited 0
+    overrides = {**TINY, "bundle_root": str(tmp_path), "epochs": "abc", "batch_size": 0, "learning_rate": "abc",
+                 "patch_size": "[64]"}
+    proc = run_bundle(config_arg("train.json"), "training", overrides, check=False)
+    assert proc.returncode == 1
+    tail = proc.stderr.rstrip().splitlines()[-5:]
+    assert tail[0] == "ERROR: bad training setting(s):"
+    assert [line.split(":")[0].strip() for line in tail[1:]] == ["--epochs", "--batch_size", "--learning_rate", "--patch_size"]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "models").exists() and not (tmp_path / "data").exists(), "checked before any work"
+    debug = run_bundle(config_arg("train.json"), "training", overrides, check=False, env={"CELLSEG_DEBUG": "1"})
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
+
+
+def test_second_run_into_a_folder_refuses_and_overwrite_archives(trained, tmp_path):
+    # case 5: a second run silently overwrote model.pt, kept the first run's checkpoint_epoch=N.pt (a later resume
+    # continued the first run) and curves.png plotted both runs' event files
+    root, _ = trained
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy)
+    first = sorted(p.name for p in (copy / "models").iterdir())
+    proc = run_bundle(config_arg("train.json"), "training", {**TINY, "bundle_root": str(copy)}, check=False)
+    assert proc.returncode == 1
+    last = proc.stderr.rstrip().splitlines()[-1]
+    assert last.startswith("ERROR: ") and "--resume True" in last and "--overwrite True" in last
+    assert sorted(p.name for p in (copy / "models").iterdir()) == first, "nothing touched"
+    run_bundle(config_arg("train.json"), "training", {**TINY, "bundle_root": str(copy), "epochs": 1, "overwrite": True})
+    assert sorted(p.name for p in (copy / "models").iterdir()) == ["checkpoint_epoch=1.pt", "model.pt"]
+    (archive,) = (copy / "archive").iterdir()
+    assert sorted(p.name for p in (archive / "models").iterdir()) == first
+    old = {p.name for p in (archive / "logs").glob("events.out.tfevents.*")}
+    new = {p.name for p in (copy / "logs").glob("events.out.tfevents.*")}
+    assert old and new and not old & new
+    assert len({name.split(".")[-2] for name in new}) == 1, "TensorBoard shows one run (one process's event files)"
 
 
 def test_inference_for_another_class_count_fails_before_loading(tmp_path):

@@ -8,6 +8,7 @@ Sub-packages, one concept each:
 - ``scripts.data``: synthetic EM-like data, dataset preparation (Drosophila ssTEM, generic folders), integrity checks.
 - ``scripts.inferers``: overlap-tile (mirror padded) inference.
 - ``scripts.metrics`` / ``scripts.handlers``: confusion-matrix metrics and the Ignite handlers that report them.
+- ``scripts.errors`` / ``scripts.settings``: user errors shown as one message; checks of the training settings.
 - ``scripts.visualize``: overlays, confidence maps, feature maps, training curves, HTML gallery.
 """
 
@@ -34,3 +35,16 @@ def _bundle_version() -> str:
 
 #: The bundle's version (``configs/metadata.json``'s ``version``).
 __version__ = _bundle_version()
+
+from .errors import ConfigError, UserError, install_excepthook  # noqa: E402  (standard library only)
+
+install_excepthook()
+
+
+def __getattr__(name: str):
+    # imported lazily so that reading ``__version__`` (pyproject.toml does, at build time) needs no MONAI
+    if name == "check_training_settings":
+        from .settings import check_training_settings
+
+        return check_training_settings
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,6 +8,7 @@ from .datalist import list_images, load_datalist, write_json
 from .drosophila import crop_grid, find_drosophila_sections, map_label_values, prepare_drosophila, section_folds
 from .folders import pair_files, parse_class_map, prepare_folders
 from .integrity import DatasetError, check_datalist
+from .loading import NamingCompose, ThreadDataLoader, collate_naming_files, item_name
 from .io import SUPPORTED_EXTENSIONS, file_stem, has_alpha, image_extension, read_image, to_uint8, write_png
 from .synthetic import ensure_synthetic_dataset, generate_dataset, make_sample
 
@@ -19,6 +20,10 @@ __all__ = [
     "NUM_CLASSES",
     "SUPPORTED_EXTENSIONS",
     "DatasetError",
+    "NamingCompose",
+    "ThreadDataLoader",
+    "collate_naming_files",
+    "item_name",
     "check_datalist",
     "crop_grid",
     "ensure_synthetic_dataset",

@@ -10,16 +10,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+
+from scripts.errors import UserError
 
 from .io import has_alpha, read_image
 
 __all__ = ["DatasetError", "check_datalist"]
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """One or more problems in a dataset; ``problems`` holds one message per problem."""
 
     def __init__(self, problems: Sequence[str], source: str = "dataset", max_listed: int = 20):
@@ -72,6 +74,7 @@ def check_datalist(
     max_listed: int = 20,
     batch_sizes: Mapping[str, int] | None = None,
     intensity_max: float | None = None,
+    transform: Callable | Sequence[Callable] | None = None,
 ) -> dict:
     """Check a segmentation datalist before training.
 
@@ -95,6 +98,12 @@ def check_datalist(
             batched by more than one whose images differ in size is a problem (they cannot be stacked).
         intensity_max: the intensity the input scaling maps to 1 and clips at (``intensity_max`` in the configs);
             an image with larger values (e.g. 16-bit) is a problem. ``None`` skips that check.
+        transform: the training loader's deterministic transforms (a callable or a list of them, e.g.
+            ``@train#deterministic_transforms``: ``LoadImaged``, ``EnsureChannelFirstd``, ...). Every item is also read
+            through them, *as training will read it*: an item they fail on, an image they do not load as
+            ``(channels, H, W)`` with the channels and size seen above (e.g. a planar ``(3, H, W)`` RGB TIFF or an
+            ImageJ TIFF, which MONAI's reader sees differently), or a label not loaded as ``(1, H, W)`` of its image's
+            size is a problem (such items could not be stacked into a batch). ``None`` skips this pass.
 
     Returns:
         A summary dict: ``counts`` (items per key), ``image_channels`` (sorted distinct channel counts),
@@ -119,6 +128,8 @@ def check_datalist(
     problems: list[str] = []
     counts: dict[str, int] = {}
     images: dict[Path, tuple[tuple[int, int] | None, str | None]] = {}  # path -> (size, error), read once
+    image_channels: dict[Path, int] = {}
+    pairs: dict[tuple[Path, Path | None], None] = {}  # (image, label) read by the reader without error
     labels: dict[Path, tuple[tuple[int, int] | None, str | None]] = {}
     channels: set[int] = set()
     sizes: list[tuple[int, int]] = []
@@ -154,6 +165,7 @@ def check_datalist(
                 else:
                     c = 1 if image.ndim == 2 else image.shape[-1]
                     channels.add(c)
+                    image_channels[image_path] = c
                     if has_alpha(image_path):
                         problems.append(
                             f"{image_path}: image has an alpha (transparency) channel, which the training loader "
@@ -213,11 +225,15 @@ def check_datalist(
                 else:
                     class_pixels += np.bincount(label.ravel().astype(np.int64), minlength=num_classes)
             label_size = labels[label_path][0]
+            if image_size is not None and label_size is not None and image_size == label_size:
+                pairs[(image_path, label_path)] = None
             if image_size is not None and label_size is not None and image_size != label_size:
                 problems.append(
                     f"{label_path}: label size {list(label_size)} differs from its image {image_path.name} "
                     f"{list(image_size)}; labels must have the image's height and width."
                 )
+    if transform is not None:
+        problems += _check_loader(pairs, images, image_channels, transform)
     for key, batch in (batch_sizes or {}).items():
         found = key_sizes.get(key, {})
         if batch > 1 and len(found) > 1:
@@ -236,3 +252,41 @@ def check_datalist(
         "max_size": [int(max(s[0] for s in sizes)), int(max(s[1] for s in sizes))] if sizes else None,
         "class_pixels": [int(v) for v in class_pixels],
     }
+
+
+def _check_loader(pairs, images, image_channels, transform) -> list[str]:
+    """Read each (image, label) pair through the training loader's transforms; see ``check_datalist(transform=)``."""
+    from monai.transforms import Compose
+
+    if not callable(transform):
+        transform = Compose(list(transform))
+    problems = []
+    for image_path, label_path in pairs:
+        item = {"image": str(image_path), "label": str(label_path)}
+        try:
+            data = transform(item)
+        except Exception as e:  # noqa: BLE001 - whatever the loader fails on is the problem to report
+            while e.__cause__ is not None:
+                e = e.__cause__
+            problems.append(
+                f"{image_path}: the training loader (MONAI LoadImaged and the configured transforms) fails on this item "
+                f"({type(e).__name__}: {e}); re-save the image as a grey or RGB PNG, or remove it from the datalist."
+            )
+            continue
+        size, c = images[image_path][0], image_channels[image_path]
+        shape = tuple(getattr(data["image"], "shape", ()))
+        label_shape = tuple(getattr(data["label"], "shape", ()))
+        spatial = {tuple(size), tuple(size[::-1])}  # PNG readers may index (W, H); the same for image and label
+        if len(shape) != 3 or shape[0] != c or shape[1:] not in spatial:
+            problems.append(
+                f"{image_path}: the training loader reads this image as shape {list(shape)} (channels first), but it is "
+                f"a {c}-channel {size[0]}x{size[1]} image: probably stored channel-first (planar RGB) or as an "
+                "ImageJ/multi-page TIFF, which MONAI's reader sees differently, so it cannot be batched with the others. "
+                "Re-save it as a grey (H, W) or RGB (H, W, 3) PNG (`python -m scripts.data.prepare folders ...` does)."
+            )
+        elif len(label_shape) != 3 or label_shape[0] != 1 or label_shape[1:] != shape[1:]:
+            problems.append(
+                f"{label_path}: the training loader reads this label as shape {list(label_shape)}, not [1, "
+                f"{', '.join(map(str, shape[1:]))}] like its image {image_path.name}; re-save it as a grey (H, W) PNG."
+            )
+    return problems

@@ -1,3 +1,15 @@
-from .checkpoints import latest_checkpoint
+from .checkpoints import (
+    AtomicDiskSaver,
+    CheckpointSaver,
+    NoCheckpointError,
+    ResumeCheckpointLoader,
+    atomic_save,
+    latest_checkpoint,
+    non_finite_entries,
+)
+from .early_stop import EarlyStopHandler
+from .empty_epoch import FailOnEmptyEpoch
 from .nan_guard import StopOnNonFiniteLoss
+from .random_states import RandomStates, transform_generators
 from .report import SegmentationReport
+from .run_folder import prepare_run_folder, run_files

@@ -1,18 +1,263 @@
-"""Finding checkpoints to resume from."""
+"""Crash-safe checkpoints: atomic writes, removal only after the successor is complete, resumable state.
+
+- :func:`atomic_save`: ``torch.save`` into a temporary file in the target folder, flushed and fsynced, then
+  ``os.replace`` d over the target (and the folder fsynced): a kill -9 at any instant leaves either the old or the new
+  file, never a truncated one.
+- :class:`AtomicDiskSaver`: Ignite's ``DiskSaver`` writing through :func:`atomic_save`, refusing non-finite tensors,
+  and deferring the removals Ignite's ``Checkpoint`` asks for *before* it saves until *after* the successor is written.
+- :class:`CheckpointSaver`: MONAI's ``CheckpointSaver`` on :class:`AtomicDiskSaver`; it also has a ``state_dict``
+  (the best-metric bookkeeping) so that the best-model saver can be part of the resumable checkpoint, and with
+  ``engine_key`` it saves the engine it is attached to (and its AMP ``GradScaler``) without a config cycle.
+- :class:`ResumeCheckpointLoader`: MONAI's ``CheckpointLoader`` that loads the engine it is attached to, turns an
+  unreadable or mismatching checkpoint into one message, and applies a changed ``learning_rate`` on resume.
+- :func:`latest_checkpoint`: the newest ``checkpoint_epoch=N.pt``.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-__all__ = ["latest_checkpoint"]
+import ignite.distributed as idist
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import DiskSaver
+from monai.handlers import CheckpointLoader as _MonaiCheckpointLoader
+from monai.handlers import CheckpointSaver as _MonaiCheckpointSaver
+
+from scripts.errors import ConfigError, DivergenceError, RunFolderError, UserError
+
+__all__ = ["AtomicDiskSaver", "CheckpointSaver", "NoCheckpointError", "ResumeCheckpointLoader", "atomic_save",
+           "latest_checkpoint", "non_finite_entries"]
+
+logger = logging.getLogger(__name__)
+
+#: Suffix of the temporary files :func:`atomic_save` writes (``.<name>.<pid>.tmp``); left over only by a kill.
+TMP_SUFFIX = ".tmp"
+
+
+class NoCheckpointError(RunFolderError, FileNotFoundError):
+    """``--resume True`` but the run folder holds no resumable checkpoint."""
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. a platform without directory file descriptors
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike, **kwargs: Any) -> Path:
+    """``torch.save(obj, path)`` that never leaves a partial ``path``: temporary file, flush, fsync, ``os.replace``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh, **kwargs)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def non_finite_entries(obj: Any, prefix: str = "") -> list[str]:
+    """Names (``a/b/c``) of the floating-point tensors in a nested checkpoint dict that hold NaN or infinity."""
+    if isinstance(obj, torch.Tensor):
+        return [prefix or "<tensor>"] if obj.is_floating_point() and not bool(torch.isfinite(obj).all()) else []
+    if isinstance(obj, Mapping):
+        return [n for k, v in obj.items() for n in non_finite_entries(v, f"{prefix}/{k}" if prefix else str(k))]
+    if isinstance(obj, (list, tuple)):
+        return [n for i, v in enumerate(obj) for n in non_finite_entries(v, f"{prefix}/{i}" if prefix else str(i))]
+    return []
+
+
+class AtomicDiskSaver(DiskSaver):
+    """Ignite ``DiskSaver`` that writes atomically, removes old files only after the new one is complete, and
+    refuses to save non-finite tensors.
+
+    Ignite's ``Checkpoint`` calls ``remove(old)`` *before* ``__call__(new)``; here ``remove`` only marks the file, and
+    ``__call__`` deletes the marked files once the new file is in place. Saving happens on rank ``save_on_rank`` only.
+
+    Args:
+        dirname: folder of the checkpoints (created).
+        filename: a fixed file name (e.g. ``model.pt``) used instead of Ignite's generated one.
+    """
+
+    def __init__(self, dirname: str | os.PathLike, filename: str | None = None, **kwargs: Any) -> None:
+        super().__init__(dirname, atomic=True, create_dir=True, require_empty=False, **kwargs)
+        self.filename = filename
+        self.pending_removal: list[str] = []
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        name = self.filename or filename
+        if idist.get_rank() != self.save_on_rank:
+            self.pending_removal.clear()
+            return
+        bad = non_finite_entries(checkpoint)
+        if bad:
+            raise DivergenceError(
+                f"refusing to write {self.dirname / name}: {len(bad)} tensor(s) hold NaN or infinity "
+                f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}); the files already there are kept. "
+                "Lower --learning_rate and resume from the last checkpoint (--resume True)."
+            )
+        atomic_save(checkpoint, self.dirname / name, **self.kwargs)
+        for old in self.pending_removal:
+            if old != name:
+                (self.dirname / old).unlink(missing_ok=True)
+        self.pending_removal.clear()
+
+    def remove(self, filename: str) -> None:
+        self.pending_removal.append(self.filename or filename)
+
+
+class CheckpointSaver(_MonaiCheckpointSaver):
+    """MONAI ``CheckpointSaver`` writing through :class:`AtomicDiskSaver`, with a ``state_dict``.
+
+    Same arguments as ``monai.handlers.CheckpointSaver``, plus:
+
+    Args:
+        engine_key: when given, the engine this handler is attached to (and its AMP ``GradScaler``, under
+            ``"scaler"``) is added to ``save_dict`` under this key (e.g. ``"trainer"``); a config can then put the
+            saver in the trainer's own handler list.
+
+    ``state_dict()``/``load_state_dict()`` hold the best-metric bookkeeping (scores and file names of the key-metric
+    checkpoints), so a resumed run compares its next validation with the best score so far instead of saving it as
+    "new best". With ``n_saved=1`` the interval checkpoint left by an earlier (resumed) run is removed once the new
+    one is written.
+    """
+
+    def __init__(self, *args: Any, engine_key: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.engine_key = engine_key
+        self._n_saved = kwargs.get("n_saved")
+        for ckpt, fixed in ((self._final_checkpoint, kwargs.get("final_filename")),
+                            (self._key_metric_checkpoint, kwargs.get("key_metric_filename")),
+                            (self._interval_checkpoint, None)):
+            if ckpt is not None:
+                ckpt.save_handler = AtomicDiskSaver(self.save_dir, filename=fixed)
+
+    def attach(self, engine: Engine) -> None:
+        if self.engine_key is not None:
+            self.save_dict[self.engine_key] = engine
+            engine.add_event_handler(Events.STARTED, self._add_scaler)
+        super().attach(engine)
+
+    def _add_scaler(self, engine: Engine) -> None:
+        # MONAI's SupervisedTrainer creates its GradScaler in run(), after the handlers are attached
+        if getattr(engine, "amp", False) and getattr(engine, "scaler", None) is not None:
+            self.save_dict["scaler"] = engine.scaler
+
+    def state_dict(self) -> dict:
+        return dict(self._key_metric_checkpoint.state_dict()) if self._key_metric_checkpoint is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict:
+            super().load_state_dict(state_dict)
+
+    def interval_completed(self, engine: Engine) -> None:
+        super().interval_completed(engine)
+        ckpt = self._interval_checkpoint
+        if self._n_saved == 1 and ckpt is not None and ckpt.last_checkpoint and idist.get_rank() == 0:
+            keep = Path(ckpt.last_checkpoint).name
+            pattern = re.compile(rf"^{re.escape(ckpt.filename_prefix + '_' if ckpt.filename_prefix else '')}"
+                                 rf"checkpoint_{ckpt.score_name}=\d+\.pt$")
+            for path in Path(self.save_dir).iterdir():
+                if path.name != keep and pattern.match(path.name):
+                    path.unlink(missing_ok=True)
+
+
+class ResumeCheckpointLoader(_MonaiCheckpointLoader):
+    """MONAI ``CheckpointLoader`` for resuming training.
+
+    Same arguments as ``monai.handlers.CheckpointLoader``, plus:
+
+    Args:
+        engine_key: the engine this handler is attached to (and its AMP ``GradScaler``, under ``"scaler"``) is loaded
+            from this key (e.g. ``"trainer"``).
+        learning_rate: the configured learning rate; when it differs from the one the checkpoint was started with,
+            the optimiser's learning rates (and the scheduler's base rates) are rescaled to it after loading, so
+            that ``--resume True --learning_rate 1e-4`` continues a diverged run with the new rate. When equal,
+            nothing changes (exact resume).
+
+    A checkpoint that cannot be read (truncated, not a checkpoint) or was made by another network configuration
+    raises one :class:`~scripts.errors.UserError` naming the file.
+    """
+
+    def __init__(self, *args: Any, engine_key: str | None = "trainer", learning_rate: float | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.engine_key = engine_key
+        self.learning_rate = learning_rate
+
+    def attach(self, engine: Engine) -> None:
+        if self.engine_key is not None:
+            self.load_dict[self.engine_key] = engine
+        super().attach(engine)
+
+    def __call__(self, engine: Engine) -> None:
+        try:
+            super().__call__(engine)
+            scaler = getattr(engine, "scaler", None) if self.engine_key is not None else None
+            if getattr(engine, "amp", False) and scaler is not None:  # created in run(), after attach
+                saved = torch.load(self.load_path, map_location=self.map_location, weights_only=True).get("scaler")
+                if saved:
+                    scaler.load_state_dict(saved)
+        except UserError:
+            raise
+        except (KeyError, ValueError) as e:
+            missing = re.search(r"Key '([^']+)' from x is not found in y", str(e))  # Ignite's message for a missing key
+            if isinstance(e, KeyError) or missing:
+                key = missing.group(1) if missing else e.args[0]
+                raise RunFolderError(
+                    f"cannot resume from {self.load_path}: it holds no {key!r} entry (a checkpoint of an older version "
+                    "of this bundle, or not a resumable checkpoint); start over with --overwrite True."
+                ) from e
+            raise ConfigError(f"cannot resume from {self.load_path}: {e}") from e
+        except Exception as e:  # noqa: BLE001 - unreadable file: EOFError, UnpicklingError, zip reader errors...
+            raise RunFolderError(
+                f"cannot resume from {self.load_path}: the file cannot be read as a checkpoint "
+                f"({type(e).__name__}: {e}). Delete it to resume from an older one, or start over with --overwrite True."
+            ) from e
+        if self.learning_rate is not None:
+            self._apply_learning_rate(float(self.learning_rate))
+
+    def _apply_learning_rate(self, lr: float) -> None:
+        optimizer = self.load_dict.get("optimizer")
+        scheduler = self.load_dict.get("lr_scheduler")
+        if optimizer is None:
+            return
+        for i, group in enumerate(optimizer.param_groups):
+            initial = group.get("initial_lr", group["lr"])
+            if initial == lr:
+                continue
+            group["lr"] = group["lr"] * lr / initial
+            group["initial_lr"] = lr
+            if scheduler is not None and hasattr(scheduler, "base_lrs"):
+                scheduler.base_lrs[i] = lr
+            if scheduler is not None and hasattr(scheduler, "_last_lr"):
+                scheduler._last_lr[i] = group["lr"]
+            self.logger.info(f"Resumed with learning_rate {lr:g} instead of the checkpoint's {initial:g}.")
 
 
 def latest_checkpoint(ckpt_dir: str, prefix: str = "checkpoint") -> str:
     """Path of the newest resumable checkpoint (``<prefix>_epoch=N.pt``) in ``ckpt_dir``.
 
     Raises:
-        FileNotFoundError: when there is none, saying how one is made.
+        NoCheckpointError: when there is none, saying how one is made (a ``FileNotFoundError``).
     """
     pattern = re.compile(rf"^{re.escape(prefix)}_epoch=(\d+)\.pt$")
     found = sorted(
@@ -20,8 +265,8 @@ def latest_checkpoint(ckpt_dir: str, prefix: str = "checkpoint") -> str:
         key=lambda t: t[0],
     )
     if not found:
-        raise FileNotFoundError(
-            f"No resumable checkpoint '{prefix}_epoch=N.pt' in {ckpt_dir}. Training writes one at the end of every "
-            "epoch; run training first, or point `resume_ckpt` at a checkpoint file."
+        raise NoCheckpointError(
+            f"No resumable checkpoint '{prefix}_epoch=N.pt' in {ckpt_dir} (one is written at the end of every epoch); "
+            "run training first, point `resume_ckpt` at a checkpoint file, or start over with --overwrite True."
         )
     return str(found[-1][1])

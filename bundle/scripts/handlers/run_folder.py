@@ -1,0 +1,94 @@
+"""One run per folder: a new training run refuses a ``bundle_root`` that already holds one, unless told what to do.
+
+``prepare_run_folder`` runs in ``train.json``'s ``initialize`` before any work:
+
+- ``--resume True``: continue the run in the folder (its newest ``checkpoint_epoch=N.pt``);
+- ``--overwrite True``: start over; the old ``models/`` and ``logs/`` are moved (not deleted) to
+  ``<bundle_root>/archive/<UTC time>/``;
+- neither, and ``models/`` holds ``model.pt`` or a ``checkpoint_epoch=N.pt``: refused, in one line naming both.
+
+Event files left in ``logs/`` by a run that ended before writing any model are archived the same way (they would
+otherwise be plotted with the new run). Temporary files left by a kill during a checkpoint write are deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from scripts.errors import RunFolderError
+
+from .checkpoints import TMP_SUFFIX, latest_checkpoint
+
+__all__ = ["prepare_run_folder", "run_files"]
+
+logger = logging.getLogger(__name__)
+
+
+def run_files(ckpt_dir: str | Path) -> list[Path]:
+    """The files in ``ckpt_dir`` that make it hold a run: ``model.pt`` and ``checkpoint_epoch=N.pt``."""
+    folder = Path(ckpt_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.name == "model.pt" or p.name.startswith("checkpoint_epoch="))
+
+
+def _archive(folders: list[Path], archive_root: Path) -> Path:
+    """Move the contents of each folder to ``archive_root/<UTC time>/<folder name>/``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    target, n = archive_root / stamp, 1
+    while target.exists():
+        n += 1
+        target = archive_root / f"{stamp}_{n}"
+    for folder in folders:
+        if folder.is_dir():
+            (target / folder.name).mkdir(parents=True)
+            for path in folder.iterdir():
+                shutil.move(str(path), str(target / folder.name / path.name))
+    return target
+
+
+def prepare_run_folder(ckpt_dir: str, log_dir: str, resume: bool = False, overwrite: bool = False,
+                       archive_dir: str | None = None) -> str | None:
+    """Make ``ckpt_dir``/``log_dir`` ready for one run, or refuse.
+
+    Args:
+        ckpt_dir: the run's ``models/`` folder.
+        log_dir: the run's ``logs/`` folder (TensorBoard events, curves).
+        resume: continue the run already there.
+        overwrite: start over, moving the old ``models/`` and ``logs/`` to ``archive_dir/<UTC time>/``.
+        archive_dir: where old runs go (default: ``<parent of ckpt_dir>/archive``).
+
+    Returns:
+        The archive folder used, or ``None``.
+
+    Raises:
+        RunFolderError: a run is there and neither ``resume`` nor ``overwrite`` is set; both are set; or ``resume``
+            is set and there is no resumable checkpoint.
+    """
+    ckpt, logs = Path(ckpt_dir), Path(log_dir)
+    archive_root = Path(archive_dir) if archive_dir else ckpt.parent / "archive"
+    if resume and overwrite:
+        raise RunFolderError("--resume True and --overwrite True contradict each other; choose one.")
+    if ckpt.is_dir():
+        for tmp in ckpt.glob(f".*{TMP_SUFFIX}"):  # a checkpoint write killed half-way; the previous file is intact
+            logger.warning("Removing %s, left by an interrupted checkpoint write.", tmp)
+            tmp.unlink(missing_ok=True)
+    if resume:
+        latest_checkpoint(str(ckpt))  # raises, naming --overwrite, when there is nothing to resume
+        return None
+    found = run_files(ckpt)
+    events = sorted(logs.glob("events.out.tfevents.*")) if logs.is_dir() else []
+    if found and not overwrite:
+        raise RunFolderError(
+            f"{ckpt} already holds a training run ({', '.join(p.name for p in found[:3])}); continue it with "
+            f"--resume True, or start over with --overwrite True (moves the old models/ and logs/ to {archive_root}/)."
+        )
+    if not found and not events:
+        return None
+    folders = [ckpt, logs] if found else [logs]
+    target = _archive(folders, archive_root)
+    logger.warning("Moved the previous run's %s to %s.", " and ".join(f.name + "/" for f in folders), target)
+    return str(target)
