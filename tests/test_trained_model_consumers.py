@@ -31,17 +31,10 @@ DATA = {k: v for k, v in TINY.items() if k.startswith("synthetic#")} | {"patch_s
 
 
 def ensure_model_info(path, features=TRAINED_FEATURES) -> None:
-    """Add ``model_info`` to a checkpoint written without it (train.json's savers write it once the checkpoint
-    format of the "training runs you can trust" issue is merged; then this is a no-op)."""
-    from scripts.data import CLASS_NAMES
-    from scripts.networks import ModelInfo, XNet
-
+    """Training wrote ``model.pt`` as ``{"model", "model_info"}``, recording the width it was trained with."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(ckpt.get("model_info"), dict):
-        return
-    net = XNet(2, 1, len(CLASS_NAMES), features, padding="same", batch_norm=True, dropout=0.0, skip="both")
-    info = ModelInfo(net, list(CLASS_NAMES), 255, [64, 64]).state_dict()
-    torch.save({"model": ckpt["model"] if isinstance(ckpt.get("model"), dict) else ckpt, "model_info": info}, path)
+    assert set(ckpt) >= {"model", "model_info"}, sorted(ckpt)
+    assert ckpt["model_info"]["network"]["features"] == list(features)
 
 
 def trained_network(model_pt):

@@ -13,7 +13,9 @@ so what the app needs is written into the copy's two files (the source bundle is
 - ``train.json``: ``network_def`` builds the network ``models/model.pt`` was trained with (its ``model_info``;
   the config's network when there is no ``model.pt`` yet), so that MONAI Label's ``/train`` (``pretrained``, the
   default) continues that model whatever width it has; ``--merge`` files (e.g. the experiment the model was trained
-  with, for its loss) are merged first;
+  with, for its loss) are merged first; ``overwrite`` true, since every ``/train`` is a new run in the same folder:
+  the network is built from ``model.pt`` first, then the previous ``models/`` and ``logs/`` move to
+  ``archive/<UTC time>/`` (train.json's one-run-per-folder rule);
 - ``inference.json``: ``save_probabilities`` false (MONAI Label returns the label only; otherwise every request,
   uploads included, would leave ``outputs/<name>_prob.tif`` behind). ``network_def`` already builds the network
   from ``model.pt``.
@@ -28,7 +30,7 @@ import shutil
 import sys
 from pathlib import Path
 
-__all__ = ["INFERENCE_OVERRIDES", "TRAIN_OVERRIDES", "make_app_copy", "main"]
+__all__ = ["INFERENCE_OVERRIDES", "NETWORK_FIRST", "TRAIN_OVERRIDES", "make_app_copy", "main"]
 
 #: Written into the copy's train.json: continue the model in models/model.pt (MONAI Label's "pretrained").
 TRAIN_OVERRIDES = {
@@ -39,7 +41,13 @@ TRAIN_OVERRIDES = {
         "path": "$@ckpt_dir + '/model.pt'",
         "default": "@networks#xnet",
     },
+    # every /train is a new run in the same folder (train.json refuses that by default): the previous models/ and logs/
+    # are moved to archive/<UTC time>/; the network is built from model.pt first (``NETWORK_FIRST``), then archived
+    "overwrite": True,
 }
+#: Prepended to the copy's train.json ``initialize``: build the network (from models/model.pt) before the run folder
+#: check moves the previous run to the archive.
+NETWORK_FIRST = "$@network"
 #: Written into the copy's inference.json.
 INFERENCE_OVERRIDES = {"save_probabilities": False}
 
@@ -55,6 +63,8 @@ def _merged(files: list[Path], overrides: dict) -> dict:
             # keep the network the merged configs chose (e.g. "@networks#unet" from an experiment) as the default
             value = {**value, "default": current if isinstance(current, str) and current.startswith("@") else value["default"]}
         parser[key] = value
+    if "overwrite" in overrides:
+        parser["initialize"] = [NETWORK_FIRST] + [e for e in parser.get("initialize", []) if e != NETWORK_FIRST]
     return parser.get()
 
 

@@ -81,22 +81,12 @@ def train_source_bundle(dst: Path) -> Path:
 
 
 def ensure_model_info(path: Path, features: list[int]) -> None:
-    """Add ``model_info`` to a checkpoint written without it (train.json's savers write it once the checkpoint
-    format change of the "training runs you can trust" issue is in); a no-op for checkpoints that carry it."""
+    """Training wrote the checkpoint with ``model_info`` recording the width it was trained with."""
     import torch
 
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(ckpt.get("model_info"), dict):
-        return
-    with bundle_scripts(BUNDLE):
-        from scripts.data import CLASS_NAMES
-        from scripts.networks import ModelInfo, XNet
-
-        net = XNet(2, 1, len(CLASS_NAMES), features, padding="same", batch_norm=True, dropout=0.0, skip="both")
-        info = ModelInfo(net, list(CLASS_NAMES), 255, TINY_TILES["patch_size"]).state_dict()
-    weights = ckpt["model"] if isinstance(ckpt.get("model"), dict) else ckpt
-    rest = {k: v for k, v in ckpt.items() if k != "model"} if isinstance(ckpt.get("model"), dict) else {}
-    torch.save({**rest, "model": weights, "model_info": info}, path)
+    assert isinstance(ckpt.get("model_info"), dict), f"{path} carries no model_info: {sorted(ckpt)}"
+    assert ckpt["model_info"]["network"]["features"] == list(features)
 
 
 def make_app_copy(source: Path, app: Path, name: str = MODEL_NAME, with_model: bool = True) -> Path:

@@ -159,7 +159,7 @@ def test_train_one_epoch_writes_model(server):
 def test_train_model_endpoint(server):
     """``POST /train/<model>`` with the params as the body (what MONAI Label's clients send)."""
     model_pt = server.bundle / "models" / "model.pt"
-    ensure_model_info(model_pt, TRAINED_FEATURES)  # a no-op once train.json's savers write model_info
+    ensure_model_info(model_pt, TRAINED_FEATURES)  # training wrote the width into model.pt
     before = load_weights(model_pt)
     started = server.post_json(f"/train/{MODEL_NAME}", {"max_epochs": 1, "val_split": 0.4, "pretrained": True})
     assert started.get("status") in ("SUBMITTED", "RUNNING", "DONE"), started
