@@ -18,7 +18,7 @@ import torch
 from monai.data.meta_tensor import MetaTensor
 from monai.inferers import Inferer
 
-from .overlap_tile import PAD_MODES, _unwrap, mirror_pad
+from .overlap_tile import PAD_MODES, mirror_pad, unwrap_network
 
 __all__ = ["MirrorPaddedInferer"]
 
@@ -66,7 +66,7 @@ class MirrorPaddedInferer(Inferer):
         Raises:
             ValueError: ``inputs`` is not a (B, C, *spatial) tensor, or an output is smaller than the input.
         """
-        net = _unwrap(network)
+        net = unwrap_network(network)
         if getattr(net, "padding", "same") != "valid":
             return network(inputs, *args, **kwargs)
         if not isinstance(inputs, torch.Tensor) or inputs.ndim < 3:
