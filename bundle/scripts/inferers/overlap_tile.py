@@ -488,7 +488,7 @@ class OverlapTileInferer(Inferer):
         device: torch.device, dtype: torch.dtype,
     ) -> tuple[float, int]:
         """(activation bytes per input-tile pixel, output channels) from a probe pass, cached."""
-        key = (id(net), type(net).__name__, dims, in_channels, str(device), str(dtype))
+        key = (id(network), id(net), type(net).__name__, dims, in_channels, str(device), str(dtype))
         if key not in self._probe_cache:
             side = 4 * div
             side = int(net.valid_input_size(side)) if padding == "valid" else side + 2 * border
