@@ -240,3 +240,25 @@ def test_plan_skips_finished_files_but_retries_failed_ones(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src / "c.png")
     with pytest.raises(ValueError, match="3 channel"):  # nothing usable: one error listing the problems
         plan_inference([{"image": str(src / "c.png")}], **kw)
+
+
+def test_scaling_transform_is_the_training_scaling_for_8_bit_and_never_clips():
+    """Without a pre-flight range (MONAI Label): 8-bit values give exactly ScaleIntensityRanged(0, 255) (the training
+    transform); 16-bit values are scaled by their percentiles, not clipped; 'dtype' needs the pre-flight's range."""
+    from monai.transforms import ScaleIntensityRanged
+
+    from scripts.transforms import ScaleIntensityByRuled
+
+    rng = np.random.default_rng(0)
+    img8 = torch.from_numpy(rng.integers(0, 256, (1, 20, 30)).astype(np.float32))
+    training = ScaleIntensityRanged("image", a_min=0, a_max=255, b_min=0.0, b_max=1.0, clip=True)({"image": img8})
+    assert torch.equal(ScaleIntensityByRuled("image")({"image": img8})["image"], training["image"])
+    img16 = torch.from_numpy(rng.integers(0, 4000, (1, 20, 30)).astype(np.float32))
+    out = ScaleIntensityByRuled("image")({"image": img16})["image"]
+    assert (out == 1).float().mean() < 0.01 and 0.4 < out.mean() < 0.6  # clipping at 255 would make ~94% of it 1
+    ranged = ScaleIntensityByRuled("image", rule="dtype")({"image": img16, "intensity_range": [0, 65535]})["image"]
+    assert torch.allclose(ranged, img16 / 65535)
+    with pytest.raises(ValueError, match="pre-flight"):
+        ScaleIntensityByRuled("image", rule="dtype")({"image": img16})
+    with pytest.raises(ValueError, match="intensity_rule must be one of"):
+        ScaleIntensityByRuled("image", rule="minmax")
