@@ -15,6 +15,10 @@ the same as one forward pass of the network over the whole mirror-padded image:
 
 Tile offsets are kept on the network's pooling grid (multiples of ``network.size_divisor``), so max pooling sees the
 same windows in a tile as in the whole image, and the tiled result matches the whole-image pass to float rounding.
+
+By default the tiles are chosen from a memory budget (fewest computed pixels whose memory fits; an image that fits is
+one tile); ``roi_size`` gives fixed tiles. :meth:`OverlapTileInferer.geometry` returns the plan as a
+:class:`TileGeometry`.
 """
 
 from __future__ import annotations
