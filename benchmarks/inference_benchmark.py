@@ -1,23 +1,26 @@
-"""Whole-image inference, side by side: overlap-tile vs MONAI sliding window vs one whole-image forward pass.
+"""Whole-image inference, side by side: automatic overlap-tile vs its exact reference vs MONAI's sliding window vs
+one plain whole-image forward pass, at one or more image sizes (``--size 1024 4096``).
 
-On one ``--size`` x ``--size`` image (a Drosophila ssTEM section, ``stack1/raw/00.tif``, when the dataset is present,
-else a synthetic EM-like image from :func:`scripts.data.make_sample`; the output says which):
+On each ``--size`` x ``--size`` image (a Drosophila ssTEM section, ``stack1/raw/00.tif``, mirror-extended to the size,
+when the dataset is present, else a synthetic EM-like image from :func:`scripts.data.make_sample`; the output says
+which), the same network (a same-padding ``UNet``):
 
-- (a) ``OverlapTileInferer`` with a same-padding ``UNet``;
-- (b) MONAI's ``sliding_window_inference`` with its defaults (roi 256, overlap 0.25, constant padding, blend mode
-  "constant"), same network, same ``sw_batch_size`` as (a);
-- (c) one forward pass of the same-padding UNet over the whole image: the compute floor, and the reference all
-  rows are compared to;
+- (a) ``OverlapTileInferer`` with automatic tiles (``roi_size=None``): the fewest computed pixels whose memory fits
+  ``--memory-budget-mb`` (default: the inferer's device default);
 - (a-ref) one forward pass over the image mirror padded by (a)'s margin: what (a) must equal exactly;
-- (d) ``OverlapTileInferer`` with a valid-mode ``UNet`` (same weights), and (d-ref) one valid-mode forward pass
-  over the whole mirror-padded image, which (d) must equal exactly.
+- (b) MONAI's ``sliding_window_inference`` with its defaults (roi 256, overlap 0.25, constant padding, blend mode
+  "constant"), ``--sw-batch-size`` windows per pass;
+- (c) one forward pass over the whole image: the compute floor, and the reference for label agreement;
+- optional: (a256) ``OverlapTileInferer`` with fixed 256 tiles (``--fixed-roi``, the old default), and (d)/(d-ref)
+  automatic overlap-tile / one pass with a valid-mode ``UNet`` with the same weights (``--valid``).
 
 For each: wall time (median of ``--repeats`` runs, after a warm-up run of every method on a quarter-size crop), peak
 memory (CUDA: ``torch.cuda.max_memory_allocated`` above what was allocated before; CPU: peak resident set size above
-the size before the call, sampled every 2 ms from ``/proc/self/statm``, with glibc's ``mallopt`` set so freed
-tensors go back to the OS), agreement with (c) over the whole image and over its interior (pixels farther than (a)'s
-margin from the border, where mirror vs zero padding of the image cannot matter) and with the method's exact
-reference (label agreement %, max abs softmax-probability difference), and time/memory ratios to (c).
+the size before the call, sampled every 2 ms from ``/proc/self/statm`` in a thread, with glibc's ``mallopt`` set so
+freed tensors go back to the OS), agreement with (c) over the whole image and over its interior (pixels farther than
+(a)'s margin from the border, where mirror vs zero padding of the image cannot matter) and with the method's exact
+reference (label agreement %, max abs softmax-probability and logit difference), and time ratios to (c) and to the
+exact reference.
 
 Weights are random (He initialisation, seed 0) unless ``--ckpt`` gives a state dict of a ``UNet`` with these
 ``--features`` (the valid-mode UNet has the same parameter shapes and gets the same weights): timing does not
@@ -25,8 +28,9 @@ depend on the weights, and random weights already show where tiling changes the 
 
 Usage::
 
-    python benchmarks/inference_benchmark.py [--size 1024] [--features 16 32 64 128 256] [--device cpu|cuda]
-        [--roi 256] [--sw-batch-size 4] [--repeats 3] [--ckpt model.pt] [--json out.json]
+    python benchmarks/inference_benchmark.py [--size 1024 4096] [--repeats 3 1] [--memory-budget-mb 6144]
+        [--features 16 32 64 128 256] [--device cpu|cuda] [--roi 256] [--sw-batch-size 4] [--fixed-roi] [--valid]
+        [--ckpt model.pt] [--json out.json]
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from monai.inferers import sliding_window_inference
 
 from scripts.data import NUM_CLASSES, make_sample
 from scripts.data.io import read_image
-from scripts.inferers import OverlapTileInferer, mirror_pad
+from scripts.inferers import OverlapTileInferer, default_memory_budget_mb, mirror_pad
 from scripts.networks import UNet
 
 
@@ -154,48 +158,14 @@ def agreement(pred: torch.Tensor, ref: torch.Tensor, border: int = 0) -> tuple[f
     return labels, (pred.softmax(1) - ref.softmax(1)).abs().max().item()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", type=int, default=1024, help="image side in pixels (default 1024)")
-    parser.add_argument("--features", type=int, nargs="+", default=[16, 32, 64, 128, 256])
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--roi", type=int, default=256, help="tile / window size (default 256)")
-    parser.add_argument("--sw-batch-size", type=int, default=4, help="tiles per forward pass, (a), (b), (d)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per method; the median is reported")
-    parser.add_argument("--ckpt", help="state dict of a UNet with these --features (default: random weights)")
-    parser.add_argument("--batch-norm", action="store_true", help="UNet with batch norm (to match --ckpt)")
-    parser.add_argument("--json", help="also write the results to this JSON file")
-    args = parser.parse_args(argv)
-    if args.repeats < 1 or args.size < 32:
-        parser.error("--repeats must be >= 1 and --size >= 32")
-    device = torch.device(args.device)
-    malloc_note = "" if device.type == "cuda" or return_freed_memory_to_os() else " (mallopt unavailable: not glibc)"
-
-    image, source = load_image(args.size)
+def bench_size(args, size: int, repeats: int, same, valid, device: torch.device, malloc_note: str) -> dict:
+    """All methods on one ``size`` x ``size`` image; returns the header and the result rows."""
+    image, source = load_image(size)
     image = image.to(device)
-    nets = {}
-    for padding in ("same", "valid"):
-        torch.manual_seed(0)
-        nets[padding] = UNet(
-            spatial_dims=2,
-            in_channels=1,
-            out_channels=NUM_CLASSES,
-            features=args.features,
-            padding=padding,
-            batch_norm=args.batch_norm,
-        )
-    if args.ckpt:
-        nets["same"].load_state_dict(torch.load(args.ckpt, map_location="cpu"))
-        weights = f"checkpoint {args.ckpt}"
-    else:
-        weights = "random (He init, seed 0)"
-    nets["valid"].load_state_dict(nets["same"].state_dict())
-    same, valid = (nets[p].to(device).eval() for p in ("same", "valid"))
-
-    tiler = OverlapTileInferer(roi_size=args.roi, sw_batch_size=args.sw_batch_size)
-    geo_same = tiler.geometry(same, image.shape[2:])
-    geo_valid = tiler.geometry(valid, image.shape[2:])
-    m = geo_same["pad"][0]  # the same-mode margin, rounded to the pooling grid
+    tiler = OverlapTileInferer(memory_budget_mb=args.memory_budget_mb)  # automatic tiles
+    geo_same = tiler.geometry(same, image.shape[2:], in_channels=1, device=device)
+    m = geo_same.pad[0]  # the same-mode margin, rounded to the pooling grid
+    fixed = OverlapTileInferer(roi_size=args.roi, sw_batch_size=args.sw_batch_size)
 
     def mirror_whole(x: torch.Tensor) -> torch.Tensor:  # (a-ref): the whole image mirror padded by m, cropped back
         h, w = x.shape[2:]
@@ -214,25 +184,29 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     methods = {
-        "(a) overlap-tile, same UNet": lambda x: tiler(x, same),
+        "(a) overlap-tile auto, same UNet": lambda x: tiler(x, same),
+        "(a-ref) whole mirror-padded": mirror_whole,
         "(b) MONAI sliding window": sliding,
         "(c) whole image, same UNet": lambda x: same(x),
-        "(a-ref) whole mirror-padded": mirror_whole,
-        "(d) overlap-tile, valid UNet": lambda x: tiler(x, valid),
-        "(d-ref) whole valid, mirrored": valid_whole,
     }
-    exact_ref = {
-        "(a) overlap-tile, same UNet": "(a-ref) whole mirror-padded",
-        "(d) overlap-tile, valid UNet": "(d-ref) whole valid, mirrored",
-    }
+    exact_ref = {"(a) overlap-tile auto, same UNet": "(a-ref) whole mirror-padded"}
+    if args.fixed_roi:
+        methods[f"(a{args.roi}) overlap-tile roi {args.roi}"] = lambda x: fixed(x, same)
+        exact_ref[f"(a{args.roi}) overlap-tile roi {args.roi}"] = "(a-ref) whole mirror-padded"
+    if args.valid:
+        methods["(d) overlap-tile auto, valid UNet"] = lambda x: tiler(x, valid)
+        methods["(d-ref) whole valid, mirrored"] = valid_whole
+        exact_ref["(d) overlap-tile auto, valid UNet"] = "(d-ref) whole valid, mirrored"
 
-    crop = image[:, :, : args.size // 4 // 16 * 16 or 16, : args.size // 4 // 16 * 16 or 16]
+    side = max(size // 4 // 16 * 16, 16)
+    crop = image[:, :, :side, :side]
     results = {}
     with torch.no_grad():
-        for fn in methods.values():  # warm-up: allocator, kernels, thread pools
+        for fn in methods.values():  # warm-up: allocator, kernels, thread pools (and the tiler's probe pass)
             fn(crop)
+        tiler.geometry(same, image.shape[2:], in_channels=1, device=device)
         for name, fn in methods.items():
-            out, seconds, peak = run(lambda: fn(image), device, args.repeats)
+            out, seconds, peak = run(lambda: fn(image), device, repeats)
             results[name] = {"output": out, "seconds": seconds, "peak_bytes": peak}
 
     floor = results["(c) whole image, same UNet"]
@@ -252,14 +226,96 @@ def main(argv: list[str] | None = None) -> None:
             "max_prob_diff_vs_c_interior": prob_in,
         }
         if name in exact_ref:
-            labels, prob = agreement(r["output"], results[exact_ref[name]]["output"])
+            ref = results[exact_ref[name]]
+            labels, prob = agreement(r["output"], ref["output"])
             row.update(
                 exact_ref=exact_ref[name],
+                time_vs_ref=r["seconds"] / ref["seconds"],
                 label_agreement_vs_ref_pct=labels,
                 max_prob_diff_vs_ref=prob,
-                max_logit_diff_vs_ref=(r["output"] - results[exact_ref[name]]["output"]).abs().max().item(),
+                max_logit_diff_vs_ref=(r["output"] - ref["output"]).abs().max().item(),
             )
         rows.append(row)
+    budget = tiler.memory_budget_mb if tiler.memory_budget_mb is not None else default_memory_budget_mb(device)
+    header = {
+        "image": source,
+        "size": size,
+        "repeats": repeats,
+        "interior": f"pixels farther than {m} px from the image border",
+        "memory_budget_mib": budget,
+        "overlap_tile_auto_same": {
+            k: geo_same.as_dict()[k] for k in ("pad", "tile_in", "stride", "n_tiles", "activation_bytes")
+        },
+    }
+    if args.valid:
+        geo_valid = tiler.geometry(valid, image.shape[2:], in_channels=1, device=device)
+        header["overlap_tile_auto_valid"] = {k: geo_valid.as_dict()[k] for k in ("pad", "tile_in", "stride", "n_tiles")}
+    return {**header, "results": rows}
+
+
+def print_size(block: dict) -> None:
+    for key, value in block.items():
+        if key != "results":
+            print(f"{key:>24}: {value}")
+    print(
+        f"{'method':<34} {'time s':>7} {'x floor':>7} {'x ref':>6} {'peak MiB':>8} {'labels=c %':>10} "
+        f"{'interior %':>10} {'labels=ref %':>12} {'maxdlogit':>9}"
+    )
+    for row in block["results"]:
+        ref = (
+            f"{row['time_vs_ref']:>6.2f}" if "exact_ref" in row else f"{'':>6}"
+        )
+        tail = (
+            f"{row['label_agreement_vs_ref_pct']:>12.4f} {row['max_logit_diff_vs_ref']:>9.1e}" if "exact_ref" in row else ""
+        )
+        print(
+            f"{row['method']:<34} {row['seconds']:>7.2f} {row['time_vs_floor']:>7.2f} {ref} {row['peak_mib']:>8.1f} "
+            f"{row['label_agreement_vs_c_pct']:>10.4f} {row['label_agreement_vs_c_interior_pct']:>10.4f} " + tail
+        )
+    print()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, nargs="+", default=[1024], help="image side(s) in pixels (default 1024)")
+    parser.add_argument("--repeats", type=int, nargs="+", default=[3],
+                        help="timed runs per method, one value for all sizes or one per size; the median is reported")
+    parser.add_argument("--features", type=int, nargs="+", default=[16, 32, 64, 128, 256])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--memory-budget-mb", type=float, default=None,
+                        help="OverlapTileInferer's memory budget for the automatic tiles (default: its device default)")
+    parser.add_argument("--roi", type=int, default=256, help="sliding-window size (and the fixed tile, --fixed-roi)")
+    parser.add_argument("--sw-batch-size", type=int, default=4, help="windows per forward pass, (b) and fixed tiles")
+    parser.add_argument("--fixed-roi", action="store_true", help="also overlap-tile with fixed --roi tiles (old default)")
+    parser.add_argument("--valid", action="store_true", help="also a valid-padding UNet: (d) and (d-ref)")
+    parser.add_argument("--ckpt", help="state dict of a UNet with these --features (default: random weights)")
+    parser.add_argument("--batch-norm", action="store_true", help="UNet with batch norm (to match --ckpt)")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    repeats = args.repeats * len(args.size) if len(args.repeats) == 1 else args.repeats
+    if len(repeats) != len(args.size) or min(repeats) < 1 or min(args.size) < 32:
+        parser.error("--repeats must be >= 1 (one value, or one per --size) and --size >= 32")
+    device = torch.device(args.device)
+    malloc_note = "" if device.type == "cuda" or return_freed_memory_to_os() else " (mallopt unavailable: not glibc)"
+
+    nets = {}
+    for padding in ("same", "valid"):
+        torch.manual_seed(0)
+        nets[padding] = UNet(
+            spatial_dims=2,
+            in_channels=1,
+            out_channels=NUM_CLASSES,
+            features=args.features,
+            padding=padding,
+            batch_norm=args.batch_norm,
+        )
+    if args.ckpt:
+        nets["same"].load_state_dict(torch.load(args.ckpt, map_location="cpu"))
+        weights = f"checkpoint {args.ckpt}"
+    else:
+        weights = "random (He init, seed 0)"
+    nets["valid"].load_state_dict(nets["same"].state_dict())
+    same, valid = (nets[p].to(device).eval() for p in ("same", "valid"))
 
     memory_kind = (
         "torch.cuda.max_memory_allocated above the allocation before the call"
@@ -267,45 +323,27 @@ def main(argv: list[str] | None = None) -> None:
         else "peak RSS above RSS before the call, sampled every 2 ms" + malloc_note
     )
     header = {
-        "image": source,
-        "size": args.size,
         "device": str(device) + ("" if device.type == "cuda" else f" ({torch.get_num_threads()} torch threads)"),
         "weights": weights,
         "features": args.features,
         "roi": args.roi,
         "sw_batch_size": args.sw_batch_size,
-        "repeats": args.repeats,
         "memory": memory_kind,
-        "interior": f"pixels farther than {m} px from the image border",
-        "overlap_tile_same": {k: geo_same[k] for k in ("pad", "tile_in", "stride", "n_tiles")},
-        "overlap_tile_valid": {k: geo_valid[k] for k in ("pad", "tile_in", "stride", "n_tiles")},
     }
     for key, value in header.items():
-        print(f"{key:>18}: {value}")
+        print(f"{key:>24}: {value}")
     print()
-    print(
-        f"{'method':<30} {'time s':>7} {'x floor':>7} {'peak MiB':>8} {'x floor':>7} {'labels=c %':>10} "
-        f"{'maxdP c':>8} {'interior:':>10} {'maxdP':>8} {'labels=ref %':>12} {'maxdP ref':>9} {'maxdlogit':>9}"
-    )
-    for row in rows:
-        ref = (
-            f"{row['label_agreement_vs_ref_pct']:>12.4f} {row['max_prob_diff_vs_ref']:>9.1e} "
-            f"{row['max_logit_diff_vs_ref']:>9.1e}"
-            if "exact_ref" in row
-            else ""
-        )
-        print(
-            f"{row['method']:<30} {row['seconds']:>7.2f} {row['time_vs_floor']:>7.2f} {row['peak_mib']:>8.1f} "
-            f"{row['memory_vs_floor']:>7.2f} {row['label_agreement_vs_c_pct']:>10.4f} "
-            f"{row['max_prob_diff_vs_c']:>8.1e} "
-            f"{row['label_agreement_vs_c_interior_pct']:>10.4f} {row['max_prob_diff_vs_c_interior']:>8.1e} " + ref
-        )
-    print("\nlabels=c %, maxdP c: label agreement and max |softmax difference| vs (c), the plain whole-image pass;")
-    print(f"interior:, maxdP: the same on pixels farther than {m} px from the image border;")
-    print("labels=ref %, maxdP ref, maxdlogit: vs the exact reference of (a) and (d), a whole mirror-padded pass.")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**header, "results": rows}, f, indent=2)
+    sizes = []
+    for size, rep in zip(args.size, repeats):
+        block = bench_size(args, size, rep, same, valid, device, malloc_note)
+        print_size(block)
+        sizes.append(block)
+        if args.json:  # after every size, so a long run leaves what it measured
+            with open(args.json, "w") as f:
+                json.dump({**header, "sizes": sizes}, f, indent=2)
+    print("x floor: time / (c), the plain whole-image pass; x ref: time / the method's exact reference (a-ref), one")
+    print("pass over the whole mirror-padded image; labels=c %: label agreement with (c), interior: on pixels farther")
+    print("than the margin from the border; labels=ref %, maxdlogit: vs the exact reference.")
 
 
 if __name__ == "__main__":

@@ -39,12 +39,28 @@ def test_inference_benchmark_overlap_tile_matches_its_exact_reference(tmp_path, 
     # the synthetic image, not a Drosophila section, whatever the machine has
     monkeypatch.setenv("DROSOPHILA_VNC_DIR", str(tmp_path / "absent"))
     out = tmp_path / "inference.json"
-    load("inference_benchmark").main(["--size", "96", "--features", "4", "8", "16", "--roi", "32", "--repeats", "1",
-                                      "--device", "cpu", "--json", str(out)])
-    rows = {r["method"][:3]: r for r in json.loads(out.read_text())["results"]}
-    assert {"(a)", "(b)", "(c)", "(d)"} <= set(rows)
-    for exact in ("(a)", "(d)"):
-        assert rows[exact]["max_logit_diff_vs_ref"] <= 1e-4, rows[exact]
+    # two sizes; a budget of 2 MiB: one tile for 64 px, several for 160 px (bounded memory)
+    load("inference_benchmark").main(["--size", "64", "160", "--features", "4", "8", "16", "--roi", "32", "--repeats",
+                                      "1", "--device", "cpu", "--memory-budget-mb", "2", "--valid", "--json", str(out)])
+    sizes = json.loads(out.read_text())["sizes"]
+    assert [s["size"] for s in sizes] == [64, 160]
+    assert sizes[0]["overlap_tile_auto_same"]["n_tiles"] == [1, 1]
+    assert sizes[1]["overlap_tile_auto_same"]["n_tiles"] != [1, 1]
+    for block in sizes:
+        rows = {r["method"][:3]: r for r in block["results"]}
+        assert {"(a)", "(b)", "(c)", "(d)"} <= set(rows)
+        for exact in ("(a)", "(d)"):
+            assert rows[exact]["max_logit_diff_vs_ref"] <= 1e-4, rows[exact]
+
+
+def test_folder_throughput(tmp_path):
+    out = tmp_path / "folder.json"
+    load("folder_throughput").main(["--num-images", "3", "--size", "64", "--features", "4", "8", "16",
+                                    "--work-dir", str(tmp_path), "--json", str(out)])
+    r = json.loads(out.read_text())
+    assert set(r["runs"]) == {"prefetch", "plain"}
+    for run in r["runs"].values():
+        assert run["images"] == 3 and run["images_per_s"] > 0 and run["counts"]["ok"] == 3
 
 
 def test_evaluate_refinement(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from monai.data.meta_tensor import MetaTensor
 from monai.engines import SupervisedEvaluator
 from monai.inferers import Inferer
 
-from scripts.inferers import OverlapTileInferer, mirror_pad
+from scripts.inferers import OverlapTileInferer, estimate_activation_bytes, mirror_pad
 from scripts.networks import UNet, XNet
 
 torch.set_num_threads(1)
@@ -48,7 +50,7 @@ def test_valid_equals_whole_mirror_padded_pass(size):
     x = image(1, 1, *size)
     inferer = OverlapTileInferer(roi_size=16, sw_batch_size=3)
     geo = inferer.geometry(net, size)
-    assert geo["padding"] == "valid" and geo["pad"] == [net.margin] * 2 and min(geo["n_tiles"]) >= 2
+    assert geo.padding == "valid" and geo.pad == (net.margin,) * 2 and min(geo.n_tiles) >= 2
     with torch.no_grad():
         out = inferer(x, net)
         ref = whole_image(net, x, net.margin, valid=True)
@@ -73,7 +75,7 @@ def test_same_equals_whole_mirror_padded_pass(size):
     inferer = OverlapTileInferer(roi_size=16, sw_batch_size=4)
     geo = inferer.geometry(net, size)
     # default margin: ceil((receptive_field 44 + size_divisor 4 - 2) / 2) = 23, rounded up to the pooling grid: 24
-    assert geo["pad"] == [24, 24] and geo["crop"] == [24, 24] and geo["tile_in"] == [64, 64]
+    assert geo.pad == (24, 24) and geo.crop == (24, 24) and geo.tile_in == (64, 64)
     with torch.no_grad():
         out = inferer(x, net)
         ref = whole_image(net, x, 24)
@@ -116,7 +118,7 @@ def test_image_smaller_than_tile(padding, size):
     net = make_net(padding)
     x = image(1, 1, *size)
     inferer = OverlapTileInferer(roi_size=32)
-    assert inferer.geometry(net, size)["n_tiles"] == [1, 1]
+    assert inferer.geometry(net, size).n_tiles == (1, 1)
     with torch.no_grad():
         out = inferer(x, net)
         ref = whole_image(net, x, net.margin if padding == "valid" else 24, valid=padding == "valid")
@@ -142,8 +144,8 @@ def test_roi_pair_and_rounding_to_pooling_grid():
     net = make_net("same")
     geo = OverlapTileInferer(roi_size=(10, 21), margin=5, overlap_border=2).geometry(net, (100, 15))
     # roi rounded up to multiples of 4 (12, 24) and the width capped at the image width rounded up (16)
-    assert geo["stride"] == [12, 16] and geo["pad"] == [8, 8] and geo["crop"] == [4, 4]
-    assert geo["start"] == [4, 4] and geo["tile_in"] == [20, 24] and geo["n_tiles"] == [9, 1]
+    assert geo.stride == (12, 16) and geo.pad == (8, 8) and geo.crop == (4, 4)
+    assert geo.start == (4, 4) and geo.tile_in == (20, 24) and geo.n_tiles == (9, 1)
     x = image(1, 1, 100, 15)
     with torch.no_grad():
         out = OverlapTileInferer(roi_size=(10, 21), margin=24)(x, net)
@@ -304,3 +306,57 @@ def test_cuda_sw_device(monkeypatch):
         out_gpu = OverlapTileInferer(roi_size=16)(x.cuda(), net)
     assert out.device.type == "cpu" and out_gpu.device.type == "cuda"
     assert torch.allclose(out, ref, atol=1e-4) and torch.allclose(out_gpu.cpu(), ref, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- automatic tiles
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_auto_tiles_one_tile_equals_whole_mirror_padded_pass(padding):
+    """With enough memory the automatic choice is one tile: exactly the whole mirror-padded pass."""
+    net = make_net(padding)
+    x = image(1, 1, 70, 45)
+    inferer = OverlapTileInferer(memory_budget_mb=512)
+    geo = inferer.geometry(net, (70, 45), in_channels=1)
+    assert geo.n_tiles == (1, 1) and geo.activation_bytes > 0
+    with torch.no_grad():
+        out = inferer(x, net)
+        ref = whole_image(net, x, net.margin if padding == "valid" else 24, valid=padding == "valid")
+    assert out.shape == (1, 3, 70, 45)
+    assert (out - ref).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_auto_tiles_bounded_memory_uses_several_tiles_and_stays_exact(padding):
+    """A budget too small for one tile: several tiles, each within the budget, the result still the whole pass."""
+    net = make_net(padding)
+    size = (300, 260)
+    x = image(1, 1, *size)
+    one = OverlapTileInferer(memory_budget_mb=512).geometry(net, size)
+    fixed_mb = (math.prod(one.padded_size) + 3 * math.prod(size)) * 4 / 2**20  # padded input + output, ~0.5 MiB
+    budget = fixed_mb + one.activation_bytes / 2**20 / 3  # a third of what one tile needs
+    inferer = OverlapTileInferer(memory_budget_mb=budget)
+    geo = inferer.geometry(net, size)
+    assert geo.num_tiles > 1 and geo.activation_bytes <= budget * 2**20
+    assert geo.input_pixels >= one.input_pixels  # more context bands cost more pixels
+    with torch.no_grad():
+        out = inferer(x, net)
+        ref = whole_image(net, x, net.margin if padding == "valid" else 24, valid=padding == "valid")
+    assert (out - ref).abs().max().item() <= 1e-4
+
+
+def test_activation_estimate_tracks_live_tensors_and_restores_mode():
+    """The estimate grows with the tile (about linearly), is at least the input plus the output, and the probe
+    leaves the network's mode and batch-norm statistics alone."""
+    torch.manual_seed(0)
+    net = UNet(spatial_dims=2, in_channels=1, out_channels=3, features=(4, 8, 8), batch_norm=True).train()
+    stats = net.state_dict()
+    small = estimate_activation_bytes(net, torch.rand(1, 1, 32, 32))
+    large = estimate_activation_bytes(net, torch.rand(1, 1, 64, 64))
+    assert (1 + 3) * 32 * 32 * 4 < small and 3.5 < large / small < 4.5
+    assert net.training and all(torch.equal(v, net.state_dict()[k]) for k, v in stats.items())
+
+
+def test_too_small_budget_warns_and_uses_the_smallest_tiles(caplog):
+    net = make_net("same")
+    with caplog.at_level("WARNING"):
+        geo = OverlapTileInferer(memory_budget_mb=1e-3).geometry(net, (64, 64))
+    assert geo.stride == (4, 4) and "too small" in caplog.text

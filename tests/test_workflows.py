@@ -81,7 +81,8 @@ def test_inference_writes_label_and_probability_maps(trained, tmp_path):
     Image.fromarray(rng.integers(0, 255, (70, 90), dtype=np.uint8)).save(src / "odd.png")
     out = tmp_path / "out"
     run_bundle(config_arg("inference.json"), None, {"bundle_root": str(root), "features": TINY["features"],
-               "patch_size": TINY["patch_size"], "input": str(src), "output_dir": str(out)})
+               "patch_size": TINY["patch_size"], "input": str(src), "output_dir": str(out),
+               "probability_dtype": "float32"})  # exact maps (the uint8 default: tests/test_inference_folders.py)
     seg = np.asarray(Image.open(out / "odd_seg.png"))
     assert seg.shape == (70, 90) and seg.dtype == np.uint8 and seg.max() < 5
     import tifffile

@@ -12,4 +12,5 @@ from .empty_epoch import FailOnEmptyEpoch
 from .nan_guard import StopOnNonFiniteLoss
 from .random_states import RandomStates, transform_generators
 from .report import SegmentationReport
+from .inference_report import InferenceFailed, InferenceReport
 from .run_folder import prepare_run_folder, run_files

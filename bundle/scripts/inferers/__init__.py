@@ -2,6 +2,21 @@
 single pass that lets a valid-convolution network train on patches."""
 
 from .mirror_padded import MirrorPaddedInferer
-from .overlap_tile import OverlapTileInferer, mirror_pad
+from .overlap_tile import (
+    OverlapTileInferer,
+    TileGeometry,
+    default_memory_budget_mb,
+    estimate_activation_bytes,
+    mirror_pad,
+    unwrap_network,
+)
 
-__all__ = ["MirrorPaddedInferer", "OverlapTileInferer", "mirror_pad"]
+__all__ = [
+    "MirrorPaddedInferer",
+    "OverlapTileInferer",
+    "TileGeometry",
+    "default_memory_budget_mb",
+    "estimate_activation_bytes",
+    "mirror_pad",
+    "unwrap_network",
+]

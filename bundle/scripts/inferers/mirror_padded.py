@@ -18,7 +18,7 @@ import torch
 from monai.data.meta_tensor import MetaTensor
 from monai.inferers import Inferer
 
-from .overlap_tile import PAD_MODES, _unwrap, mirror_pad
+from .overlap_tile import PAD_MODES, mirror_pad, unwrap_network
 
 __all__ = ["MirrorPaddedInferer"]
 
@@ -68,7 +68,7 @@ class MirrorPaddedInferer(Inferer):
         Raises:
             ValueError: ``inputs`` is not a (B, C, *spatial) tensor, or an output is smaller than the input.
         """
-        net = _unwrap(network)
+        net = unwrap_network(network)
         # plain tensors: a MetaTensor would make every op of the forward and backward pass (and the loss) track
         # metadata that training does not use
         image = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs

@@ -15,6 +15,10 @@ the same as one forward pass of the network over the whole mirror-padded image:
 
 Tile offsets are kept on the network's pooling grid (multiples of ``network.size_divisor``), so max pooling sees the
 same windows in a tile as in the whole image, and the tiled result matches the whole-image pass to float rounding.
+
+By default the tiles are chosen from a memory budget (fewest computed pixels whose memory fits; an image that fits is
+one tile); ``roi_size`` gives fixed tiles. :meth:`OverlapTileInferer.geometry` returns the plan as a
+:class:`TileGeometry`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -33,7 +39,14 @@ from monai.utils import optional_import
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
-__all__ = ["OverlapTileInferer", "mirror_pad"]
+__all__ = [
+    "OverlapTileInferer",
+    "TileGeometry",
+    "default_memory_budget_mb",
+    "estimate_activation_bytes",
+    "mirror_pad",
+    "unwrap_network",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +93,9 @@ def mirror_pad(image: torch.Tensor, pads: Sequence[tuple[int, int]], mode: str =
     return image
 
 
-def _unwrap(network: Any) -> Any:
-    """The module that carries the geometry attributes: through DataParallel/DDP (``.module``) and ``torch.compile``
-    (``._orig_mod``) wrappers."""
+def unwrap_network(network: Any) -> Any:
+    """The module that carries the geometry attributes (``padding``, ``margin``, ``size_divisor``, ...): ``network``
+    itself, or the module inside DataParallel/DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
     while True:
         inner = getattr(network, "_orig_mod", None)
         if inner is None:
@@ -92,13 +105,154 @@ def _unwrap(network: Any) -> Any:
         network = inner
 
 
+@dataclass(frozen=True)
+class TileGeometry:
+    """How :class:`OverlapTileInferer` tiles an image (all sizes in pixels, one value per spatial dimension).
+
+    Attributes:
+        padding: ``"valid"`` or ``"same"``: the network's padding.
+        size_divisor: the network's pooling grid; tile offsets are multiples of it.
+        pad: mirror padding added before the image.
+        tile_in: input tile size (what the network is fed).
+        tile_out: network output size for one input tile.
+        stride: kept output per tile (output tiles abut: tile ``i`` covers ``[i * stride, (i + 1) * stride)``).
+        crop: offset of the kept output inside a tile's output.
+        start: offset of the first input tile in the padded image.
+        n_tiles: number of tiles.
+        padded_size: size of the mirror-padded image the tiles are cut from.
+        activation_bytes: estimated peak activation memory of one forward pass over one tile (bytes), when the
+            geometry was chosen from a memory budget; ``None`` for an explicit ``roi_size``.
+    """
+
+    padding: str
+    size_divisor: int
+    pad: tuple[int, ...]
+    tile_in: tuple[int, ...]
+    tile_out: tuple[int, ...]
+    stride: tuple[int, ...]
+    crop: tuple[int, ...]
+    start: tuple[int, ...]
+    n_tiles: tuple[int, ...]
+    padded_size: tuple[int, ...]
+    activation_bytes: int | None = None
+
+    @property
+    def num_tiles(self) -> int:
+        """Tiles per image."""
+        return math.prod(self.n_tiles)
+
+    @property
+    def input_pixels(self) -> int:
+        """Pixels the network is run on per image (all tiles together): the compute cost."""
+        return self.num_tiles * math.prod(self.tile_in)
+
+    def tile_slices(self, idx: Sequence[int]) -> tuple[slice, ...]:
+        """Spatial slices of input tile ``idx`` (tile index per dim) in the padded image."""
+        return tuple(
+            slice(s0 + i * st, s0 + i * st + ti) for i, s0, st, ti in zip(idx, self.start, self.stride, self.tile_in)
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-friendly dict (lists instead of tuples)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def default_memory_budget_mb(device: torch.device | str | None) -> float:
+    """The default memory budget of :class:`OverlapTileInferer` with automatic tiles, in MiB.
+
+    CPU: half the memory the system reports available (``MemAvailable`` in ``/proc/meminfo``), at most 8192 MiB
+    (4096 MiB where it cannot be read). CUDA: 70% of the device memory free at the call (``torch.cuda.mem_get_info``).
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return 0.7 * free / 2**20
+    try:
+        with open("/proc/meminfo") as f:
+            available_kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+        return min(8192.0, available_kib / 1024 / 2)
+    except (OSError, StopIteration, ValueError):
+        return 4096.0
+
+
+class _LiveTensors:
+    """Tracks the bytes of the tensors a forward pass creates (module inputs and outputs, by storage) while they are
+    alive; ``peak`` is the largest total seen: an estimate of the pass's activation memory."""
+
+    def __init__(self) -> None:
+        self.live = 0
+        self.peak = 0
+        self.sizes: dict[int, int] = {}
+
+    def _free(self, key: int) -> None:
+        self.live -= self.sizes.pop(key, 0)
+
+    def add(self, *tensors: Any) -> None:
+        for t in tensors:
+            if isinstance(t, (tuple, list)):
+                self.add(*t)
+                continue
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            key = storage.data_ptr()
+            if key in self.sizes or storage.nbytes() == 0:
+                continue
+            self.sizes[key] = storage.nbytes()
+            self.live += storage.nbytes()
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(t, self._free, key)
+
+
+def estimate_activation_bytes(
+    network: Callable[..., Any], probe: torch.Tensor, hook_module: torch.nn.Module | None = None
+) -> int:
+    """Peak activation memory (bytes) of one no-grad forward pass of ``network`` over ``probe``.
+
+    Counts every tensor that enters or leaves a module of the network while it is alive (tracked by storage, freed
+    tensors subtracted), plus the input and the output; not counted: the weights, and scratch memory inside a kernel.
+    The network is run in eval mode (its mode is restored), so batch-norm statistics are not touched.
+
+    Args:
+        network: the model (any callable; hooks are placed on its modules when it is or wraps an ``nn.Module``).
+        probe: (B, C, *spatial) input.
+        hook_module: the module to place the hooks on (default: ``network``, through its wrappers).
+
+    Returns:
+        The estimated peak, in bytes.
+    """
+    tracker = _LiveTensors()
+    module = hook_module if hook_module is not None else unwrap_network(network)
+    handles = []
+    modes = []
+    if isinstance(module, torch.nn.Module):
+        for m in module.modules():
+            handles.append(m.register_forward_pre_hook(lambda _m, args: tracker.add(args)))
+            handles.append(m.register_forward_hook(lambda _m, _args, out: tracker.add(out)))
+            modes.append((m, m.training))
+        module.eval()
+    try:
+        tracker.add(probe)
+        with torch.no_grad():
+            out = network(probe)
+        tracker.add(out)
+        peak = tracker.peak
+        del out
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes:
+            m.training = training
+    return int(peak)
+
+
 class OverlapTileInferer(Inferer):
     """Overlap-tile inference (U-Net paper, figure 2) for networks with valid or same padding.
 
     The image (B, C, H, W) (any size, larger or smaller than a tile) is mirror padded, cut into input tiles whose
-    outputs abut exactly, predicted ``sw_batch_size`` tiles per forward pass and cropped back to (B, C_out, H, W).
-    The network's geometry is read from its attributes (``scripts.networks.UNet`` and ``XNet`` have them all, also
-    through DataParallel/DDP/``torch.compile`` wrappers):
+    outputs abut exactly, predicted and cropped back to (B, C_out, H, W). The network's geometry is read from its
+    attributes (``scripts.networks.UNet`` and ``XNet`` have them all, also through DataParallel/DDP/``torch.compile``
+    wrappers, see :func:`unwrap_network`):
 
     - ``padding``: ``"valid"`` or ``"same"``. A network without it is taken as same-padding (e.g. MONAI's
       ``BasicUNet`` or any callable).
@@ -108,8 +262,18 @@ class OverlapTileInferer(Inferer):
       Taken as 1 when absent.
     - ``receptive_field`` (same): the theoretical receptive field in pixels, used for the default ``margin``.
 
-    Geometry, per spatial dimension, with ``d = size_divisor`` and ``r = roi_size`` rounded up to a multiple of
-    ``d`` (and down to the image size rounded up to ``d``, so a small image is one small tile):
+    **Tile size.** With ``roi_size=None`` (the default) the tiles are chosen from a memory budget: among all splits
+    of the image into ``n_1 x n_2 (x ...)`` tiles on the pooling grid, the one that computes the fewest input pixels
+    (ties: fewer tiles) and whose peak memory fits ``memory_budget_mb``: the mirror-padded image, the output
+    (``float32``) and one forward pass over one tile. A tile's activation memory is estimated once per network and
+    input layout from a no-grad probe pass over a small tile (:func:`estimate_activation_bytes`, scaled by the tile's
+    pixels, times ``safety``). So an image that fits is one tile (exactly one pass over the mirror-padded image), and
+    a huge image runs in bounded memory with as few context bands as possible; a forward pass then takes one tile.
+    When even the smallest tiles do not fit, the smallest are used and a warning says so. An explicit ``roi_size``
+    gives fixed output tiles of that size (rounded to the pooling grid), ``sw_batch_size`` of them per pass.
+
+    Geometry, per spatial dimension, with ``d = size_divisor`` and ``r`` the output tile (stride), a multiple of
+    ``d`` and no larger than the (grid-rounded) image:
 
     - valid: input tile ``valid_input_size(r)``, output stride ``r``; the image is mirror padded by
       ``network.margin`` and the result equals the network applied to the whole mirror-padded image.
@@ -120,23 +284,25 @@ class OverlapTileInferer(Inferer):
       ``overlap_border`` trades accuracy at tile seams for speed.
 
     Compute cost is about ``(input tile / r) ** 2`` times a whole-image pass, e.g. ``(480 / 256) ** 2 = 3.5`` for a
-    same-padding depth-4 U-Net with ``roi_size=256`` (valid: ``(444 / 256) ** 2 = 3.0``): larger tiles cost less.
+    same-padding depth-4 U-Net with ``roi_size=256``: larger tiles cost less, which is what the automatic choice
+    exploits (:meth:`geometry` shows the choice and :attr:`TileGeometry.input_pixels` its cost).
 
     A network in training mode that returns a tuple (X-Net's deep-supervision outputs) is reduced to its last
     element, the final prediction; in eval mode networks return one tensor. Gradients are left to the caller, as in
-    MONAI: wrap the call in ``torch.no_grad()`` (``SupervisedEvaluator`` does).
+    MONAI: wrap the call in ``torch.no_grad()`` (``SupervisedEvaluator`` does); the memory budget assumes no-grad.
 
     Example::
 
-        inferer = OverlapTileInferer(roi_size=256, sw_batch_size=4)
+        inferer = OverlapTileInferer(memory_budget_mb=2048)  # or roi_size=256 for fixed tiles
         net.eval()
         with torch.no_grad():
             logits = inferer(image, net)  # (B, out_channels, H, W), float32
 
     Args:
-        roi_size: output tile size in pixels, an int or one int per spatial dimension. Rounded up to a multiple of
-            the network's ``size_divisor``. Default 256.
-        sw_batch_size: number of tiles per forward pass (tiles of all images of the batch are mixed). Default 4.
+        roi_size: output tile size in pixels, an int or one int per spatial dimension, rounded up to a multiple of
+            the network's ``size_divisor``; ``None`` (default): chosen from ``memory_budget_mb``.
+        sw_batch_size: number of tiles per forward pass with an explicit ``roi_size`` (tiles of all images of the
+            batch are mixed). Default 4. Automatic tiles are run one per pass.
         margin: same-padding networks only: width of the mirror-padded context added around the image, in pixels.
             Default ``None``: ``ceil((network.receptive_field + size_divisor - 2) / 2)``, the receptive-field radius
             ``(receptive_field - 1) / 2`` plus half the pooling-phase shift ``(size_divisor - 1) / 2``: pooling makes
@@ -150,30 +316,42 @@ class OverlapTileInferer(Inferer):
             context each kept pixel has inside its tile (neighbouring input tiles overlap by twice this). Default
             ``None``: equal to ``margin``. Rounded up to a multiple of ``size_divisor``; at most ``margin``. Must be
             ``None`` for valid networks (their tiles need no overlap to be exact).
+        memory_budget_mb: automatic tiles only: the peak memory (MiB) the call may use for the padded image, the
+            output and one tile's forward pass. ``None`` (default): :func:`default_memory_budget_mb` of the device
+            the tiles run on (CPU: half the available memory, at most 8 GiB; CUDA: 70% of the free memory).
+        safety: factor applied to the probe's activation estimate (kernel scratch memory, allocator slack).
+            Default 1.25.
         progress: show a tqdm progress bar over tile batches.
         sw_device: device the tiles are run on (where the network is). Default: the device of ``inputs``.
         device: device of the returned prediction. Default: the device of ``inputs``.
 
     Raises:
-        ValueError: a non-positive ``roi_size`` or ``sw_batch_size``, a negative ``margin`` or ``overlap_border``,
-            ``overlap_border > margin``, or an unknown ``mode``.
+        ValueError: a non-positive ``roi_size``, ``sw_batch_size``, ``memory_budget_mb`` or ``safety``, a negative
+            ``margin`` or ``overlap_border``, ``overlap_border > margin``, or an unknown ``mode``.
     """
 
     def __init__(
         self,
-        roi_size: Sequence[int] | int = 256,
+        roi_size: Sequence[int] | int | None = None,
         sw_batch_size: int = 4,
         margin: int | None = None,
         mode: str = "reflect",
         overlap_border: int | None = None,
+        memory_budget_mb: float | None = None,
+        safety: float = 1.25,
         progress: bool = False,
         sw_device: torch.device | str | None = None,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        roi = tuple(roi_size) if isinstance(roi_size, Sequence) else (roi_size,)
-        if not roi or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in roi):
-            raise ValueError(f"roi_size must be a positive int or a sequence of positive ints, got {roi_size!r}.")
+        if roi_size is None:
+            roi = None
+        else:
+            roi = tuple(roi_size) if isinstance(roi_size, Sequence) else (roi_size,)
+            if not roi or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in roi):
+                raise ValueError(
+                    f"roi_size must be None (automatic), a positive int or a sequence of positive ints, got {roi_size!r}."
+                )
         if isinstance(sw_batch_size, bool) or not isinstance(sw_batch_size, int) or sw_batch_size < 1:
             raise ValueError(f"sw_batch_size must be a positive int, got {sw_batch_size!r}.")
         for name, value in (("margin", margin), ("overlap_border", overlap_border)):
@@ -186,47 +364,34 @@ class OverlapTileInferer(Inferer):
             )
         if mode not in PAD_MODES:
             raise ValueError(f"mode must be one of {PAD_MODES}, got {mode!r}.")
+        for name, value in (("memory_budget_mb", memory_budget_mb), ("safety", safety)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+                raise ValueError(f"{name} must be a positive number, got {value!r}.")
         self.roi_size = roi
         self.sw_batch_size = sw_batch_size
         self.margin = margin
         self.mode = mode
         self.overlap_border = overlap_border
+        self.memory_budget_mb = memory_budget_mb
+        self.safety = float(safety)
         self.progress = progress
         self.sw_device = sw_device
         self.device = device
+        self._probe_cache: dict[tuple, tuple[float, int]] = {}
 
-    def geometry(self, network: Any, image_size: Sequence[int]) -> dict[str, Any]:
-        """How ``network`` will tile an image of ``image_size`` (spatial sizes): useful to check costs up front.
-
-        Args:
-            network: the network (or a wrapper of it) that will be passed to ``__call__``.
-            image_size: spatial size of the image, e.g. ``(H, W)``.
-
-        Returns:
-            A dict with ``padding`` (``"valid"``/``"same"``), ``size_divisor``, ``pad`` (mirror padding before the
-            image, per dim), ``tile_in`` / ``tile_out`` (input / network output tile size per dim), ``stride``
-            (kept output tile size per dim), ``crop`` (offset of the kept output inside a tile's output, per dim),
-            ``start`` (offset of the first input tile in the padded image, per dim), ``n_tiles`` (per dim) and
-            ``padded_size`` (size of the padded image the tiles are cut from, per dim).
-
-        Raises:
-            ValueError: the margin cannot be derived (a same-padding network without ``receptive_field`` and no
-                ``margin`` given), ``margin``/``overlap_border`` were given for a valid network, ``roi_size`` does not
-                match the number of spatial dims, or the derived ``overlap_border`` exceeds ``margin``.
-        """
-        net = _unwrap(network)
-        spatial_dims = len(image_size)
-        roi = self.roi_size * spatial_dims if len(self.roi_size) == 1 else self.roi_size
-        if len(roi) != spatial_dims:
-            raise ValueError(f"roi_size {self.roi_size} has {len(roi)} dims but the image has {spatial_dims}.")
+    # ------------------------------------------------------------------ geometry
+    def _grid(self, network: Any) -> tuple[Any, str, int]:
+        net = unwrap_network(network)
         div = int(getattr(net, "size_divisor", 1))
         padding = getattr(net, "padding", None)
         if not isinstance(padding, str):  # no geometry attributes (torch's own conv layers have a numeric `padding`)
             padding = "same"
         if padding not in ("valid", "same"):
             raise ValueError(f"network.padding must be 'valid' or 'same', got {padding!r}.")
-        # an output tile: roi rounded up to the pooling grid, but no larger than the (grid-rounded) image
-        stride = [min(_ceil_to(r, div), _ceil_to(s, div)) for r, s in zip(roi, image_size)]
+        return net, padding, div
+
+    def _margins(self, net: Any, padding: str, div: int) -> tuple[int, int]:
+        """(mirror pad, discarded band) per side; for valid networks (network.margin, 0)."""
         if padding == "valid":
             if self.margin is not None or self.overlap_border is not None:
                 raise ValueError(
@@ -235,48 +400,171 @@ class OverlapTileInferer(Inferer):
                 )
             for attr in ("margin", "valid_input_size", "output_size"):
                 if not hasattr(net, attr):
-                    raise ValueError(
-                        f"a network with padding='valid' must expose {attr!r} (see scripts.networks.UNet)."
-                    )
+                    raise ValueError(f"a network with padding='valid' must expose {attr!r} (see scripts.networks.UNet).")
+            return int(net.margin), 0
+        margin = self.margin
+        if margin is None:
+            rf = getattr(net, "receptive_field", None)
+            if rf is None:
+                raise ValueError(
+                    f"cannot derive the context margin of {type(net).__name__}: it has no 'receptive_field' "
+                    "attribute. Pass margin=<how far the network reads to one side, in pixels> to "
+                    "OverlapTileInferer."
+                )
+            margin = math.ceil((int(rf) + div - 2) / 2)
+        border = margin if self.overlap_border is None else self.overlap_border
+        if border > margin:
+            raise ValueError(f"overlap_border ({border}) must not exceed margin ({margin}).")
+        return _ceil_to(margin, div), _ceil_to(border, div)
+
+    @staticmethod
+    def _layout(
+        net: Any, padding: str, div: int, pad: int, border: int, stride: Sequence[int], image_size: Sequence[int]
+    ) -> TileGeometry:
+        dims = len(image_size)
+        if padding == "valid":
             tile_in = [int(net.valid_input_size(s)) for s in stride]
             tile_out = [int(net.output_size(t)) for t in tile_in]
-            pad, crop, start = [int(net.margin)] * spatial_dims, [0] * spatial_dims, [0] * spatial_dims
+            crop, start = [0] * dims, [0] * dims
         else:
-            margin = self.margin
-            if margin is None:
-                rf = getattr(net, "receptive_field", None)
-                if rf is None:
-                    raise ValueError(
-                        f"cannot derive the context margin of {type(net).__name__}: it has no 'receptive_field' "
-                        "attribute. Pass margin=<how far the network reads to one side, in pixels> to "
-                        "OverlapTileInferer."
-                    )
-                margin = math.ceil((int(rf) + div - 2) / 2)
-            border = margin if self.overlap_border is None else self.overlap_border
-            if border > margin:
-                raise ValueError(f"overlap_border ({border}) must not exceed margin ({margin}).")
-            margin, border = _ceil_to(margin, div), _ceil_to(border, div)
             tile_in = tile_out = [s + 2 * border for s in stride]
-            pad, crop = [margin] * spatial_dims, [border] * spatial_dims
-            start = [margin - border] * spatial_dims  # first input tile's offset in the padded image
+            crop, start = [border] * dims, [pad - border] * dims  # first input tile's offset in the padded image
         n_tiles = [math.ceil(s / st) for s, st in zip(image_size, stride)]
         padded = [
-            max(st0 + (n - 1) * st + ti, p + s + p)  # room for the last tile, and at least `pad` after the image
-            for st0, n, st, ti, p, s in zip(start, n_tiles, stride, tile_in, pad, image_size)
+            max(st0 + (n - 1) * st + ti, pad + s + pad)  # room for the last tile, and at least `pad` after the image
+            for st0, n, st, ti, s in zip(start, n_tiles, stride, tile_in, image_size)
         ]
-        return {
-            "padding": padding,
-            "size_divisor": div,
-            "pad": pad,
-            "tile_in": tile_in,
-            "tile_out": tile_out,
-            "stride": stride,
-            "crop": crop,
-            "start": start,
-            "n_tiles": n_tiles,
-            "padded_size": padded,
-        }
+        return TileGeometry(
+            padding=padding,
+            size_divisor=div,
+            pad=(pad,) * dims,
+            tile_in=tuple(tile_in),
+            tile_out=tuple(tile_out),
+            stride=tuple(stride),
+            crop=tuple(crop),
+            start=tuple(start),
+            n_tiles=tuple(n_tiles),
+            padded_size=tuple(padded),
+        )
 
+    def geometry(
+        self,
+        network: Any,
+        image_size: Sequence[int],
+        in_channels: int | None = None,
+        batch_size: int = 1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> TileGeometry:
+        """How ``network`` will tile an image of ``image_size`` (spatial sizes): useful to check costs up front.
+
+        Args:
+            network: the network (or a wrapper of it) that will be passed to ``__call__``.
+            image_size: spatial size of the image, e.g. ``(H, W)``.
+            in_channels, batch_size, device, dtype: automatic tiles only: the input's channels (default: the
+                network's ``in_channels`` attribute, else 1), batch size, the device the tiles run on (default CPU)
+                and dtype, for the memory estimate (a probe forward pass, cached).
+
+        Returns:
+            A :class:`TileGeometry`.
+
+        Raises:
+            ValueError: the margin cannot be derived (a same-padding network without ``receptive_field`` and no
+                ``margin`` given), ``margin``/``overlap_border`` were given for a valid network, ``roi_size`` does not
+                match the number of spatial dims, or the derived ``overlap_border`` exceeds ``margin``.
+        """
+        net, padding, div = self._grid(network)
+        image_size = tuple(int(s) for s in image_size)
+        dims = len(image_size)
+        pad, border = self._margins(net, padding, div)
+        if self.roi_size is not None:
+            roi = self.roi_size * dims if len(self.roi_size) == 1 else self.roi_size
+            if len(roi) != dims:
+                raise ValueError(f"roi_size {self.roi_size} has {len(roi)} dims but the image has {dims}.")
+            # an output tile: roi rounded up to the pooling grid, but no larger than the (grid-rounded) image
+            stride = [min(_ceil_to(r, div), _ceil_to(s, div)) for r, s in zip(roi, image_size)]
+            return self._layout(net, padding, div, pad, border, stride, image_size)
+        return self._auto_geometry(network, net, padding, div, pad, border, image_size, in_channels, batch_size,
+                                   device, dtype)
+
+    def _bytes_per_pixel(
+        self, network: Any, net: Any, padding: str, div: int, border: int, dims: int, in_channels: int,
+        device: torch.device, dtype: torch.dtype,
+    ) -> tuple[float, int]:
+        """(activation bytes per input-tile pixel, output channels) from a probe pass, cached."""
+        key = (id(network), id(net), type(net).__name__, dims, in_channels, str(device), str(dtype))
+        if key not in self._probe_cache:
+            side = 4 * div
+            side = int(net.valid_input_size(side)) if padding == "valid" else side + 2 * border
+            probe = torch.zeros((1, in_channels) + (side,) * dims, dtype=dtype, device=device)
+            tracker_peak, out_channels = _probe(network, probe)
+            self._probe_cache[key] = (tracker_peak / side**dims, out_channels)
+        return self._probe_cache[key]
+
+    def _auto_geometry(
+        self, network: Any, net: Any, padding: str, div: int, pad: int, border: int, image_size: tuple[int, ...],
+        in_channels: int | None, batch_size: int, device: torch.device | str | None, dtype: torch.dtype,
+    ) -> TileGeometry:
+        dims = len(image_size)
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        if in_channels is None:
+            in_channels = int(getattr(net, "in_channels", 1))
+        bpp, out_channels = self._bytes_per_pixel(network, net, padding, div, border, dims, in_channels, device, dtype)
+        budget_mb = self.memory_budget_mb if self.memory_budget_mb is not None else default_memory_budget_mb(device)
+        budget = budget_mb * 2**20
+        itemsize = torch.empty((), dtype=dtype).element_size()
+
+        def memory(geo: TileGeometry) -> tuple[int, int]:
+            act = int(self.safety * bpp * math.prod(geo.tile_in))
+            fixed = batch_size * (
+                in_channels * math.prod(geo.padded_size) * itemsize
+                + out_channels * math.prod(n * st for n, st in zip(geo.n_tiles, geo.stride)) * 4
+            )
+            return act, fixed
+
+        # candidate output strides per dim: each tile count n gives stride ceil(size / n) on the grid
+        options = []
+        for s in image_size:
+            strides = sorted({_ceil_to(-(-s // n), div) for n in range(1, -(-s // div) + 1)}, reverse=True)
+            options.append(strides)  # largest tile first: memory decreases along the list
+
+        best: tuple[tuple[int, int], TileGeometry, int] | None = None
+        smallest: tuple[int, TileGeometry, int] | None = None
+        for head in itertools.product(*options[:-1]):
+            last = options[-1]
+            lo, hi = 0, len(last) - 1
+            # binary search for the largest last-dim stride that fits (memory is monotone along `last`)
+            fit = None
+            while lo <= hi:
+                mid = (lo + hi) // 2
+                geo = self._layout(net, padding, div, pad, border, [*head, last[mid]], image_size)
+                act, fixed = memory(geo)
+                if act + fixed <= budget:
+                    fit, hi = (geo, act), mid - 1
+                else:
+                    lo = mid + 1
+            if fit is None:
+                geo = self._layout(net, padding, div, pad, border, [*head, last[-1]], image_size)
+                act, fixed = memory(geo)
+                if smallest is None or act + fixed < smallest[0]:
+                    smallest = (act + fixed, geo, act)
+                continue
+            geo, act = fit
+            cost = (geo.input_pixels, geo.num_tiles)
+            if best is None or cost < best[0]:
+                best = (cost, geo, act)
+        if best is not None:
+            geo, act = best[1], best[2]
+        else:
+            need, geo, act = smallest  # type: ignore[misc]
+            logger.warning(
+                "OverlapTileInferer: memory_budget_mb=%.0f is too small for an image of %s even with the smallest "
+                "tiles (estimated %.0f MiB); using them anyway. Raise memory_budget_mb or use a smaller network.",
+                budget_mb, list(image_size), need / 2**20,
+            )
+        return replace(geo, activation_bytes=act)
+
+    # ------------------------------------------------------------------ inference
     def __call__(
         self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> torch.Tensor:
@@ -303,52 +591,61 @@ class OverlapTileInferer(Inferer):
             )
         image = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
         batch, image_size = image.shape[0], tuple(image.shape[2:])
-        geo = self.geometry(network, image_size)
         sw_device = self.sw_device or image.device
         out_device = self.device or image.device
-        stride, tile_in = geo["stride"], geo["tile_in"]
+        geo = self.geometry(network, image_size, in_channels=image.shape[1], batch_size=batch, device=sw_device,
+                            dtype=image.dtype if image.is_floating_point() else torch.float32)
+        per_pass = self.sw_batch_size if self.roi_size is not None else 1
+        stride = geo.stride
 
-        after = [ps - p - s for ps, p, s in zip(geo["padded_size"], geo["pad"], image_size)]
-        padded = mirror_pad(image, list(zip(geo["pad"], after)), self.mode)
+        after = [ps - p - s for ps, p, s in zip(geo.padded_size, geo.pad, image_size)]
+        padded = mirror_pad(image, list(zip(geo.pad, after)), self.mode)
 
-        # one job per (image in the batch, tile index per spatial dim); a forward pass takes sw_batch_size jobs
-        jobs = [(b, idx) for b in range(batch) for idx in itertools.product(*(range(n) for n in geo["n_tiles"]))]
+        # one job per (image in the batch, tile index per spatial dim); a forward pass takes `per_pass` jobs
+        jobs = [(b, idx) for b in range(batch) for idx in itertools.product(*(range(n) for n in geo.n_tiles))]
         output: torch.Tensor | None = None
-        chunks = [jobs[i : i + self.sw_batch_size] for i in range(0, len(jobs), self.sw_batch_size)]
+        chunks = [jobs[i : i + per_pass] for i in range(0, len(jobs), per_pass)]
         for chunk in tqdm(chunks) if self.progress and has_tqdm else chunks:
-            tiles = torch.cat(
-                [padded[(slice(b, b + 1), slice(None), *self._tile_slices(idx, geo))] for b, idx in chunk]
-            ).to(sw_device)
+            views = [padded[(slice(b, b + 1), slice(None), *geo.tile_slices(idx))] for b, idx in chunk]
+            tiles = (views[0] if len(views) == 1 else torch.cat(views)).to(sw_device)  # one tile: no copy
+            del views
             pred = network(tiles, *args, **kwargs)
+            del tiles
             if isinstance(pred, (tuple, list)):  # deep-supervision outputs in training mode: the last is the final one
                 pred = pred[-1]
             if not isinstance(pred, torch.Tensor):
                 raise TypeError(f"the network must return a tensor (or a tuple of tensors), got {type(pred).__name__}.")
-            if list(pred.shape[2:]) != geo["tile_out"]:
+            if tuple(pred.shape[2:]) != geo.tile_out:
                 raise ValueError(
-                    f"the network turned {tile_in}-pixel tiles into {list(pred.shape[2:])}-pixel outputs, expected "
-                    f"{geo['tile_out']} for padding={geo['padding']!r}. A valid-convolution network must expose "
-                    "padding='valid', margin, valid_input_size and output_size (see scripts.networks.UNet)."
+                    f"the network turned {list(geo.tile_in)}-pixel tiles into {list(pred.shape[2:])}-pixel outputs, "
+                    f"expected {list(geo.tile_out)} for padding={geo.padding!r}. A valid-convolution network must "
+                    "expose padding='valid', margin, valid_input_size and output_size (see scripts.networks.UNet)."
                 )
             if output is None:  # first chunk: now the number of output channels is known
-                out_size = [n * st for n, st in zip(geo["n_tiles"], stride)]
+                out_size = [n * st for n, st in zip(geo.n_tiles, stride)]
                 output = torch.zeros((batch, pred.shape[1], *out_size), dtype=torch.float32, device=out_device)
-            kept = pred[(slice(None), slice(None), *(slice(c, c + st) for c, st in zip(geo["crop"], stride)))]
-            kept = kept.to(device=out_device, dtype=torch.float32)
+            kept = pred[(slice(None), slice(None), *(slice(c, c + st) for c, st in zip(geo.crop, stride)))]
+            del pred
             for k, (b, idx) in enumerate(chunk):
                 output[(b, slice(None), *(slice(i * st, (i + 1) * st) for i, st in zip(idx, stride)))] = kept[k]
+            del kept
         output = output[(slice(None), slice(None), *(slice(0, s) for s in image_size))]  # type: ignore[index]
         if isinstance(inputs, MetaTensor):
             output = MetaTensor(output).copy_meta_from(inputs, copy_attr=False)
         return output
 
-    @staticmethod
-    def _tile_slices(idx: Sequence[int], geo: dict[str, Any]) -> tuple[slice, ...]:
-        """Spatial slices of input tile ``idx`` (tile index per dim) in the padded image."""
-        return tuple(
-            slice(s0 + i * st, s0 + i * st + ti)
-            for i, s0, st, ti in zip(idx, geo["start"], geo["stride"], geo["tile_in"])
-        )
+
+def _probe(network: Callable[..., Any], probe: torch.Tensor) -> tuple[int, int]:
+    """(estimated activation peak in bytes, output channels) of one no-grad forward pass over ``probe``."""
+    channels: list[int] = []
+
+    def record(out: Any) -> Any:
+        out = out[-1] if isinstance(out, (tuple, list)) else out
+        channels.append(int(out.shape[1]))
+        return out
+
+    peak = estimate_activation_bytes(lambda x: record(network(x)), probe, hook_module=unwrap_network(network))
+    return peak, channels[-1]
 
 
 def _ceil_to(value: int, divisor: int) -> int:

@@ -6,6 +6,7 @@ from .difficult_pixels import (
     difficult_pixel_mask,
     refine_difficult_pixels,
 )
-from .save_probabilities import SaveProbabilityMaps, SaveProbabilityMapsd
+from .intensity import ScaleIntensityByRule, ScaleIntensityByRuled
+from .save_probabilities import SaveProbabilityMaps, SaveProbabilityMapsd, read_probability_map
 from .border_weights import UNetBorderWeightMap, UNetBorderWeightMapd, border_distances
 from .mirror_pad import MirrorSpatialPad, MirrorSpatialPadd

@@ -12,7 +12,8 @@ orientation):
 - ``features.png``: the X-Net paper's mean-over-channels feature map, blue (low) -> red (high);
 
 plus ``output_dir/legend.png`` (class colours and names; the overlays themselves carry no legend so that they
-keep the image's size) and ``output_dir/index.html``, a gallery linking everything with relative links.
+keep the image's size) and ``output_dir/index.html``, a gallery linking everything with relative links (every picture
+folder in ``output_dir``, also those of earlier runs).
 
 Orientation: MONAI's ``LoadImage`` readers for PNG/TIFF (``PILReader``, ``ITKReader``) use ``reverse_indexing=True``
 and hand the network arrays of shape (C, W, H); ``reverse_indexing=True`` (default, as in MONAI's ``PILWriter``)
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -36,7 +36,10 @@ from monai.networks.utils import eval_mode
 from monai.utils import min_version, optional_import
 
 from scripts.data.classes import CLASS_NAMES, class_palette
+from scripts.data.fault_tolerant import FAILED_KEY, root_cause
 from scripts.data.io import file_stem, write_png
+from scripts.data.output_names import OUTPUT_NAME_KEY
+from scripts.data.preflight import picture_folder
 from scripts.transforms.difficult_pixels import DifficultPixelRefine
 from scripts.visualize.confidence import confidence_to_rgb, difficult_to_grey
 from scripts.visualize.feature_maps import MeanFeatureMap, feature_map_to_rgb
@@ -111,6 +114,9 @@ class PictureWriter:
             engine the writer is attached to does (its ``amp`` and ``amp_kwargs``), so the picture is computed like
             the prediction; ``False`` when called without an engine.
         amp_kwargs: keyword arguments of ``torch.autocast`` for ``amp=True`` (``None``: the engine's, or none).
+        isolate_errors: when writing one image's pictures fails, log it, mark that output item as failed
+            (``item["failed"] = reason``, which :class:`scripts.handlers.InferenceReport` records) and go on, instead
+            of stopping the run. Items already marked failed are always skipped.
 
     Raises:
         ValueError: ``feature_maps`` without ``network``/``feature_module``, a refiner with ``softmax=True``, or
@@ -143,6 +149,7 @@ class PictureWriter:
         title: str = "Segmentation pictures",
         amp: bool | None = None,
         amp_kwargs: dict | None = None,
+        isolate_errors: bool = False,
     ) -> None:
         if refiner is not None and refiner.softmax:
             raise ValueError("the PictureWriter passes probabilities to the refiner: give it softmax=False "
@@ -171,6 +178,7 @@ class PictureWriter:
         self.title = title
         self.amp, self.amp_kwargs = amp, amp_kwargs
         self._engine_amp: tuple[bool, dict] = (False, {})
+        self.isolate_errors = isolate_errors
         self.rows: list[tuple[str, dict[str, str]]] = []
 
     # ------------------------------------------------------------------ Ignite
@@ -200,11 +208,21 @@ class PictureWriter:
                 value = item.get(key) if key is not None else None
                 return extra.get(key) if value is None and key is not None else value
 
+            if isinstance(item, dict) and FAILED_KEY in item:  # a file that failed earlier (InferenceReport)
+                continue
             image, pred = get(self.image_key), get(self.pred_key)
             if image is None or pred is None:
                 raise KeyError(f"PictureWriter needs '{self.image_key}' and '{self.pred_key}' in the engine's output.")
             meta = getattr(image, "meta", {}) or {}
-            self.write(image, pred, get(self.label_key), name=meta.get("filename_or_obj"))
+            name = meta.get("filename_or_obj")
+            try:
+                self.write(image, pred, get(self.label_key), name=name, folder=meta.get(OUTPUT_NAME_KEY))
+            except Exception as e:
+                if not self.isolate_errors or not isinstance(item, dict):
+                    raise
+                reason = f"{name}: pictures failed ({root_cause(e)})"
+                logger.error("%s; going on with the next file", reason)
+                item[FAILED_KEY] = reason
 
     def completed(self, _engine: Engine | None = None) -> Path:
         """Write the legend and the gallery; return the gallery's path."""
@@ -217,8 +235,10 @@ class PictureWriter:
             raise ValueError(f"expected a channel-first 2D array (C, H, W), got shape {x.shape}.")
         return np.swapaxes(x, 1, 2) if self.reverse_indexing else x
 
-    def _unique_name(self, name: str | os.PathLike | None) -> str:
-        base = re.sub(r"[^A-Za-z0-9._-]+", "_", file_stem(name)) if name else f"image_{len(self.rows):04d}"
+    def _unique_name(self, name: str | os.PathLike | None, folder: str | None = None) -> str:
+        if folder:  # a name that is unique already (the inference pre-flight's output name)
+            return picture_folder(folder)
+        base = picture_folder(file_stem(name)) if name else f"image_{len(self.rows):04d}"
         taken = {n for n, _ in self.rows}
         unique, k = base, 1
         while unique in taken:
@@ -226,7 +246,12 @@ class PictureWriter:
         return unique
 
     def write(
-        self, image: Any, pred: Any, label: Any | None = None, name: str | os.PathLike | None = None
+        self,
+        image: Any,
+        pred: Any,
+        label: Any | None = None,
+        name: str | os.PathLike | None = None,
+        folder: str | None = None,
     ) -> dict[str, str]:
         """Write the enabled pictures of one image.
 
@@ -235,7 +260,10 @@ class PictureWriter:
             pred: (C_out, *spatial) per-class logits/probabilities (see ``softmax``), or a (1, *spatial) label map
                 when only the overlay is wanted.
             label: optional ground truth, (1, *spatial) class indices or (C_out, *spatial) one-hot.
-            name: the image's file name; its stem names the picture folder (``image_NNNN`` when ``None``).
+            name: the image's file name; its stem names the picture folder (``image_NNNN`` when ``None``), made
+                unique among this run's folders (``_1``, ``_2``, ...).
+            folder: the picture folder's name, taken as it is (non-file-name characters replaced by ``_``); the
+                inference passes its unique output name here. A folder written before is replaced.
 
         Returns:
             ``{picture kind: path relative to output_dir}``; also recorded for the gallery.
@@ -247,7 +275,8 @@ class PictureWriter:
         out = self._spatial(_numpy(pred))
         if out.shape[1:] != img.shape[1:]:
             raise ValueError(f"image {img.shape} and prediction {out.shape} must have the same spatial size.")
-        folder = self._unique_name(name)
+        folder = self._unique_name(name, folder)
+        self.rows = [row for row in self.rows if row[0] != folder]
         pictures: dict[str, str] = {}
 
         def save(kind: str, array: np.ndarray) -> None:
@@ -304,9 +333,22 @@ class PictureWriter:
             fm = self.inferer(x, net) if self.inferer is not None else net(x)
         return _numpy(fm)[0]
 
+    def folder_rows(self) -> list[tuple[str, dict[str, str]]]:
+        """Gallery rows of every picture folder in ``output_dir`` (this run's and earlier runs'), sorted by name."""
+        rows = dict(self.rows)
+        if self.output_dir.is_dir():
+            for sub in self.output_dir.iterdir():
+                if sub.is_dir() and sub.name not in rows:
+                    found = {k: f"{sub.name}/{k}.png" for k, _ in DEFAULT_COLUMNS if (sub / f"{k}.png").is_file()}
+                    if found:
+                        rows[sub.name] = found
+        return sorted(rows.items())
+
     def write_gallery(self) -> Path:
-        """Write ``legend.png`` and ``index.html`` for the rows written so far; return the HTML path."""
+        """Write ``legend.png`` and ``index.html`` listing every picture folder in ``output_dir`` (also those of
+        earlier runs into the same folder); return the HTML path."""
         legend = write_png(self.output_dir / "legend.png", legend_image(self.class_names, self.class_colors))
-        path = write_gallery(self.output_dir, self.rows, DEFAULT_COLUMNS, self.title, legend=legend)
-        logger.info("PictureWriter: %d image(s), gallery %s", len(self.rows), path)
+        rows = self.folder_rows()
+        path = write_gallery(self.output_dir, rows, DEFAULT_COLUMNS, self.title, legend=legend)
+        logger.info("PictureWriter: %d image(s) (%d from this run), gallery %s", len(rows), len(self.rows), path)
         return path
