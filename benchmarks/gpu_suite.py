@@ -405,7 +405,10 @@ def markdown(report: dict) -> str:
         lines += ["", "## Inference (median seconds per image)", "", "| size | method | seconds | x whole pass | "
                   "peak MiB |", "|---|---|---|---|---|"]
         for run in st["runs"]:
-            for row in (run.get("report") or {}).get("results", []):
+            report = run.get("report") or {}
+            # one block per size ("sizes", inference_benchmark.py since v0.4) or one flat "results" list (before)
+            rows = [r for block in report.get("sizes", [report]) for r in block.get("results", [])]
+            for row in rows:
                 lines.append(f"| {run['size']}² | {row.get('method')} | {_f(row.get('seconds'), 3)} | "
                              f"{_f(row.get('time_vs_floor'))} | {_f(row.get('peak_mib'), 0)} |")
     st = s.get("training", {})

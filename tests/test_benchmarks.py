@@ -141,7 +141,9 @@ def test_gpu_suite_smoke(tmp_path):
     assert [row["network"] for row in s["throughput"]["rows"]] == ["UNet", "XNet"]
     for row in s["throughput"]["rows"]:
         assert row["cached_samples_per_s"] > 0 and row["uncached_samples_per_s"] > 0
-    assert s["inference"]["status"] == "done" and s["inference"]["runs"][0]["report"]["results"]
+    assert s["inference"]["status"] == "done"
+    methods = [row["method"] for row in s["inference"]["runs"][0]["report"]["sizes"][0]["results"]]
+    assert any("overlap-tile" in m for m in methods) and any("sliding" in m for m in methods), methods
     runs = s["training"]["runs"]
     assert [run["experiment"] for run in runs] == ["xnet_sce_and_iou", "unet_sce_iou"]
     for run in runs:

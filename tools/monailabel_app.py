@@ -65,7 +65,34 @@ def _merged(files: list[Path], overrides: dict) -> dict:
         parser[key] = value
     if "overwrite" in overrides:
         parser["initialize"] = [NETWORK_FIRST] + [e for e in parser.get("initialize", []) if e != NETWORK_FIRST]
+        _handlers_as_dicts(parser)
     return parser.get()
+
+
+def _handlers_as_dicts(parser) -> None:
+    """Make every ``train#handlers`` item a dict, as MONAI Label's ``BundleTrainTask`` requires (it looks for a
+    ``CheckpointLoader`` item with ``item.get("_target_")``), and add a disabled ``CheckpointLoader`` item.
+
+    - An item that references a handler defined elsewhere (``"@checkpoint_saver"``) is replaced by that definition,
+      and the definition's old place now references the list item, so there is still one instance.
+    - MONAI Label inserts a ``CheckpointLoader`` of ``models/model.pt`` unless the list has one. The copy's network
+      is already built from ``model.pt`` (``network_def``), and that file is moved to ``archive/`` by ``initialize``
+      (``overwrite``) before the trainer starts, so its loader would find no file: a disabled one stands in its place.
+    """
+    handlers = list(parser.get("train#handlers", []))
+    for k, item in enumerate(handlers):
+        if isinstance(item, str) and item.startswith("@"):
+            ref = item[1:]
+            handlers[k] = parser.get(ref)
+            parser[ref] = f"@train#handlers#{k}"
+    handlers.append({
+        "_target_": "CheckpointLoader",
+        "_disabled_": True,
+        "_desc_": "stands in for the loader MONAI Label would add: network_def already loads models/model.pt",
+        "load_path": "$@ckpt_dir + '/model.pt'",
+        "load_dict": {"model": "@network"},
+    })
+    parser["train#handlers"] = handlers
 
 
 def make_app_copy(app: Path, name: str, bundle: Path = Path("bundle"), merge: list[Path] | None = None) -> Path:
