@@ -45,6 +45,7 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_data_type, convert_to_dst_type, ensure_tuple, ensure_tuple_rep
 from scipy import ndimage
 
+from scripts.checks import check_positive_int
 from scripts.data.classes import INTRACELLULAR, MEMBRANE, MITOCHONDRIA
 
 __all__ = [
@@ -217,8 +218,7 @@ class DifficultPixelRefine(Transform):
             raise ValueError(f"fallback must be a non-negative class index or None, got {fallback}.")
         if connectivity not in (4, 8, 6, 18, 26):
             raise ValueError(f"connectivity must be 4 or 8 (2D), 6, 18 or 26 (3D), got {connectivity}.")
-        if max_passes is not None and max_passes < 1:
-            raise ValueError(f"max_passes must be >= 1 or None (until nothing changes), got {max_passes}.")
+        check_positive_int("max_passes", max_passes, allow_none=True)
         _check_threshold(threshold, scale)
         self.fallback = fallback
         self.connectivity = connectivity
