@@ -15,4 +15,5 @@ from .nan_guard import StopOnNonFiniteLoss
 from .random_states import RandomStates, transform_generators
 from .report import SegmentationReport
 from .run_folder import prepare_run_folder, run_files
+from .tensorboard import TensorBoardStatsHandler
 from .time_limit import TimeLimit
