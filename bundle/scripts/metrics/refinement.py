@@ -80,7 +80,7 @@ class RefinementEvaluation:
         ev = RefinementEvaluation(DifficultPixelRefine((1, 3), 0, softmax=True), num_classes=5, membrane_class=1)
         for logits, label in data:          # (C, H, W) and (1, H, W) per image
             ev.update(logits, label)
-        print(format_refinement_table(ev.aggregate()))
+        print(format_refinement_table(ev.aggregate(), class_names=["intracellular", "membrane", "glia", "mito", "synapse"]))
 
     Args:
         refiner: the refinement (input = probabilities; give it ``softmax=True`` to feed logits).
