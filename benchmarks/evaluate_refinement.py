@@ -65,6 +65,7 @@ def score_images(
     predict: Callable[[dict], tuple[torch.Tensor, torch.Tensor]],
     refiners: Mapping[str, DifficultPixelRefine],
     num_classes: int,
+    membrane_class: int,
     writer: PictureWriter | None = None,
 ) -> dict:
     """Score the arg-max prediction and each refinement of it over ``items``.
@@ -75,13 +76,14 @@ def score_images(
         refiners: name -> refinement; the first one's scores are ``before``/``after``, each other one's ``after``
             is stored as ``after_<name>``.
         num_classes: K.
+        membrane_class: the class whose continuity the Rand error measures.
         writer: optional picture writer, fed every image.
 
     Returns:
         :meth:`RefinementEvaluation.aggregate` of the first refiner, plus ``after_<name>`` per other refiner (the
         difficult pixels are the same for all: only the reassignment differs).
     """
-    evaluations = {name: RefinementEvaluation(r, num_classes=num_classes) for name, r in refiners.items()}
+    evaluations = {name: RefinementEvaluation(r, num_classes=num_classes, membrane_class=membrane_class) for name, r in refiners.items()}
     load_label = LoadImage(image_only=True, ensure_channel_first=True)
     for item in items:
         image, prob = predict(item)
@@ -111,8 +113,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--size", type=int, default=256, help="synthetic image size (without --datalist)")
     ap.add_argument("--work-dir", default=None, help="where synthetic data goes (default: a temp dir)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--priorities", type=int, nargs="+", default=None, help="refinement priority classes")
-    ap.add_argument("--fallback", type=int, default=None, help="fallback class (default: the transform's)")
+    ap.add_argument("--priorities", type=int, nargs="+", default=None,
+                    help="refinement priority classes (default: the config's refine_priorities)")
+    ap.add_argument("--fallback", type=int, default=None, help="fallback class (default: the config's refine_fallback)")
+    ap.add_argument("--membrane-class", type=int, default=None,
+                    help="class of the Rand error's cell borders (default: 'membrane' in the config's class_names)")
     ap.add_argument("--connectivity", type=int, default=8)
     ap.add_argument("--scale", type=float, default=1.0, help="threshold = scale * mean confidence")
     ap.add_argument("--max-passes", type=int, default=None)
@@ -149,11 +154,17 @@ def main(argv: list[str] | None = None) -> dict:
     preprocessing = parser.get_parsed_content("preprocessing", instantiate=True)
     inferer = parser.get_parsed_content("inferer", instantiate=True)
 
-    refine_kwargs = {"connectivity": args.connectivity, "scale": args.scale, "max_passes": args.max_passes}
-    if args.priorities is not None:
-        refine_kwargs["priorities"] = args.priorities
-    if args.fallback is not None:
-        refine_kwargs["fallback"] = args.fallback
+    class_names = list(parser.get_parsed_content("class_names"))
+    membrane_class = args.membrane_class
+    if membrane_class is None:
+        if "membrane" not in class_names:
+            raise ValueError(f"the config's class_names {class_names} hold no 'membrane': give --membrane-class.")
+        membrane_class = class_names.index("membrane")
+    refine_kwargs = {
+        "priorities": parser.get_parsed_content("refine_priorities") if args.priorities is None else args.priorities,
+        "fallback": parser.get_parsed_content("refine_fallback") if args.fallback is None else args.fallback,
+        "connectivity": args.connectivity, "scale": args.scale, "max_passes": args.max_passes,
+    }
     refiners = {
         "keep_others" if keep else "fallback": DifficultPixelRefine(**refine_kwargs, keep_other_classes=keep)
         for keep in KEEP_OTHERS[args.keep_others]
@@ -167,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
         return data["image"], torch.softmax(logits.float(), dim=0).cpu()
 
     t0 = time.perf_counter()
-    results = score_images(items, predict, refiners, int(parser.get_parsed_content("num_classes")), writer)
+    results = score_images(items, predict, refiners, int(parser.get_parsed_content("num_classes")), membrane_class, writer)
     seconds = time.perf_counter() - t0
     if writer is not None:
         logger.info("gallery: %s", writer.write_gallery())
@@ -177,10 +188,10 @@ def main(argv: list[str] | None = None) -> dict:
         refinement=refine_kwargs, device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         seconds=round(seconds, 2),
     )
-    print(format_refinement_table(results))
+    print(format_refinement_table(results, class_names))
     if "after_keep_others" in results:
         print("\nkeep_other_classes=True, same predictions:")
-        print(format_refinement_table({**results, "after": results["after_keep_others"]}))
+        print(format_refinement_table({**results, "after": results["after_keep_others"]}, class_names))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return results

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from scripts.data import CLASS_NAMES, read_image, write_png
+from scripts.data.classes import MEMBRANE
 from scripts.metrics.confusion import confusion_matrix, per_image_scores, scores_from_confusion
 from scripts.metrics.refinement import membrane_rand_error
 
@@ -181,7 +182,7 @@ def score_predictions(pred_dir: str | os.PathLike, labels_dir: str | os.PathLike
         if pred.shape != true.shape:
             raise ValueError(f"{pred_path}: prediction {pred.shape} and label {true.shape} differ in size.")
         cms.append(confusion_matrix(torch.as_tensor(pred)[None, None], torch.as_tensor(true)[None, None], num_classes)[0])
-        rand.append(membrane_rand_error(pred, true))
+        rand.append(membrane_rand_error(pred, true, MEMBRANE))
         cases.append(lab_path.stem)
     cms_t = torch.stack(cms)
     acc = scores_from_confusion(cms_t.sum(dim=0))

@@ -70,6 +70,8 @@ def test_evaluate_refinement(tmp_path):
                                       "--keep-others", "both", "--json", str(out)])
     r = json.loads(out.read_text())
     assert r["images"] == 2 and r["refinement"]["keep_other_classes"] == [False, True]
+    # the classes come from the config (inference.json's refine_priorities / refine_fallback), not the transform
+    assert r["refinement"]["priorities"] == [1, 3] and r["refinement"]["fallback"] == 0
     assert 0.0 < r["difficult_fraction"] < 1.0  # an untrained network: some pixels, never all, below the mean
     for scores in (r["before"], r["after"], r["after_keep_others"]):
         assert 0.0 <= scores["mean_iou"] <= 1.0 and 0.0 <= scores["rand_error"] <= 1.0
@@ -101,8 +103,9 @@ def test_refinement_scores_known_predictions(tmp_path, wrong):
         pred = torch.zeros_like(label) if wrong else label
         return label[None].float(), torch.nn.functional.one_hot(pred, 5).permute(2, 0, 1).float()
 
-    refiners = {"fallback": DifficultPixelRefine(), "keep_others": DifficultPixelRefine(keep_other_classes=True)}
-    r = load("evaluate_refinement").score_images(items, predict, refiners, num_classes=5)
+    paper = {"priorities": (1, 3), "fallback": 0}  # inference.json's refine_priorities / refine_fallback
+    refiners = {"fallback": DifficultPixelRefine(**paper), "keep_others": DifficultPixelRefine(**paper, keep_other_classes=True)}
+    r = load("evaluate_refinement").score_images(items, predict, refiners, num_classes=5, membrane_class=1)
     assert r["difficult_fraction"] == 0.0
     for scores in (r["before"], r["after"], r["after_keep_others"]):
         if wrong:

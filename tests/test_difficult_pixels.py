@@ -28,6 +28,10 @@ GRID = np.array(
 )
 DIFFICULT = GRID == -1
 
+#: the bundle's refinement (inference.json's refine_priorities / refine_fallback): membrane, then mitochondria;
+#: the rest to intracellular. The transform itself has no dataset default.
+PAPER = {"priorities": (1, 3), "fallback": 0}
+
 
 def make_prob(grid: np.ndarray = GRID, num_classes: int = 5) -> np.ndarray:
     prob = np.full((num_classes, *grid.shape), 0.025, dtype=np.float32)
@@ -70,7 +74,7 @@ CASES = [
     ({"connectivity": 4}, EXPECTED_4),
     ({"connectivity": 4, "fallback": None}, EXPECTED_4_KEEP),
     ({"connectivity": 8}, EXPECTED_8),
-    ({}, EXPECTED_8),  # defaults: priorities (1, 3), fallback 0, 8-connectivity
+    ({}, EXPECTED_8),  # PAPER with the default 8-connectivity
     ({"connectivity": 4, "max_passes": 1}, EXPECTED_4_ONE_PASS),
     ({"connectivity": 8, "priorities": (3, 1)}, EXPECTED_8_MITO_FIRST),
     ({"connectivity": 4, "priorities": 1, "fallback": 4}, np.where(DIFFICULT & (EXPECTED_4 != 1), 4, EXPECTED_4)),
@@ -80,7 +84,7 @@ CASES = [
 @pytest.mark.parametrize("kwargs,expected", CASES)
 def test_hand_computed_refinement(kwargs, expected):
     prob = make_prob()
-    out = DifficultPixelRefine(**kwargs)(prob)
+    out = DifficultPixelRefine(**{**PAPER, **kwargs})(prob)
     assert isinstance(out, np.ndarray)
     assert out.shape == (1, 5, 5)
     np.testing.assert_array_equal(out[0], expected)
@@ -89,7 +93,7 @@ def test_hand_computed_refinement(kwargs, expected):
 @pytest.mark.parametrize("kwargs,expected", CASES[:3])
 def test_torch_in_torch_out(kwargs, expected):
     prob = torch.as_tensor(make_prob(), dtype=torch.float64)
-    out, conf, diff = DifficultPixelRefine(**kwargs)(prob, return_maps=True)
+    out, conf, diff = DifficultPixelRefine(**{**PAPER, **kwargs})(prob, return_maps=True)
     assert isinstance(out, torch.Tensor) and out.dtype == torch.float64
     np.testing.assert_array_equal(out[0].numpy(), expected)
     np.testing.assert_allclose(conf[0].numpy(), np.where(DIFFICULT, 0.4, 0.9), rtol=1e-6)
@@ -99,7 +103,7 @@ def test_torch_in_torch_out(kwargs, expected):
 
 def test_metatensor_keeps_meta():
     prob = MetaTensor(torch.as_tensor(make_prob()), meta={"filename_or_obj": "a.png"})
-    out = DifficultPixelRefine(connectivity=4)(prob)
+    out = DifficultPixelRefine(**PAPER, connectivity=4)(prob)
     assert isinstance(out, MetaTensor)
     assert out.meta["filename_or_obj"] == "a.png"
     np.testing.assert_array_equal(out[0].numpy(), EXPECTED_4)
@@ -107,7 +111,7 @@ def test_metatensor_keeps_meta():
 
 def test_softmax_on_logits_matches_probabilities():
     logits = np.log(make_prob()) + 3.0  # softmax(log p + c) == p
-    out = DifficultPixelRefine(connectivity=4, softmax=True)(logits)
+    out = DifficultPixelRefine(**PAPER, connectivity=4, softmax=True)(logits)
     np.testing.assert_array_equal(out[0], EXPECTED_4)
 
 
@@ -118,7 +122,7 @@ def test_threshold_and_scale():
     np.testing.assert_array_equal(difficult_pixel_mask(conf, threshold=0.3)[0], np.zeros((5, 5), bool))
     np.testing.assert_array_equal(difficult_pixel_mask(conf, threshold=0.95)[0], np.ones((5, 5), bool))
     # alpha = 0.5 * 0.7 = 0.35 < 0.4: nothing difficult, the arg-max is returned unchanged
-    out = DifficultPixelRefine(scale=0.5)(make_prob())
+    out = DifficultPixelRefine(**PAPER, scale=0.5)(make_prob())
     np.testing.assert_array_equal(out[0], np.argmax(make_prob(), axis=0))
     # uniform confidence: f == mean everywhere, strict inequality -> nothing difficult
     assert not difficult_pixel_mask(np.full((1, 3, 3), 0.5)).any()
@@ -138,14 +142,14 @@ def test_dictionary_version():
     prob = torch.as_tensor(make_prob())
     d = {"pred": prob, "other": 1}
     out = DifficultPixelRefined(
-        "pred", refined_keys="refined", confidence_keys="conf", difficult_keys="diff", connectivity=4
+        "pred", refined_keys="refined", confidence_keys="conf", difficult_keys="diff", connectivity=4, **PAPER
     )(d)
     assert out["pred"] is prob and out["other"] == 1
     np.testing.assert_array_equal(out["refined"][0].numpy(), EXPECTED_4)
     np.testing.assert_array_equal(out["diff"][0].numpy(), DIFFICULT)
     np.testing.assert_allclose(out["conf"][0].numpy(), np.where(DIFFICULT, 0.4, 0.9), rtol=1e-6)
     # default: overwrite the input key, store no maps
-    out = DifficultPixelRefined("pred", connectivity=4)({"pred": prob})
+    out = DifficultPixelRefined("pred", connectivity=4, **PAPER)({"pred": prob})
     assert set(out) == {"pred"}
     np.testing.assert_array_equal(out["pred"][0].numpy(), EXPECTED_4)
 
@@ -203,9 +207,9 @@ EXPECTED_KEEP_ALL[3, 4] = 1
 def test_keep_other_classes(keep, fallback, expected):
     prob = make_prob_argmax()
     np.testing.assert_array_equal(np.argmax(prob, axis=0), ARGMAX)
-    out = DifficultPixelRefine(connectivity=4, fallback=fallback, keep_other_classes=keep)(prob)
+    out = DifficultPixelRefine((1, 3), fallback, connectivity=4, keep_other_classes=keep)(prob)
     np.testing.assert_array_equal(out[0], expected)
-    d = DifficultPixelRefined("pred", connectivity=4, fallback=fallback, keep_other_classes=keep)(
+    d = DifficultPixelRefined("pred", priorities=(1, 3), fallback=fallback, connectivity=4, keep_other_classes=keep)(
         {"pred": torch.as_tensor(prob)}
     )
     np.testing.assert_array_equal(d["pred"][0].numpy(), expected)
@@ -244,10 +248,19 @@ def test_bad_inputs(kwargs, shape):
         DifficultPixelRefine(**kwargs)(np.random.rand(*shape).astype(np.float32))
 
 
-def test_check_num_classes_names_the_config_keys():
+def test_check_num_classes_says_what_to_change():
     DifficultPixelRefine(priorities=(1, 3), fallback=0).check_num_classes(4)
-    DifficultPixelRefine(priorities=(), fallback=None).check_num_classes(1)
-    with pytest.raises(ValueError, match="refine_priorities"):
+    DifficultPixelRefine().check_num_classes(1)  # no refinement: any class count
+    with pytest.raises(ValueError, match=r"must be class indices < num_classes \(3\), got priorities \[1, 3\], fallback 0"):
         DifficultPixelRefine(priorities=(1, 3), fallback=0).check_num_classes(3)
-    with pytest.raises(ValueError, match="out of range for 2 classes"):
-        DifficultPixelRefine(priorities=1, fallback=2).check_num_classes(2)
+    # a config adds its own keys (inference.json: the flags)
+    with pytest.raises(ValueError, match=r"fallback 2: .*filler class.* --refine_fallback$"):
+        DifficultPixelRefine(priorities=1, fallback=2).check_num_classes(2, hint=" --refine_fallback")
+
+
+def test_defaults_refine_nothing():
+    """No dataset in the transform: without priorities and fallback the maps are computed, the labels kept."""
+    out, conf, diff = DifficultPixelRefine()(make_prob(), return_maps=True)
+    np.testing.assert_array_equal(out[0], np.argmax(make_prob(), axis=0))
+    np.testing.assert_array_equal(diff[0], DIFFICULT)
+    assert not np.array_equal(out[0], EXPECTED_8)

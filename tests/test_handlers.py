@@ -384,3 +384,54 @@ def test_resume_from_a_checkpoint_without_the_new_entries_says_what_to_do(tmp_pa
     loader.attach(engine)
     with pytest.raises(RunFolderError, match=r"holds no 'early_stop' entry.*--overwrite True"):
         engine.run([0])
+
+
+# ------------------------------------------------ handlers that train.json's run used to wire imperatively
+
+
+def test_early_stop_from_the_trainers_list_stops_the_trainer_on_the_validators_score():
+    from ignite.engine import Events
+
+    scores = iter([0.5, 0.4, 0.3, 0.2, 0.1])  # never better than the first: patience 2 stops after epoch 3
+    evaluator = Engine(lambda e, b: None)
+    handler = EarlyStopHandler(patience=2, score_function=lambda e: next(scores), validator=evaluator)
+    trainer = Engine(lambda e, b: None)
+    handler.attach(trainer)  # as in train#handlers: stops this engine, scores the validator
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: evaluator.run([0]))
+    trainer.run([0], max_epochs=5)
+    assert trainer.state.epoch == 3 and handler.state_dict()["counter"] == 2
+
+
+def test_time_limit_none_attaches_nothing_and_a_limit_stops_at_epoch_end():
+    import time
+
+    from scripts.handlers import TimeLimit
+
+    trainer = Engine(lambda e, b: None)
+    TimeLimit(None).attach(trainer)
+    trainer.run([0], max_epochs=3)
+    assert trainer.state.epoch == 3
+    handler = TimeLimit(0.2)  # a float is accepted, rounded up to Ignite's whole seconds: 1 s
+    time.sleep(1.1)  # caching the datasets after the config built the handler: not counted
+    trainer = Engine(lambda e, b: time.sleep(0.6))
+    handler.attach(trainer)
+    trainer.run([0], max_epochs=10)
+    assert trainer.state.epoch == 2  # 0.6 s after epoch 1, 1.2 s > 1 s after epoch 2
+
+
+def test_lr_logger_and_tensorboard_handler_write_only_once_attached(tmp_path):
+    from scripts.handlers import LearningRateLogger, TensorBoardStatsHandler
+    from scripts.visualize.curves import load_tensorboard_scalars
+
+    net = torch.nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.25)
+    lr_logger, stats = LearningRateLogger(tmp_path, optimizer), TensorBoardStatsHandler(log_dir=tmp_path, iteration_log=False)
+    assert not list(tmp_path.iterdir()), "built but not attached (another rank's rank0_handlers): no event file"
+    trainer = Engine(lambda e, b: None)
+    lr_logger.attach(trainer)
+    stats.attach(trainer)
+    trainer.run([0], max_epochs=2)
+    stats.close()
+    steps, values = load_tensorboard_scalars(tmp_path)["lr/group_0"]
+    assert list(steps) == [1, 2] and list(values) == [0.25, 0.25]  # one value per epoch, at its start
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2  # one event file each, once attached

@@ -6,9 +6,9 @@ pick ``cuda:<local rank>``/NCCL whenever CUDA is visible, and on a one-GPU machi
   the training split is shared between the ranks (one iteration per rank and epoch instead of two).
 - ``multi_gpu_evaluate.json``: three test images on two ranks (an odd count: a padding sampler would count one
   twice); the report holds every image once and the same confusion matrix as a single-process evaluation.
-- The rank-0-only switches point at the handlers they mean (they address ``train.json``'s lists by index), the
-  override keeps every step of ``train.json``'s ``run``/``finalize``, and ``terminate_together`` stops all ranks at
-  the same epoch when only one of them asks to stop (a time limit run out on one rank).
+- The override keeps every step of ``train.json``'s ``run``/``finalize``/``initialize`` and its handler lists (the
+  ``rank0_handlers`` on rank 0 only), and ``StopTogether`` stops all ranks at the same epoch when only one of them
+  asks to stop (a time limit run out on one rank).
 """
 
 from __future__ import annotations
@@ -142,36 +142,13 @@ def _parser(files: list[str]):
     return ConfigParser(ConfigParser.load_config_files(files))
 
 
-def test_rank0_switches_address_the_intended_handlers():
-    """multi_gpu_*.json disable handlers by list index: fail here, not silently, if train/evaluate.json reorder them."""
-    train = _parser([str(CONFIGS / "train.json")])
-    targets = [h["_target_"] if isinstance(h, dict) else h.replace("::", "#") for h in train["train"]["handlers"]]
-    assert targets[:6] == ["scripts.handlers.ResumeCheckpointLoader", "@divergence_guard", "scripts.handlers.FailOnEmptyEpoch",
-                           "LrScheduleHandler", "ValidationHandler", "@checkpoint_saver"]
-    assert targets[6:] == ["StatsHandler", "TensorBoardStatsHandler", "ignite.handlers.ProgressBar"]
-    targets = [h["_target_"] if isinstance(h, dict) else h.replace("::", "#") for h in train["validate"]["handlers"]]
-    assert targets[:2] == ["StatsHandler", "TensorBoardStatsHandler"]
-    assert targets[2:] == ["@best_model_saver", "@validate#early_stop", "scripts.handlers.FailOnEmptyEpoch"]
-    evaluate = _parser([str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")])
-    targets = [h["_target_"] for h in evaluate["validate"]["handlers"]]
-    assert targets == ["CheckpointLoader", "StatsHandler", "scripts.handlers.SegmentationReport"]
-
-    multi = json.loads((CONFIGS / "multi_gpu_train.json").read_text())
-    disabled = sorted(k for k in multi if k.endswith("#_disabled_"))
-    # the checkpoint savers run on every rank (they hold state every rank needs); Ignite's DiskSaver writes on rank 0
-    assert disabled == ["lr_logger#_disabled_", "train#handlers#6#_disabled_", "train#handlers#7#_disabled_",
-                        "train#handlers#8#_disabled_", "validate#handlers#0#_disabled_", "validate#handlers#1#_disabled_"]
-    multi = json.loads((CONFIGS / "multi_gpu_evaluate.json").read_text())
-    # the report (handler 2) runs on every rank: it gathers the image names, then writes on rank 0 only
-    assert sorted(k for k in multi if k.endswith("#_disabled_")) == ["validate#handlers#1#_disabled_"]
-
-
 def test_override_keeps_every_step_of_train_json():
-    """Each expression of train.json's run/finalize is in multi_gpu_train.json, verbatim or behind a rank-0 guard."""
+    """Each expression of train.json's run/finalize/initialize is in multi_gpu_train.json, verbatim or behind a rank-0
+    guard; the handler lists are train.json's, the rank-0 lists on rank 0 only."""
     train = json.loads((CONFIGS / "train.json").read_text())
     multi = json.loads((CONFIGS / "multi_gpu_train.json").read_text())
     for key in ("run", "finalize"):
-        steps = [s for s in multi[key] if "destroy_process_group" not in s and "@terminate_together" not in s]
+        steps = [s for s in multi[key] if "destroy_process_group" not in s]
         assert len(steps) == len(train[key]), key
         for mine, theirs in zip(steps, train[key]):
             assert mine == theirs or mine == f"{theirs} if dist.get_rank() == 0 else None", (mine, theirs)
@@ -179,19 +156,22 @@ def test_override_keeps_every_step_of_train_json():
     assert len(check) == 2 and all(s in multi["initialize"] for s in check)
     folder = [s for s in train["initialize"] if "prepare_run_folder" in s]
     assert len(folder) == 1 and f"{folder[0]} if dist.get_rank() == 0 else None" in multi["initialize"]
+    assert train["train"]["trainer"]["train_handlers"] == "$@train#handlers + @train#rank0_handlers"
+    assert train["validate"]["evaluator"]["val_handlers"] == "$@validate#handlers + @validate#rank0_handlers"
+    assert not any(k.endswith("#_disabled_") for k in multi)
 
 
-def _terminate_together_worker(rank: int, port: int, stop_on_rank: int, result) -> None:
+def _stop_together_worker(rank: int, port: int, stop_on_rank: int, result) -> None:
     import torch.distributed as dist
     from ignite.engine import Engine, Events
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
-        handler = _parser(TRAIN).get_parsed_content("terminate_together")
+        handler = _parser(TRAIN).get_parsed_content("stop_together")
         engine = Engine(lambda e, b: None)
         if rank == stop_on_rank:  # what a time limit run out on this rank alone does
             engine.add_event_handler(Events.EPOCH_COMPLETED(once=2), lambda e: e.terminate())
-        engine.add_event_handler(Events.EPOCH_COMPLETED, handler)
+        handler.attach(engine)
         engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: dist.barrier())  # a collective, as DDP's next step
         engine.run(range(3), max_epochs=10)
         result.put((rank, engine.state.epoch))
@@ -200,11 +180,11 @@ def _terminate_together_worker(rank: int, port: int, stop_on_rank: int, result) 
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="uses fork to start the two ranks quickly")
-def test_terminate_together_stops_all_ranks_at_the_same_epoch():
+def test_stop_together_stops_all_ranks_at_the_same_epoch():
     ctx = multiprocessing.get_context("fork")
     result = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_terminate_together_worker, args=(r, port, 1, result)) for r in range(2)]
+    procs = [ctx.Process(target=_stop_together_worker, args=(r, port, 1, result)) for r in range(2)]
     for p in procs:
         p.start()
     for p in procs:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from scripts.data.classes import CLASS_NAMES, MEMBRANE
 from scripts.metrics.refinement import RefinementEvaluation, cell_regions, format_refinement_table, membrane_rand_error
 from scripts.transforms import DifficultPixelRefine
 
@@ -18,10 +19,10 @@ TRUE[:, 2] = 1
 
 def test_cell_regions_four_connected():
     labels = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 0]])
-    regions = cell_regions(labels)
+    regions = cell_regions(labels, MEMBRANE)
     assert regions[0, 1] == regions[1, 0] == 0  # membrane
     assert regions.max() == 2 and regions[0, 0] != regions[1, 1]  # the diagonal does not join (0,0) to the rest
-    assert cell_regions(torch.as_tensor(TRUE)[None]).max() == 2
+    assert cell_regions(torch.as_tensor(TRUE)[None], MEMBRANE).max() == 2
 
 
 @pytest.mark.parametrize(
@@ -36,7 +37,7 @@ def test_cell_regions_four_connected():
     ],
 )
 def test_membrane_rand_error_hand_computed(pred, expected):
-    assert membrane_rand_error(pred, TRUE) == pytest.approx(expected)
+    assert membrane_rand_error(pred, TRUE, MEMBRANE) == pytest.approx(expected)
 
 
 def test_membrane_rand_error_split():
@@ -47,15 +48,15 @@ def test_membrane_rand_error_split():
     pred[:, 4:6] = 1  # a spurious 2-px membrane: column 4 joins column 3 (nearest), column 5 joins 6..7
     # pred cells over the true pixels: 6 | 6 + 9; n = 21; sum p^2 - n = 36 + 36 + 81 - 21 = 132;
     # true: 36 + 225 - 21 = 240; pred: 132; error = 1 - 132 / (0.5 * 240 + 0.5 * 132)
-    assert membrane_rand_error(pred, true) == pytest.approx(1 - 132 / 186)
+    assert membrane_rand_error(pred, true, MEMBRANE) == pytest.approx(1 - 132 / 186)
 
 
 def test_membrane_rand_error_undefined_and_bad_shapes():
-    assert math.isnan(membrane_rand_error(np.zeros((2, 2)), np.ones((2, 2))))  # no true cell
+    assert math.isnan(membrane_rand_error(np.zeros((2, 2)), np.ones((2, 2)), MEMBRANE))  # no true cell
     with pytest.raises(ValueError):
-        membrane_rand_error(np.zeros((2, 3)), np.zeros((3, 2)))
+        membrane_rand_error(np.zeros((2, 3)), np.zeros((3, 2)), MEMBRANE)
     with pytest.raises(ValueError):
-        membrane_rand_error(np.zeros((2, 2, 2)), np.zeros((2, 2, 2)))
+        membrane_rand_error(np.zeros((2, 2, 2)), np.zeros((2, 2, 2)), MEMBRANE)
 
 
 def gap_example():
@@ -72,7 +73,7 @@ def gap_example():
 
 def test_refinement_evaluation_closes_the_gap():
     prob, true = gap_example()
-    ev = RefinementEvaluation(DifficultPixelRefine(connectivity=4))
+    ev = RefinementEvaluation(DifficultPixelRefine((MEMBRANE, 3), 0, connectivity=4), num_classes=5, membrane_class=MEMBRANE)
     per_image = ev.update(torch.as_tensor(prob), torch.as_tensor(true)[None])
     # before: one merged cell over two true cells of 10: (200 - 20) / (0.5 * 180 + 0.5 * 380) -> error 5 / 14
     assert per_image["rand_error_before"] == pytest.approx(5 / 14)
@@ -91,7 +92,7 @@ def test_refinement_evaluation_closes_the_gap():
     res = ev.aggregate()
     assert res["before"]["rand_error"] == pytest.approx(5 / 28)
     assert res["before"]["recall"][1] == pytest.approx(9 / 10)
-    table = format_refinement_table(res)
+    table = format_refinement_table(res, CLASS_NAMES)
     assert "membrane" in table and "0.9000" in table and "before 0.1786, after 0.0000" in table
     ev.reset()
     assert ev.aggregate()["images"] == 0
@@ -99,6 +100,6 @@ def test_refinement_evaluation_closes_the_gap():
 
 def test_bad_arguments():
     with pytest.raises(ValueError):
-        RefinementEvaluation(num_classes=1)
+        RefinementEvaluation(DifficultPixelRefine(), num_classes=1, membrane_class=0)
     with pytest.raises(ValueError):
-        RefinementEvaluation(num_classes=3, membrane_class=3)
+        RefinementEvaluation(DifficultPixelRefine(), num_classes=3, membrane_class=3)

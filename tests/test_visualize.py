@@ -11,7 +11,7 @@ import torch
 from matplotlib import colormaps
 from PIL import Image
 
-from scripts.data.classes import CLASS_COLORS, NUM_CLASSES, class_palette
+from scripts.data.classes import CLASS_COLORS, CLASS_NAMES, NUM_CLASSES, class_palette
 from scripts.transforms import DifficultPixelRefine
 from scripts.visualize import (
     FeatureMapHook,
@@ -80,7 +80,7 @@ def test_overlay_blend_documented_colours():
 
 
 def test_legend_has_one_swatch_per_class():
-    legend = legend_image()
+    legend = legend_image(CLASS_NAMES)  # colours: class_palette(5) = CLASS_COLORS
     for colour in CLASS_COLORS:
         assert np.all(legend == np.array(colour, np.uint8), axis=-1).sum() >= 100  # a 16x16 swatch, minus outline
 
@@ -131,7 +131,7 @@ def test_writer_pictures_sizes_and_colours(tmp_path):
     difficult = np.zeros((H, W), bool)
     difficult[tuple(zip(*low))] = True
     label = np.where(LEFT, 1, 0)[None]
-    writer = PictureWriter(tmp_path, reverse_indexing=False)
+    writer = PictureWriter(tmp_path, reverse_indexing=False, refiner=DifficultPixelRefine(priorities=(1, 3), fallback=0))
     pics = writer.write(IMAGE[None], prob, label, name="/data/img 1.tif")
     assert set(pics) == {"input", "label", "overlay", "confidence", "difficult", "refined"}
     for rel in pics.values():

@@ -7,30 +7,26 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from numbers import Integral, Real
+from numbers import Real
 from typing import Any
 
 from monai.utils import look_up_option
 
+from .checks import is_int, is_positive_number
 from .errors import ConfigError
 
 __all__ = ["RULES", "check_training_settings"]
 
 
 def _int(minimum: int) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: isinstance(v, Integral) and not isinstance(v, bool) and v >= minimum), f"an integer >= {minimum}"
-
-
-def _positive_number(v: Any) -> bool:
-    return isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+    return (lambda v: is_int(v, minimum)), f"an integer >= {minimum}"
 
 
 def _int_list(length: int | None, minimum: int) -> tuple[Callable[[Any], bool], str]:
     def ok(v: Any) -> bool:
         return (isinstance(v, (list, tuple)) and (len(v) == length if length else len(v) >= 2)
-                and all(isinstance(x, Integral) and not isinstance(x, bool) and x >= minimum for x in v))
+                and all(is_int(x, minimum) for x in v))
 
     what = f"a list of {length} integers >= {minimum}" if length else f"a list of at least 2 integers >= {minimum}"
     return ok, what
@@ -47,9 +43,9 @@ RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "seed": (*_int(0), "--seed 0"),
     "num_classes": (*_int(2), "--num_classes 5"),
     "in_channels": (*_int(1), "--in_channels 1"),
-    "learning_rate": (_positive_number, "a number > 0", "--learning_rate 0.001"),
-    "intensity_max": (_positive_number, "a number > 0", "--intensity_max 255"),
-    "time_limit_s": (lambda v: v is None or _positive_number(v), "a number of seconds > 0, or None", "--time_limit_s 3600"),
+    "learning_rate": (is_positive_number, "a number > 0", "--learning_rate 0.001"),
+    "intensity_max": (is_positive_number, "a number > 0", "--intensity_max 255"),
+    "time_limit_s": (lambda v: v is None or is_positive_number(v), "a number of seconds > 0, or None", "--time_limit_s 3600"),
     "dropout": (lambda v: isinstance(v, Real) and not isinstance(v, bool) and 0 <= v < 1, "a number in [0, 1)",
                 "--dropout 0.1"),
     "patch_size": (*_int_list(2, 1), '--patch_size "[256, 256]"'),

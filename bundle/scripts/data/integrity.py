@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from scripts.checks import check_positive_int
 from scripts.errors import UserError
 
 from .io import has_alpha, read_image
@@ -115,12 +116,8 @@ def check_datalist(
         TypeError: when ``datalist`` is of an unsupported type.
         ValueError: for a bad ``num_classes`` or ``in_channels``.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
-    if in_channels is not None and (
-        isinstance(in_channels, bool) or not isinstance(in_channels, (int, np.integer)) or in_channels < 1
-    ):
-        raise ValueError(f"in_channels must be a positive int or None, got {in_channels!r}.")
+    check_positive_int("num_classes", num_classes)
+    check_positive_int("in_channels", in_channels, allow_none=True)
     if isinstance(keys, str):
         keys = (keys,)
     source, lists, base = _load(datalist, keys, base_dir)

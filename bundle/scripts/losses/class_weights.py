@@ -12,6 +12,8 @@ import torch
 from monai.transforms import LoadImage
 from monai.utils import convert_to_numpy
 
+from scripts.checks import check_option, check_positive_int
+
 __all__ = ["compute_class_weights", "CLASS_WEIGHT_MODES"]
 
 CLASS_WEIGHT_MODES = ("inverse", "median", "none")
@@ -72,10 +74,8 @@ def compute_class_weights(
             non-integer value (the message names the file).
         TypeError: when an item of ``labels`` is neither a path, a dict nor an array.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"`num_classes` must be a positive integer, got {num_classes!r}.")
-    if mode not in CLASS_WEIGHT_MODES:
-        raise ValueError(f"`mode` must be one of {CLASS_WEIGHT_MODES}, got {mode!r}.")
+    check_positive_int("num_classes", num_classes)
+    check_option("mode", mode, CLASS_WEIGHT_MODES)
     if absent_weight is not None and (not np.isfinite(absent_weight) or absent_weight < 0):
         raise ValueError(f"`absent_weight` must be None or a finite number no less than 0, got {absent_weight!r}.")
     if isinstance(labels, (str, os.PathLike, np.ndarray, torch.Tensor, dict)):

@@ -8,6 +8,8 @@ import torch
 
 from monai.utils import LossReduction
 
+from scripts.checks import check_option
+
 from ._base import SoftRegionLoss
 
 __all__ = ["KappaLoss"]
@@ -101,8 +103,7 @@ class KappaLoss(SoftRegionLoss):
             batch=batch,
             weight=weight,
         )
-        if variant not in _VARIANTS:
-            raise ValueError(f"`variant` must be one of {_VARIANTS}, got {variant!r}.")
+        check_option("variant", variant, _VARIANTS)
         self.variant = variant
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,6 @@ from skimage.measure import label as connected_components
 from skimage.metrics import adapted_rand_error
 from skimage.segmentation import expand_labels
 
-from scripts.data.classes import CLASS_NAMES, MEMBRANE
 from scripts.metrics.confusion import confusion_matrix, format_table, scores_from_confusion
 from scripts.transforms.difficult_pixels import DifficultPixelRefine
 
@@ -43,19 +42,19 @@ def _label_map(x, name: str) -> np.ndarray:
     return np.rint(arr).astype(np.int64)
 
 
-def cell_regions(labels, membrane_class: int = MEMBRANE) -> np.ndarray:
+def cell_regions(labels, membrane_class: int) -> np.ndarray:
     """Connected components (4-connectivity) of the non-membrane pixels: (H, W) int, 0 = membrane, 1.. = cells."""
     labels = _label_map(labels, "labels")
     return connected_components(labels != membrane_class, background=0, connectivity=1)
 
 
-def membrane_rand_error(pred, true, membrane_class: int = MEMBRANE) -> float:
+def membrane_rand_error(pred, true, membrane_class: int) -> float:
     """Adapted Rand error of the predicted cell regions against the true ones (module docstring).
 
     Args:
         pred: predicted label map, (H, W) or (1, H, W).
         true: ground-truth label map, same size.
-        membrane_class: index of the membrane class. Default ``MEMBRANE`` (1).
+        membrane_class: index of the membrane class (1 for the bundle's classes).
 
     Returns:
         the error in 0..1 (0 = the same cells), NaN when ``true`` has no cell.
@@ -78,24 +77,21 @@ class RefinementEvaluation:
 
     Example::
 
-        ev = RefinementEvaluation(DifficultPixelRefine(softmax=True))
+        ev = RefinementEvaluation(DifficultPixelRefine((1, 3), 0, softmax=True), num_classes=5, membrane_class=1)
         for logits, label in data:          # (C, H, W) and (1, H, W) per image
             ev.update(logits, label)
-        print(format_refinement_table(ev.aggregate()))
+        print(format_refinement_table(ev.aggregate(), class_names=["intracellular", "membrane", "glia", "mito", "synapse"]))
 
     Args:
-        refiner: the refinement; default ``DifficultPixelRefine()`` (input = probabilities; give it
-            ``softmax=True`` to feed logits).
-        num_classes: number of classes K; default ``len(CLASS_NAMES)``.
-        membrane_class: class whose continuity the Rand error measures. Default ``MEMBRANE``.
+        refiner: the refinement (input = probabilities; give it ``softmax=True`` to feed logits).
+        num_classes: number of classes K.
+        membrane_class: class whose continuity the Rand error measures.
     """
 
-    def __init__(
-        self, refiner: DifficultPixelRefine | None = None, num_classes: int = len(CLASS_NAMES), membrane_class: int = MEMBRANE
-    ) -> None:
+    def __init__(self, refiner: DifficultPixelRefine, num_classes: int, membrane_class: int) -> None:
         if num_classes < 2 or not 0 <= membrane_class < num_classes:
             raise ValueError(f"need num_classes >= 2 and 0 <= membrane_class < num_classes, got {num_classes}, {membrane_class}.")
-        self.refiner = refiner or DifficultPixelRefine()
+        self.refiner = refiner
         self.num_classes = num_classes
         self.membrane_class = membrane_class
         self.reset()
@@ -157,7 +153,7 @@ class RefinementEvaluation:
         return out
 
 
-def format_refinement_table(results: dict, class_names: Sequence[str] = CLASS_NAMES) -> str:
+def format_refinement_table(results: dict, class_names: Sequence[str]) -> str:
     """Plain-text table of :meth:`RefinementEvaluation.aggregate`: per class precision/recall/IoU before -> after,
     then mean IoU and the membrane adapted Rand error."""
     before, after = results["before"], results["after"]

@@ -23,6 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.layers.factories import Conv, Norm, Pool
 
+from scripts.checks import check_option, check_positive_int, is_int
+
 __all__ = [
     "PADDING_MODES",
     "ConvBlock",
@@ -58,9 +60,8 @@ def check_network_args(
     """
     if spatial_dims not in (1, 2, 3):
         raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims!r}.")
-    for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}.")
+    check_positive_int("in_channels", in_channels)
+    check_positive_int("out_channels", out_channels)
     if isinstance(features, (str, bytes)) or not isinstance(features, Sequence):
         raise TypeError(f"features must be a sequence of positive ints, got {type(features).__name__}.")
     if len(features) < 2:
@@ -68,11 +69,9 @@ def check_network_args(
             f"features must have at least 2 entries (one per resolution level, len(features) - 1 poolings), "
             f"got {tuple(features)!r}; the paper's U-Net uses (64, 128, 256, 512, 1024)."
         )
-    for f in features:
-        if isinstance(f, bool) or not isinstance(f, int) or f < 1:
-            raise ValueError(f"features must all be positive ints, got {tuple(features)!r}.")
-    if padding not in PADDING_MODES:
-        raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}.")
+    if not all(is_int(f, 1) for f in features):
+        raise ValueError(f"features must all be positive ints, got {tuple(features)!r}.")
+    check_option("padding", padding, PADDING_MODES)
     if not isinstance(batch_norm, bool):
         raise TypeError(f"batch_norm must be a bool, got {type(batch_norm).__name__}.")
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:

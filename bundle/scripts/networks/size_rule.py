@@ -23,6 +23,8 @@ import math
 
 import torch
 
+from scripts.checks import check_positive_int
+
 __all__ = [
     "BLOCK_LOSS",
     "SizeRuleMixin",
@@ -169,8 +171,7 @@ class SizeRuleMixin:
         self.receptive_field = receptive_field(depth, padding)
 
     def _check_size_arg(self, name: str, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        check_positive_int(name, value)
 
     def output_size(self, input_size: int) -> int:
         """Output size (along one axis) for an input of ``input_size`` pixels.

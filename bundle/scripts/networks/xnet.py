@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 from monai.networks.layers.factories import Conv
 
+from scripts.checks import check_option
 from scripts.networks.blocks import (
     UNetDecoder,
     UNetEncoder,
@@ -98,8 +99,7 @@ class XNet(CheckpointLoadMixin, nn.Module, SizeRuleMixin):
     ):
         super().__init__()
         features = check_network_args(spatial_dims, in_channels, out_channels, features, padding, batch_norm, dropout)
-        if skip not in XNET_SKIP_MODES:
-            raise ValueError(f"skip must be one of {XNET_SKIP_MODES}, got {skip!r}.")
+        check_option("skip", skip, XNET_SKIP_MODES)
         self.init_args = init_args(spatial_dims, in_channels, out_channels, features, padding, batch_norm, dropout, skip=skip)
         self.skip = skip
         self._init_size_rule(padding, len(features) - 1)

@@ -16,7 +16,9 @@ The method, as implemented here:
    with ``keep_other_classes=True`` those whose arg-max is not a priority class keep it, and only the unreached
    difficult pixels of the priority classes go to ``fallback``.
 
-Why the defaults (``priorities=(membrane, mitochondria)``, ``fallback=intracellular``, see
+The transform knows no dataset: by default it has no priority class and no fallback (the difficult pixels keep
+their arg-max: the maps only); the classes come from the config. Why the bundle's choice (``inference.json``:
+``refine_priorities`` = ``[1, 3]`` = (membrane, mitochondria), ``refine_fallback`` = ``0`` = intracellular, see
 ``scripts/data/classes.py``): the paper (mouse liver: membrane, nucleus, cytoplasm) gives difficult pixels first
 to the cell membrane, because membranes are thin structures whose *continuity* decides whether two cells are
 separated, and a missed membrane pixel (a gap) costs far more than a membrane one pixel too thick; second to the
@@ -45,7 +47,7 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_data_type, convert_to_dst_type, ensure_tuple, ensure_tuple_rep
 from scipy import ndimage
 
-from scripts.data.classes import INTRACELLULAR, MEMBRANE, MITOCHONDRIA
+from scripts.checks import check_positive_int
 
 __all__ = [
     "confidence_map",
@@ -119,8 +121,8 @@ def _check_threshold(threshold: float | None, scale: float) -> None:
 def refine_difficult_pixels(
     labels: np.ndarray,
     difficult: np.ndarray,
-    priorities: Sequence[int] = (MEMBRANE, MITOCHONDRIA),
-    fallback: int | None = INTRACELLULAR,
+    priorities: Sequence[int],
+    fallback: int | None,
     connectivity: int = 8,
     max_passes: int | None = None,
     keep_other_classes: bool = False,
@@ -178,10 +180,11 @@ class DifficultPixelRefine(Transform):
         labels, confidence, difficult = refine(probabilities, return_maps=True)
 
     Args:
-        priorities: classes, in order, that grow into adjacent difficult pixels. Defaults to
-            ``(MEMBRANE, MITOCHONDRIA)`` = ``(1, 3)``.
-        fallback: class of the difficult pixels no priority class reached. Defaults to ``INTRACELLULAR`` = 0;
-            ``None`` keeps their arg-max label.
+        priorities: class indices, in order, that grow into adjacent difficult pixels (the paper: the thin
+            structures first, e.g. the membrane). Defaults to ``()``: none.
+        fallback: class index of the difficult pixels no priority class reached (the paper: the "filler" class,
+            e.g. cytoplasm). Defaults to ``None``: they keep their arg-max label. With both defaults the refined
+            map is the arg-max (only the confidence map and the difficult-pixel mask are of use).
         connectivity: what "adjacent" means: 4 or 8 in 2D (8 = the 3x3 neighbourhood), 6, 18 or 26 in 3D.
             Defaults to 8.
         threshold: fixed confidence threshold; ``None`` (default) uses ``scale * mean(confidence)`` per image.
@@ -201,8 +204,8 @@ class DifficultPixelRefine(Transform):
 
     def __init__(
         self,
-        priorities: Sequence[int] | int = (MEMBRANE, MITOCHONDRIA),
-        fallback: int | None = INTRACELLULAR,
+        priorities: Sequence[int] | int = (),
+        fallback: int | None = None,
         connectivity: int = 8,
         threshold: float | None = None,
         scale: float = 1.0,
@@ -217,8 +220,7 @@ class DifficultPixelRefine(Transform):
             raise ValueError(f"fallback must be a non-negative class index or None, got {fallback}.")
         if connectivity not in (4, 8, 6, 18, 26):
             raise ValueError(f"connectivity must be 4 or 8 (2D), 6, 18 or 26 (3D), got {connectivity}.")
-        if max_passes is not None and max_passes < 1:
-            raise ValueError(f"max_passes must be >= 1 or None (until nothing changes), got {max_passes}.")
+        check_positive_int("max_passes", max_passes, allow_none=True)
         _check_threshold(threshold, scale)
         self.fallback = fallback
         self.connectivity = connectivity
@@ -228,11 +230,11 @@ class DifficultPixelRefine(Transform):
         self.max_passes = max_passes
         self.keep_other_classes = bool(keep_other_classes)
 
-    def check_num_classes(self, num_classes: int) -> None:
+    def check_num_classes(self, num_classes: int, hint: str = "") -> None:
         """Raise when ``priorities``/``fallback`` name a class index a ``num_classes``-class model does not have.
 
-        ``inference.json`` calls it in ``initialize``, so a config for another class count fails before the model
-        is loaded, with the keys to change.
+        A config calls it in ``initialize`` (``inference.json``), so a config for another class count fails before
+        the model is loaded; ``hint`` (e.g. the config keys or flags to change) ends the message.
 
         Raises:
             ValueError: when a priority or the fallback is ``>= num_classes``.
@@ -240,11 +242,9 @@ class DifficultPixelRefine(Transform):
         used = self.priorities + (() if self.fallback is None else (self.fallback,))
         if used and max(used) >= num_classes:
             raise ValueError(
-                f"difficult-pixel refinement: class index {max(used)} (priorities {list(self.priorities)}, fallback "
-                f"{self.fallback}) is out of range for {num_classes} classes. The defaults are for the bundle's five "
-                "classes (membrane=1, mitochondria=3, intracellular=0); for your classes set e.g. "
-                "--refine_priorities \"[1]\" --refine_fallback 0 (inference.json) to the indices of your thin "
-                "structures and your filler class."
+                f"difficult-pixel refinement: priorities and fallback must be class indices < num_classes "
+                f"({num_classes}), got priorities {list(self.priorities)}, fallback {self.fallback}: set them to "
+                f"the indices of your thin structures (priorities) and your filler class (fallback, or None).{hint}"
             )
 
     def __call__(self, img: NdarrayOrTensor, return_maps: bool = False):
@@ -319,8 +319,8 @@ class DifficultPixelRefined(MapTransform):
         refined_keys: KeysCollection | None = None,
         confidence_keys: KeysCollection | None = None,
         difficult_keys: KeysCollection | None = None,
-        priorities: Sequence[int] | int = (MEMBRANE, MITOCHONDRIA),
-        fallback: int | None = INTRACELLULAR,
+        priorities: Sequence[int] | int = (),
+        fallback: int | None = None,
         connectivity: int = 8,
         threshold: float | None = None,
         scale: float = 1.0,

@@ -21,6 +21,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_dst_type, convert_to_tensor, fall_back_tuple
 
+from scripts.checks import check_option
 from scripts.inferers.overlap_tile import PAD_MODES, mirror_pad
 
 __all__ = ["MirrorSpatialPad", "MirrorSpatialPadd"]
@@ -45,8 +46,7 @@ class MirrorSpatialPad(Transform):
     backend = [torch.Tensor, np.ndarray]
 
     def __init__(self, spatial_size: Sequence[int] | int, mode: str = "reflect") -> None:
-        if mode not in PAD_MODES:
-            raise ValueError(f"mode must be one of {PAD_MODES}, got {mode!r}.")
+        check_option("mode", mode, PAD_MODES)
         self.spatial_size = spatial_size
         self.mode = mode
 

@@ -162,7 +162,7 @@ def write_training_curves(
     """After training: flush the TensorBoard writers, then plot every scalar under ``logdir`` to ``out`` (PNG).
 
     Meant for a bundle's ``finalize`` list, e.g.
-    ``"$scripts.visualize.curves.write_training_curves(@log_dir, @curves_file, @train#handlers + @validate#handlers)"``.
+    ``"$scripts.visualize.curves.write_training_curves(@log_dir, @curves_file, @train#rank0_handlers + @validate#rank0_handlers)"``.
 
     Args:
         logdir: the TensorBoard log folder of the run.

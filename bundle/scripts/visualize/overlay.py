@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from scripts.data.classes import CLASS_COLORS, CLASS_NAMES
+from scripts.data.classes import CLASS_COLORS, class_palette
 
 __all__ = ["grey_image", "label_to_rgb", "overlay_labels", "legend_image"]
 
@@ -92,14 +92,12 @@ def overlay_labels(
     return np.rint((1.0 - alpha) * grey[..., None] + alpha * colour).astype(np.uint8)
 
 
-def legend_image(
-    names: Sequence[str] = CLASS_NAMES, colors: Sequence[Sequence[int]] = CLASS_COLORS, swatch: int = 16
-) -> np.ndarray:
+def legend_image(names: Sequence[str], colors: Sequence[Sequence[int]] | None = None, swatch: int = 16) -> np.ndarray:
     """A legend strip: one row per class, a colour swatch and the class name, black on white.
 
     Args:
         names: class names, index order.
-        colors: class colours, same order.
+        colors: class colours, same order; ``None`` (default): ``class_palette(len(names))``.
         swatch: swatch size in pixels (row height is ``swatch + 4``).
 
     Returns:
@@ -110,7 +108,7 @@ def legend_image(
     """
     from PIL import Image, ImageDraw, ImageFont
 
-    palette = _palette(colors)
+    palette = _palette(class_palette(len(names)) if colors is None else colors)
     if len(names) != len(palette):
         raise ValueError(f"got {len(names)} class names but {len(palette)} colours.")
     font = ImageFont.load_default()
