@@ -66,3 +66,25 @@ def test_model_info_round_trip_and_mismatch(tmp_path):
     other = UNet(features=[4, 8, 32], batch_norm=True, padding="valid")
     with pytest.raises(ValueError, match=r"features: \[4, 8, 16\] \(saved\) vs \[4, 8, 32\] \(now\).*padding"):
         Checkpoint.load_objects({"model_info": ModelInfo(other, source=str(path)), "model": other}, ckpt)
+
+
+def test_other_networks_record_their_class_and_load_from_their_config(tmp_path):
+    """A network outside scripts.networks (MONAI's BasicUNet in an experiment): model_info records its class only;
+    consumers build it from their own config and load strictly; another class is refused by ModelInfo."""
+    from monai.networks.nets import BasicUNet
+
+    from scripts.networks import ModelInfo, describe_network, is_buildable, network_from_checkpoint
+
+    net = BasicUNet(spatial_dims=2, in_channels=1, out_channels=2, features=(4, 4, 8, 8, 16, 4))
+    info = ModelInfo(net).state_dict()
+    assert info["network"] == {"_target_": "monai.networks.nets.basic_unet.BasicUNet"}
+    assert not is_buildable(info["network"]) and is_buildable(describe_network(UNet(features=[4, 8])))
+    path = tmp_path / "model.pt"
+    torch.save({"model": net.state_dict(), "model_info": info}, path)
+    other = BasicUNet(spatial_dims=2, in_channels=1, out_channels=2, features=(4, 4, 8, 8, 16, 4))
+    loaded = network_from_checkpoint(str(path), default=other)
+    assert loaded is other
+    for a, b in zip(net.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="_target_"):
+        ModelInfo(UNet(features=[4, 8])).load_state_dict(info)

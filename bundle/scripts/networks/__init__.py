@@ -17,7 +17,7 @@ from scripts.networks.checkpoint import (
     read_checkpoint,
     split_checkpoint,
 )
-from scripts.networks.config import build_network, init_args, network_config
+from scripts.networks.config import build_network, describe_network, init_args, is_buildable, network_config
 from scripts.networks.model_info import MODEL_INFO_KEY, ModelInfo, describe_mismatch
 from scripts.networks.unet import UNet
 from scripts.networks.xnet import XNET_SKIP_MODES, XNet
@@ -41,5 +41,7 @@ __all__ = [
     "build_network",
     "describe_mismatch",
     "init_args",
+    "describe_network",
+    "is_buildable",
     "network_config",
 ]

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from scripts.networks.config import build_network, network_config
+from scripts.networks.config import build_network, describe_network, is_buildable
 from scripts.networks.model_info import MODEL_INFO_KEY, describe_mismatch
 
 __all__ = [
@@ -115,7 +115,7 @@ def check_state_dict(
     where = f"{source}: " if source else ""
     if model_info is not None:
         saved = dict(model_info.get("network") or {})
-        diff = describe_mismatch(saved, network_config(network))
+        diff = describe_mismatch(saved, describe_network(network))
         if diff:
             raise CheckpointMismatchError(
                 f"{where}the checkpoint was trained with another network ({'; '.join(diff)}). Let the config build "
@@ -185,15 +185,15 @@ def network_from_checkpoint(path: str | os.PathLike | None, default: nn.Module |
             raise ValueError(f"{path}: no such checkpoint and no default network to build; train a model first.")
         return default
     weights, info = read_checkpoint(path)
-    if info is None:
+    saved = dict((info or {}).get("network") or {})
+    if not is_buildable(saved):  # no model_info, or a network outside scripts.networks (only its class is recorded)
         if default is None:
-            raise ValueError(f"{path} records no model_info: give the config's network (default) to load it into.")
+            raise ValueError(f"{path} records no buildable network: give the config's network (default) to load it into.")
         network = default
     else:
-        saved = dict(info.get("network") or {})
         network = build_network(saved)
         if default is not None:
-            diff = describe_mismatch(saved, network_config(default))
+            diff = describe_mismatch(saved, describe_network(default))
             if diff:
                 logger.warning(
                     "%s: building the network it was trained with; the config's differing values are not used "

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch.nn as nn
 
-__all__ = ["build_network", "init_args", "network_config"]
+__all__ = ["build_network", "describe_network", "init_args", "is_buildable", "network_config"]
 
 _PACKAGE = "scripts.networks"
 
@@ -75,3 +75,21 @@ def build_network(config: Mapping[str, Any]) -> nn.Module:
     if not isinstance(cls, type) or not issubclass(cls, nn.Module):
         raise ValueError(f"{target!r} is not a network of {_PACKAGE}.")
     return cls(**{k: v for k, v in config.items() if k != "_target_"})
+
+
+def describe_network(network: nn.Module) -> dict[str, Any]:
+    """:func:`network_config` for the bundle's networks; for any other network (e.g. MONAI's ``BasicUNet`` in an
+    experiment) only its class, ``{"_target_": "<module>.<Class>"}``: its constructor arguments are not recorded, so
+    a consumer builds it from its own config and loads the weights strictly."""
+    try:
+        return network_config(network)
+    except TypeError:
+        if isinstance(network, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            network = network.module
+        return {"_target_": f"{type(network).__module__}.{type(network).__qualname__}"}
+
+
+def is_buildable(config: Mapping[str, Any]) -> bool:
+    """Whether :func:`build_network` can build ``config`` (a full config of one of the bundle's networks)."""
+    target = config.get("_target_") if isinstance(config, Mapping) else None
+    return isinstance(target, str) and target.startswith(_PACKAGE + ".") and len(config) > 1

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from scripts.networks.config import network_config
+from scripts.networks.config import describe_network
 
 __all__ = ["MODEL_INFO_KEY", "ModelInfo", "describe_mismatch"]
 
@@ -38,7 +38,7 @@ class ModelInfo:
     ``CheckpointLoader``.
 
     Args:
-        network: the network whose configuration (:func:`scripts.networks.network_config`) is saved / checked.
+        network: the network whose configuration (:func:`scripts.networks.describe_network`) is saved / checked.
         class_names: names of the output classes, in channel order.
         intensity_max: the image value mapped to 1.0 by the training preprocessing.
         patch_size: the training patch size.
@@ -65,7 +65,7 @@ class ModelInfo:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "network": network_config(self.network),
+            "network": describe_network(self.network),
             "class_names": self.class_names,
             "intensity_max": self.intensity_max,
             "patch_size": self.patch_size,
@@ -73,7 +73,7 @@ class ModelInfo:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         saved = dict(state.get("network") or {}) if isinstance(state, Mapping) else {}
-        current = network_config(self.network)
+        current = describe_network(self.network)
         diff = describe_mismatch(saved, current)
         if diff:
             where = f" {self.source}" if self.source else ""
