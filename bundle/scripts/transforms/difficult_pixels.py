@@ -48,6 +48,7 @@ from monai.utils import TransformBackends, convert_data_type, convert_to_dst_typ
 from scipy import ndimage
 
 from scripts.checks import check_positive_int
+from scripts.errors import ConfigError
 
 __all__ = [
     "confidence_map",
@@ -237,11 +238,11 @@ class DifficultPixelRefine(Transform):
         the model is loaded; ``hint`` (e.g. the config keys or flags to change) ends the message.
 
         Raises:
-            ValueError: when a priority or the fallback is ``>= num_classes``.
+            ConfigError: (a ``ValueError``) when a priority or the fallback is ``>= num_classes``.
         """
         used = self.priorities + (() if self.fallback is None else (self.fallback,))
         if used and max(used) >= num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"difficult-pixel refinement: priorities and fallback must be class indices < num_classes "
                 f"({num_classes}), got priorities {list(self.priorities)}, fallback {self.fallback}: set them to "
                 f"the indices of your thin structures (priorities) and your filler class (fallback, or None).{hint}"
