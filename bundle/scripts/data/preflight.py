@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from scripts.checks import check_positive_int
+
 from .integrity import DatasetError
 from .intensity import check_intensity_rule, intensity_scaling
 from .io import image_extension, read_image
@@ -225,8 +227,7 @@ def plan_inference(
         ValueError: an unknown ``intensity_rule`` or a bad ``in_channels``.
     """
     check_intensity_rule(intensity_rule)
-    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-        raise ValueError(f"in_channels must be a positive int, got {in_channels!r}.")
+    check_positive_int("in_channels", in_channels)
     out = Path(output_dir)
     previous = {} if overwrite else _previous_statuses(out)
     plan = InferencePlan(output_dir=str(out), intensity_rule=intensity_rule, overwrite=bool(overwrite))

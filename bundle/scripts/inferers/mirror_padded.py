@@ -18,6 +18,8 @@ import torch
 from monai.data.meta_tensor import MetaTensor
 from monai.inferers import Inferer
 
+from scripts.checks import check_option
+
 from .overlap_tile import PAD_MODES, mirror_pad, unwrap_network
 
 __all__ = ["MirrorPaddedInferer"]
@@ -49,9 +51,7 @@ class MirrorPaddedInferer(Inferer):
 
     def __init__(self, mode: str = "reflect") -> None:
         super().__init__()
-        if mode not in PAD_MODES:
-            raise ValueError(f"mode must be one of {PAD_MODES}, got {mode!r}.")
-        self.mode = mode
+        self.mode = check_option("mode", mode, PAD_MODES)
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """

@@ -37,6 +37,8 @@ from monai.data.meta_tensor import MetaTensor
 from monai.inferers import Inferer
 from monai.utils import optional_import
 
+from scripts.checks import check_option, check_positive_int, is_int
+
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
 __all__ = [
@@ -73,8 +75,7 @@ def mirror_pad(image: torch.Tensor, pads: Sequence[tuple[int, int]], mode: str =
         ValueError: ``mode`` is not one of the above, or ``pads`` does not give one non-negative pair per spatial
             dimension.
     """
-    if mode not in PAD_MODES:
-        raise ValueError(f"mode must be one of {PAD_MODES}, got {mode!r}.")
+    check_option("mode", mode, PAD_MODES)
     spatial_dims = image.ndim - 2
     if len(pads) != spatial_dims or any(len(p) != 2 or min(p) < 0 for p in pads):
         raise ValueError(f"pads must give one (before, after) pair of non-negative ints per spatial dim, got {pads}.")
@@ -348,12 +349,11 @@ class OverlapTileInferer(Inferer):
             roi = None
         else:
             roi = tuple(roi_size) if isinstance(roi_size, Sequence) else (roi_size,)
-            if not roi or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in roi):
+            if not roi or not all(is_int(r, 1) for r in roi):
                 raise ValueError(
                     f"roi_size must be None (automatic), a positive int or a sequence of positive ints, got {roi_size!r}."
                 )
-        if isinstance(sw_batch_size, bool) or not isinstance(sw_batch_size, int) or sw_batch_size < 1:
-            raise ValueError(f"sw_batch_size must be a positive int, got {sw_batch_size!r}.")
+        check_positive_int("sw_batch_size", sw_batch_size)
         for name, value in (("margin", margin), ("overlap_border", overlap_border)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be None or a non-negative int, got {value!r}.")
@@ -362,8 +362,7 @@ class OverlapTileInferer(Inferer):
                 f"overlap_border ({overlap_border}) must not exceed margin ({margin}): a tile cannot see more context "
                 "than the image was padded with. Raise margin or lower overlap_border."
             )
-        if mode not in PAD_MODES:
-            raise ValueError(f"mode must be one of {PAD_MODES}, got {mode!r}.")
+        check_option("mode", mode, PAD_MODES)
         for name, value in (("memory_budget_mb", memory_budget_mb), ("safety", safety)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
                 raise ValueError(f"{name} must be a positive number, got {value!r}.")
