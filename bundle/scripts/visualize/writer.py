@@ -95,9 +95,9 @@ class PictureWriter:
         image_key, pred_key, label_key: keys in the engine's output (``label_key=None``: no ground truth).
         softmax: ``pred`` holds logits (apply softmax); ``False``: it holds probabilities.
         reverse_indexing: the arrays are (C, W, H) as MONAI's PIL/ITK readers give them; swap back to (H, W).
-        refiner: the difficult-pixel refinement; default ``DifficultPixelRefine()`` (membrane, then mitochondria,
-            fallback intracellular, 8-connectivity, threshold = mean confidence). It receives probabilities, so it
-            must have ``softmax=False``.
+        refiner: the difficult-pixel refinement (the configs pass ``@refinement``: their class priorities and
+            fallback); default ``DifficultPixelRefine()``, which marks difficult pixels (threshold = mean confidence)
+            but refines none (no priority classes). It receives probabilities, so it must have ``softmax=False``.
         network: the model, for ``feature_maps``.
         inferer: how to run ``network`` on a whole image for ``feature_maps`` (e.g. the evaluator's inferer, called
             as ``inferer(image, wrapped_network)``); ``None`` calls the network on the whole image.
