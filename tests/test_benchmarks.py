@@ -140,7 +140,7 @@ def test_gpu_suite_smoke(tmp_path):
     r = json.loads((tmp_path / "gpu_suite.json").read_text())
     s = r["stages"]
     assert list(s) == ["cuda_tests", "throughput", "inference", "training"]
-    assert s["cuda_tests"]["status"] in ("passed", "all skipped", "skipped")  # skipped: no tests/test_cuda_path.py
+    assert s["cuda_tests"]["status"] in ("passed", "all skipped")  # the CUDA-only tests skip themselves on a CPU
     assert [row["network"] for row in s["throughput"]["rows"]] == ["UNet", "XNet"]
     for row in s["throughput"]["rows"]:
         assert row["cached_samples_per_s"] > 0 and row["uncached_samples_per_s"] > 0

@@ -34,19 +34,12 @@ import scripts.losses  # noqa: F401
 import scripts.metrics  # noqa: F401
 import scripts.networks  # noqa: F401
 import scripts.transforms  # noqa: F401
-from bundle_runner import CONFIGS
+from bundle_runner import CONFIGS, TINY
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="forks the training runs")
 
-OVERRIDES = {
-    "features": [4, 8, 16],
-    "patch_size": [64, 64],
-    "epochs": 3,
-    "batch_size": 2,
-    "val_batch_size": 2,
-    "cache_workers": 0,
-    "show_progress": False,
-}
+#: bundle_runner's tiny settings without its synthetic-data keys (these tests bring their own data), three epochs
+OVERRIDES = {**{k: v for k, v in TINY.items() if not k.startswith("synthetic#")}, "epochs": 3}
 TRAIN = [str(CONFIGS / "train.json"), str(CONFIGS / "experiments" / "unet_sce_iou.json")]
 
 
