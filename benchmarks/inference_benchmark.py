@@ -11,6 +11,9 @@ which), the same network (a same-padding ``UNet``):
 - (b) MONAI's ``sliding_window_inference`` with its defaults (roi 256, overlap 0.25, constant padding, blend mode
   "constant"), ``--sw-batch-size`` windows per pass;
 - (c) one forward pass over the whole image: the compute floor, and the reference for label agreement;
+- on the CPU, where (a) runs the network channels-last (``memory_format="auto"``) and so do (a-ref), (c) and
+  (d-ref): (b-cl) the sliding window with channels-last weights too, and (c-nchw) the whole pass in the default
+  contiguous layout, so that the table shows what the layout gives and what the tiling gives;
 - optional: (a256) ``OverlapTileInferer`` with fixed 256 tiles (``--fixed-roi``, the old default), and (d)/(d-ref)
   automatic overlap-tile / one pass with a valid-mode ``UNet`` with the same weights (``--valid``).
 
@@ -52,7 +55,13 @@ from monai.inferers import sliding_window_inference
 
 from scripts.data import NUM_CLASSES, make_sample
 from scripts.data.io import read_image
-from scripts.inferers import OverlapTileInferer, default_memory_budget_mb, mirror_pad
+from scripts.inferers import (
+    OverlapTileInferer,
+    channels_last_weights,
+    default_memory_budget_mb,
+    mirror_pad,
+    resolve_memory_format,
+)
 from scripts.networks import UNet
 
 
@@ -162,7 +171,18 @@ def bench_size(args, size: int, repeats: int, same, valid, device: torch.device,
     """All methods on one ``size`` x ``size`` image; returns the header and the result rows."""
     image, source = load_image(size)
     image = image.to(device)
-    tiler = OverlapTileInferer(memory_budget_mb=args.memory_budget_mb)  # automatic tiles
+    tiler = OverlapTileInferer(memory_budget_mb=args.memory_budget_mb)  # automatic tiles, memory_format "auto"
+    layout = resolve_memory_format(tiler.memory_format, same, device, 2)  # what (a) runs in: the references too
+
+    def in_layout(fn: Callable[[torch.Tensor], torch.Tensor], net: torch.nn.Module, cl: bool = layout == "channels_last"):
+        def call(x: torch.Tensor) -> torch.Tensor:
+            if not cl:
+                return fn(x)
+            with channels_last_weights(net):
+                return fn(x)
+
+        return call
+
     geo_same = tiler.geometry(same, image.shape[2:], in_channels=1, device=device)
     m = geo_same.pad[0]  # the same-mode margin, rounded to the pooling grid
     fixed = OverlapTileInferer(roi_size=args.roi, sw_batch_size=args.sw_batch_size)
@@ -185,17 +205,20 @@ def bench_size(args, size: int, repeats: int, same, valid, device: torch.device,
 
     methods = {
         "(a) overlap-tile auto, same UNet": lambda x: tiler(x, same),
-        "(a-ref) whole mirror-padded": mirror_whole,
+        "(a-ref) whole mirror-padded": in_layout(mirror_whole, same),
         "(b) MONAI sliding window": sliding,
-        "(c) whole image, same UNet": lambda x: same(x),
+        "(c) whole image, same UNet": in_layout(lambda x: same(x), same),
     }
+    if layout == "channels_last":  # the same methods with the other layout, so that no gain hides in the layout
+        methods["(b-cl) sliding window, channels-last"] = in_layout(sliding, same, True)
+        methods["(c-nchw) whole image, contiguous"] = lambda x: same(x)
     exact_ref = {"(a) overlap-tile auto, same UNet": "(a-ref) whole mirror-padded"}
     if args.fixed_roi:
         methods[f"(a{args.roi}) overlap-tile roi {args.roi}"] = lambda x: fixed(x, same)
         exact_ref[f"(a{args.roi}) overlap-tile roi {args.roi}"] = "(a-ref) whole mirror-padded"
     if args.valid:
         methods["(d) overlap-tile auto, valid UNet"] = lambda x: tiler(x, valid)
-        methods["(d-ref) whole valid, mirrored"] = valid_whole
+        methods["(d-ref) whole valid, mirrored"] = in_layout(valid_whole, valid)
         exact_ref["(d) overlap-tile auto, valid UNet"] = "(d-ref) whole valid, mirrored"
 
     side = max(size // 4 // 16 * 16, 16)
@@ -243,6 +266,8 @@ def bench_size(args, size: int, repeats: int, same, valid, device: torch.device,
         "repeats": repeats,
         "interior": f"pixels farther than {m} px from the image border",
         "memory_budget_mib": budget,
+        "layout": f"{layout} (OverlapTileInferer memory_format='auto'; (a-ref), (c), (d-ref) in the same layout; (b) "
+        "as MONAI runs the network it is given, contiguous)",
         "overlap_tile_auto_same": {
             k: geo_same.as_dict()[k] for k in ("pad", "tile_in", "stride", "n_tiles", "activation_bytes")
         },
@@ -258,7 +283,7 @@ def print_size(block: dict) -> None:
         if key != "results":
             print(f"{key:>24}: {value}")
     print(
-        f"{'method':<34} {'time s':>7} {'x floor':>7} {'x ref':>6} {'peak MiB':>8} {'labels=c %':>10} "
+        f"{'method':<38} {'time s':>7} {'x floor':>7} {'x ref':>6} {'peak MiB':>8} {'labels=c %':>10} "
         f"{'interior %':>10} {'labels=ref %':>12} {'maxdlogit':>9}"
     )
     for row in block["results"]:
@@ -269,7 +294,7 @@ def print_size(block: dict) -> None:
             f"{row['label_agreement_vs_ref_pct']:>12.4f} {row['max_logit_diff_vs_ref']:>9.1e}" if "exact_ref" in row else ""
         )
         print(
-            f"{row['method']:<34} {row['seconds']:>7.2f} {row['time_vs_floor']:>7.2f} {ref} {row['peak_mib']:>8.1f} "
+            f"{row['method']:<38} {row['seconds']:>7.2f} {row['time_vs_floor']:>7.2f} {ref} {row['peak_mib']:>8.1f} "
             f"{row['label_agreement_vs_c_pct']:>10.4f} {row['label_agreement_vs_c_interior_pct']:>10.4f} " + tail
         )
     print()
