@@ -17,7 +17,8 @@ which), the same network (a same-padding ``UNet``):
 - optional: (a256) ``OverlapTileInferer`` with fixed 256 tiles (``--fixed-roi``, the old default), and (d)/(d-ref)
   automatic overlap-tile / one pass with a valid-mode ``UNet`` with the same weights (``--valid``).
 
-For each: wall time (median of ``--repeats`` runs, after a warm-up run of every method on a quarter-size crop), peak
+For each: wall time (median of ``--repeats`` runs, after a warm-up run of every method on a quarter-size crop,
+on CUDA on the whole image), peak
 memory (CUDA: ``torch.cuda.max_memory_allocated`` above what was allocated before; CPU: peak resident set size above
 the size before the call, sampled every 2 ms from ``/proc/self/statm`` in a thread, with glibc's ``mallopt`` set so
 freed tensors go back to the OS), agreement with (c) over the whole image and over its interior (pixels farther than
@@ -221,7 +222,10 @@ def bench_size(args, size: int, repeats: int, same, valid, device: torch.device,
         methods["(d-ref) whole valid, mirrored"] = in_layout(valid_whole, valid)
         exact_ref["(d) overlap-tile auto, valid UNet"] = "(d-ref) whole valid, mirrored"
 
-    side = max(size // 4 // 16 * 16, 16)
+    # warm-up: on the CPU a quarter-size crop (kernels, thread pools, the tiler's probe pass); on CUDA the whole image,
+    # so that no method pays the caching allocator's first full-size allocations or cuDNN's first plans (the first
+    # H200 run warmed up on the crop, and method (a), timed first, carried those costs: 0.034 s vs 0.017 s)
+    side = size if device.type == "cuda" else max(size // 4 // 16 * 16, 16)
     crop = image[:, :, :side, :side]
     results = {}
     with torch.no_grad():

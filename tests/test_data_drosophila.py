@@ -63,7 +63,9 @@ def test_folds_split_by_section(prepared):
         # groups of 4 consecutive sections: test = group k, validation = group (k + 1) % 5
         assert sections["testing"] == set(range(4 * k, 4 * k + 4))
         assert sections["validation"] == set(range(4 * ((k + 1) % 5), 4 * ((k + 1) % 5) + 4))
-        assert {_section(i) for i in dl["testing_sections"]} == sections["testing"]
+        for key in KEYS:  # the whole sections of each split (random patches: experiments/section_patches.json)
+            assert sorted(_section(i) for i in dl[f"{key}_sections"]) == sorted(sections[key])
+            assert all(i["image"].startswith("sections/images/") for i in dl[f"{key}_sections"])
         assert len(dl["unlabelled"]) == 20 and "label" not in dl["unlabelled"][0]
         for item in dl["testing"]:
             test_count[item["image"]] = test_count.get(item["image"], 0) + 1

@@ -66,7 +66,8 @@ def test_prepare_whole_images(tmp_path):
     datalist_path = prepare_folders(images, labels, out, "0:0,128:1,255:2", val_fraction=0.2, test_fraction=0.2, seed=0)
     dl = json.loads(datalist_path.read_text())
     assert [len(dl[k]) for k in ("training", "validation", "testing")] == [3, 1, 1]
-    assert dl["testing_sections"] == dl["testing"]  # no crops: the test items are the whole images
+    for key in ("training", "validation", "testing"):  # no crops: the items are the whole images
+        assert dl[f"{key}_sections"] == dl[key]
     stems = [Path(i["image"]).stem for k in ("training", "validation", "testing") for i in dl[k]]
     assert sorted(stems) == sorted(truth)
     lut = {0: 0, 128: 1, 255: 2}

@@ -306,6 +306,21 @@ def test_run_folder_refuses_a_second_run_and_archives_with_overwrite(tmp_path):
         prepare_run_folder(str(models), str(logs), resume=True, overwrite=True)
 
 
+def test_shipped_weights_are_not_a_run_and_stay_when_a_run_is_archived(tmp_path):
+    models, logs = tmp_path / "models", tmp_path / "logs"
+    shipped = models / "pretrained" / "model.pt"
+    shipped.parent.mkdir(parents=True)
+    shipped.write_bytes(b"shipped")
+    assert prepare_run_folder(str(models), str(logs)) is None  # only the shipped weights: a fresh folder
+    (models / "model.pt").write_bytes(b"trained")
+    with pytest.raises(RunFolderError):
+        prepare_run_folder(str(models), str(logs))
+    archive = prepare_run_folder(str(models), str(logs), overwrite=True)
+    assert shipped.read_bytes() == b"shipped" and not (models / "model.pt").exists()
+    assert (Path(archive) / "models" / "model.pt").read_bytes() == b"trained"
+    assert not (Path(archive) / "models" / "pretrained").exists()
+
+
 def test_empty_epoch_is_an_error():
     # case 1: a loader thread that died made every epoch run 0 iterations, and the run exited 0
     engine = Engine(lambda e, b: None)

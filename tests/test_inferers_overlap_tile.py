@@ -251,6 +251,7 @@ def test_supervised_evaluator():
         ({"overlap_border": 1.5}, "overlap_border"),
         ({"margin": 4, "overlap_border": 8}, "must not exceed"),
         ({"mode": "wrap"}, "mode"),
+        ({"memory_format": "nhwc"}, "memory_format"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -360,3 +361,70 @@ def test_too_small_budget_warns_and_uses_the_smallest_tiles(caplog):
     with caplog.at_level("WARNING"):
         geo = OverlapTileInferer(memory_budget_mb=1e-3).geometry(net, (64, 64))
     assert geo.stride == (4, 4) and "too small" in caplog.text
+
+
+# ---- memory layout (channels-last weights for the call) -------------------------------------------------------------
+
+
+def test_resolve_memory_format():
+    from scripts.inferers import resolve_memory_format
+
+    net = make_net("same")
+    assert resolve_memory_format("auto", net, "cpu", 2) == "channels_last"
+    assert resolve_memory_format("auto", net, "cuda", 2) == "contiguous"  # not measured on a GPU: left as it is
+    assert resolve_memory_format("auto", net, "cpu", 3) == "contiguous"  # channels-last is 2-D (4-D tensors) only
+    assert resolve_memory_format("channels_last", net, "cuda", 2) == "channels_last"
+    assert resolve_memory_format("contiguous", net, "cpu", 2) == "contiguous"
+    assert resolve_memory_format("auto", lambda x: net(x), "cpu", 2) == "contiguous"  # a plain callable: no weights
+    assert resolve_memory_format("auto", nn.DataParallel(net), "cpu", 2) == "contiguous"  # replicas hold the weights
+    with pytest.raises(ValueError, match="memory_format"):
+        resolve_memory_format("nhwc", net, "cpu", 2)
+
+
+def test_channels_last_weights_are_put_back_exactly():
+    from scripts.inferers import channels_last_weights
+
+    net = make_net("same")
+    params = list(net.parameters())
+    before = [(p.data_ptr(), p.stride(), p.detach().clone()) for p in params]
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    with channels_last_weights(net):
+        convs = [p for p in params if p.ndim == 4]
+        assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+        assert not all(p.is_contiguous() for p in convs)  # really another layout inside the block
+        out = net(image(1, 1, 32, 32))
+    assert out.is_contiguous(memory_format=torch.channels_last)  # the activations followed the weights
+    for p, (ptr, stride, value) in zip(params, before):
+        assert p.data_ptr() == ptr and p.stride() == stride and torch.equal(p, value)
+    assert optimizer.param_groups[0]["params"][0] is params[0]
+    with pytest.raises(RuntimeError, match="inside"), channels_last_weights(net):  # put back on an error too
+        raise RuntimeError("inside")
+    assert all(p.data_ptr() == ptr for p, (ptr, _s, _v) in zip(params, before))
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_channels_last_equals_contiguous_and_leaves_the_network_alone(padding):
+    net = make_net(padding)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    x = image(1, 1, 70, 45)
+    with torch.no_grad():
+        cl = OverlapTileInferer(memory_format="channels_last", roi_size=16)(x, net)
+        auto = OverlapTileInferer(roi_size=16)(x, net)  # CPU: channels-last
+        plain = OverlapTileInferer(memory_format="contiguous", roi_size=16)(x, net)
+    assert torch.equal(cl, auto)
+    assert torch.allclose(cl, plain, atol=1e-5)
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, state[key]) and value.stride() == state[key].stride(), key
+
+
+def test_auto_geometry_is_searched_once_per_image_size(monkeypatch):
+    net = make_net("same")
+    tiler = OverlapTileInferer(memory_budget_mb=64)
+    calls = []
+    layout = OverlapTileInferer._layout
+    monkeypatch.setattr(OverlapTileInferer, "_layout", staticmethod(lambda *a: calls.append(1) or layout(*a)))
+    first = tiler.geometry(net, (300, 200))
+    searched = len(calls)
+    assert searched > 1 and tiler.geometry(net, (300, 200)) == first and len(calls) == searched  # cached
+    tiler.geometry(net, (200, 300))  # another size: searched again
+    assert len(calls) > searched

@@ -85,3 +85,21 @@ def test_check_model_info_names_the_overrides(tmp_path):
     with pytest.raises(ValueError, match=r"override --class_names \"\['a','b','c'\]\" --intensity_max 65535 "
                                          r"--num_classes 3"):
         check_model_info(tmp_path / "model.pt", class_names=("x", "y"), intensity_max=255)
+
+
+def test_trained_or_pretrained(tmp_path, caplog):
+    import logging
+
+    from scripts.networks import trained_or_pretrained
+
+    trained, pretrained = tmp_path / "model.pt", tmp_path / "pretrained" / "model.pt"
+    # nothing there: the trained path (the configs then say there is no model)
+    assert trained_or_pretrained(trained, pretrained) == str(trained)
+    pretrained.parent.mkdir()
+    pretrained.write_bytes(b"shipped")
+    with caplog.at_level(logging.INFO, logger="scripts.networks.checkpoint"):
+        assert trained_or_pretrained(trained, pretrained) == str(pretrained)
+    assert "shipped pretrained model" in caplog.text
+    trained.write_bytes(b"yours")  # a model you trained always wins
+    assert trained_or_pretrained(trained, pretrained) == str(trained)
+    assert trained_or_pretrained(tmp_path / "none.pt", None) == str(tmp_path / "none.pt")

@@ -6,7 +6,8 @@ Usage (from the repository root, in any environment with MONAI)::
         [--merge bundle/configs/experiments/unet_sce_iou.json]
 
 Copies into ``<app>/model/<name>/``: ``configs/``, ``scripts/`` (without caches), ``docs/``, ``LICENSE`` and
-``models/model.pt`` only (resumable ``checkpoint_epoch=N.pt`` files stay out: MONAI Label would offer them as
+``models/model.pt`` only: the model you trained, else the pretrained weights shipped in
+``models/pretrained/model.pt`` (resumable ``checkpoint_epoch=N.pt`` files stay out: MONAI Label would offer them as
 models and each one is tens of MB). MONAI Label reads only ``configs/inference.json`` and ``configs/train.json``,
 so what the app needs is written into the copy's two files (the source bundle is not changed):
 
@@ -124,8 +125,11 @@ def make_app_copy(app: Path, name: str, bundle: Path = Path("bundle"), merge: li
     if (bundle / "LICENSE").is_file():
         shutil.copy2(bundle / "LICENSE", dst / "LICENSE")
     (dst / "models").mkdir(parents=True)
-    if (bundle / "models" / "model.pt").is_file():
-        shutil.copy2(bundle / "models" / "model.pt", dst / "models" / "model.pt")
+    # the model you trained, else the weights shipped with the bundle: MONAI Label serves models/model.pt
+    for source in (bundle / "models" / "model.pt", bundle / "models" / "pretrained" / "model.pt"):
+        if source.is_file():
+            shutil.copy2(source, dst / "models" / "model.pt")
+            break
     configs = dst / "configs"
     train = _merged([configs / "train.json", *[Path(f) for f in merge or []]], TRAIN_OVERRIDES)
     ConfigParser.export_config_file(train, str(configs / "train.json"), fmt="json", indent=4)

@@ -58,7 +58,7 @@ REFERENCE = (
     "Stephan Gerhard, Jan Funke, Julien Martel, Albert Cardona, Richard Fetter. Segmented anisotropic ssTEM "
     "dataset of neural tissue. figshare, 2013. doi:10.6084/m9.figshare.856713"
 )
-_VERSION = 2  # 2: sources with sha256, the fold assignment and the outputs' sha256 in manifest.json
+_VERSION = 3  # 2: sources with sha256, the fold assignment and the outputs' sha256 in manifest.json; 3: *_sections lists
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -296,6 +296,8 @@ def prepare_drosophila(
                 "training": [item for s in fold["training"] for item in crops[s]],
                 "validation": [item for s in fold["validation"] for item in crops[s]],
                 "testing": [item for s in fold["testing"] for item in crops[s]],
+                "training_sections": [sections[s] for s in fold["training"]],
+                "validation_sections": [sections[s] for s in fold["validation"]],
                 "testing_sections": [sections[s] for s in fold["testing"]],
                 "unlabelled": unlabelled_items,
             },

@@ -6,7 +6,7 @@ the same layout as the Drosophila preparation::
 
     sections/images/<stem>.png, sections/labels/<stem>.png   whole images (uint8 grey/RGB) and class-index labels
     crops/images/<stem>_rR_cC.png, crops/labels/...          when crop > 0
-    datalist.json                                            training / validation / testing (+ testing_sections)
+    datalist.json                                            training / validation / testing (+ *_sections)
     classes.json
 """
 
@@ -142,7 +142,8 @@ def prepare_folders(
 
     Images are converted to ``uint8`` (see :func:`scripts.data.io.to_uint8`), grey or RGB kept as is. The split
     is by source image, drawn with ``seed`` (same inputs and seed, same split); all crops of an image go to the
-    same split, and ``testing_sections`` lists the whole test images.
+    same split, and ``training_sections``, ``validation_sections`` and ``testing_sections`` list the whole images of
+    each split (random patches are drawn from them with ``experiments/section_patches.json``).
 
     Args:
         images: folder of 2D images (PNG, JPEG, TIFF, NIfTI; grey or RGB).
@@ -184,6 +185,8 @@ def prepare_folders(
         "training": [],
         "validation": [],
         "testing": [],
+        "training_sections": [],
+        "validation_sections": [],
         "testing_sections": [],
     }
     for stem, image_path, label_path in pairs:
@@ -198,8 +201,7 @@ def prepare_folders(
         write_png(out / section["image"], image)
         write_png(out / section["label"], label)
         split = split_of[stem]
-        if split == "testing":
-            datalist["testing_sections"].append(section)
+        datalist[f"{split}_sections"].append(section)
         tiles = crop_grid(*label.shape, crop) if crop else []
         if crop and not tiles:
             logger.warning("%s: %s is smaller than crop=%d; kept whole", image_path, list(label.shape), crop)

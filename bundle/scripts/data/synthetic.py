@@ -37,7 +37,7 @@ __all__ = ["make_sample", "generate_dataset", "ensure_synthetic_dataset", "GENER
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever the drawing changes, so :func:`ensure_synthetic_dataset` regenerates stale data.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: the datalist also lists the images as *_sections (same images as 1)
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma, amplitude: float = 1.0) -> np.ndarray:
@@ -242,7 +242,8 @@ def generate_dataset(
     """Write a synthetic dataset in the bundle's layout.
 
     Writes ``images/{train,val,test}_NNN.png``, ``labels/...`` (same names), ``datalist.json`` (keys
-    ``training``, ``validation``, ``testing``; paths relative to ``out_dir``) and ``manifest.json`` (the
+    ``training``, ``validation``, ``testing``, and the same lists as ``training_sections``, ``validation_sections``,
+    ``testing_sections``: each sample is a whole image; paths relative to ``out_dir``) and ``manifest.json`` (the
     parameters). Sample ``i`` of a split uses its own seed derived from ``(seed, split, i)``, so adding samples
     does not change the existing ones.
 
@@ -274,6 +275,7 @@ def generate_dataset(
             write_png(out / "labels" / name, label)
             items.append({"image": f"images/{name}", "label": f"labels/{name}"})
         datalist[key] = items
+        datalist[f"{key}_sections"] = items  # whole images, for experiments/section_patches.json
     datalist_path = write_json(out / "datalist.json", datalist)
     # the manifest goes last: its presence means the dataset is complete
     write_json(out / "manifest.json", params)

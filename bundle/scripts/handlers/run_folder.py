@@ -7,6 +7,9 @@
   ``<bundle_root>/archive/<UTC time>/``;
 - neither, and ``models/`` holds ``model.pt`` or a ``checkpoint_epoch=N.pt``: refused, in one line naming both.
 
+The weights shipped with the bundle (``models/pretrained/``) are neither a run nor archived: training writes
+``models/model.pt`` beside them and never touches them.
+
 Event files left in ``logs/`` by a run that ended before writing any model are archived the same way (they would
 otherwise be plotted with the new run). Temporary files left by a kill during a checkpoint write are deleted.
 """
@@ -22,9 +25,13 @@ from scripts.errors import RunFolderError
 
 from .checkpoints import TMP_SUFFIX, latest_checkpoint
 
-__all__ = ["prepare_run_folder", "run_files"]
+__all__ = ["SHIPPED", "prepare_run_folder", "run_files"]
 
 logger = logging.getLogger(__name__)
+
+#: Entries of ``models/`` that belong to the bundle, not to a run: the shipped weights (``models/pretrained/``) stay
+#: where they are when a run is archived, and are never a reason to refuse a run.
+SHIPPED = ("pretrained",)
 
 
 def run_files(ckpt_dir: str | Path) -> list[Path]:
@@ -46,6 +53,8 @@ def _archive(folders: list[Path], archive_root: Path) -> Path:
         if folder.is_dir():
             (target / folder.name).mkdir(parents=True)
             for path in folder.iterdir():
+                if path.name in SHIPPED:
+                    continue
                 shutil.move(str(path), str(target / folder.name / path.name))
     return target
 

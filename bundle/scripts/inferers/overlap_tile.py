@@ -322,7 +322,8 @@ class OverlapTileInferer(Inferer):
             ``None`` for valid networks (their tiles need no overlap to be exact).
         memory_budget_mb: automatic tiles only: the peak memory (MiB) the call may use for the padded image, the
             output and one tile's forward pass. ``None`` (default): :func:`default_memory_budget_mb` of the device
-            the tiles run on (CPU: half the available memory, at most 8 GiB; CUDA: 70% of the free memory).
+            the tiles run on (CPU: half the available memory, at most 8 GiB; CUDA: 70% of the free memory),
+            rounded down to a multiple of 256 MiB. The plan is searched once per image size and budget (cached).
         safety: factor applied to the probe's activation estimate (kernel scratch memory, allocator slack).
             Default 1.25.
         progress: show a tqdm progress bar over tile batches.
@@ -389,6 +390,7 @@ class OverlapTileInferer(Inferer):
         self.device = device
         self.memory_format = memory_format
         self._probe_cache: dict[tuple, tuple[float, int]] = {}
+        self._geometry_cache: dict[tuple, TileGeometry] = {}
 
     # ------------------------------------------------------------------ geometry
     def _grid(self, network: Any) -> tuple[Any, str, int]:
@@ -521,7 +523,16 @@ class OverlapTileInferer(Inferer):
         if in_channels is None:
             in_channels = int(getattr(net, "in_channels", 1))
         bpp, out_channels = self._bytes_per_pixel(network, net, padding, div, border, dims, in_channels, device, dtype)
-        budget_mb = self.memory_budget_mb if self.memory_budget_mb is not None else default_memory_budget_mb(device)
+        if self.memory_budget_mb is not None:
+            budget_mb = float(self.memory_budget_mb)
+        else:  # the device default moves with the free memory: steps of 256 MiB, so that a folder reuses one plan
+            budget_mb = max(256.0, default_memory_budget_mb(device) // 256 * 256)
+        # the search below is pure Python (hundreds of candidate layouts on a 4096^2 image): once per image size
+        key = (id(network), id(net), dims, in_channels, str(device), str(dtype), image_size, batch_size, budget_mb)
+        if key in self._geometry_cache:
+            return self._geometry_cache[key]
+        if len(self._geometry_cache) >= 256:
+            self._geometry_cache.clear()
         budget = budget_mb * 2**20
         itemsize = torch.empty((), dtype=dtype).element_size()
 
@@ -573,7 +584,8 @@ class OverlapTileInferer(Inferer):
                 "tiles (estimated %.0f MiB); using them anyway. Raise memory_budget_mb or use a smaller network.",
                 budget_mb, list(image_size), need / 2**20,
             )
-        return replace(geo, activation_bytes=act)
+        self._geometry_cache[key] = replace(geo, activation_bytes=act)
+        return self._geometry_cache[key]
 
     # ------------------------------------------------------------------ inference
     def __call__(

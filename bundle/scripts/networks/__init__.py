@@ -16,6 +16,7 @@ from scripts.networks.checkpoint import (
     network_from_checkpoint,
     read_checkpoint,
     split_checkpoint,
+    trained_or_pretrained,
 )
 from scripts.networks.config import build_network, describe_network, init_args, is_buildable, network_config
 from scripts.networks.model_info import MODEL_INFO_KEY, ModelInfo, describe_mismatch
@@ -37,6 +38,7 @@ __all__ = [
     "network_from_checkpoint",
     "read_checkpoint",
     "split_checkpoint",
+    "trained_or_pretrained",
     "ModelInfo",
     "build_network",
     "describe_mismatch",

@@ -35,6 +35,7 @@ __all__ = [
     "network_from_checkpoint",
     "read_checkpoint",
     "split_checkpoint",
+    "trained_or_pretrained",
 ]
 
 logger = logging.getLogger(__name__)
@@ -233,3 +234,23 @@ def _cli(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return '"' + repr(list(value)).replace(" ", "") + '"'
     return repr(value)
+
+
+def trained_or_pretrained(trained: str | os.PathLike, pretrained: str | os.PathLike | None = None) -> str:
+    """The checkpoint inference and evaluation use by default: the model you trained, else the shipped one.
+
+    ``inference.json``/``evaluate.json`` set ``ckpt_path`` to this: ``trained`` (``models/model.pt``, written by
+    ``train.json``) when it exists, else ``pretrained`` (``models/pretrained/model.pt``, the weights shipped with the
+    bundle) when it exists, else ``trained`` (whose absence the configs then report). The choice is logged; pass
+    ``--ckpt_path`` to pick a file yourself.
+
+    Returns:
+        The chosen path, as a string.
+    """
+    trained = str(trained)
+    if os.path.isfile(trained) or not pretrained or not os.path.isfile(pretrained):
+        if os.path.isfile(trained):
+            logger.info("Using the trained model %s.", trained)
+        return trained
+    logger.info("Using the shipped pretrained model %s (no trained model at %s).", pretrained, trained)
+    return str(pretrained)
