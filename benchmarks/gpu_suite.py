@@ -291,7 +291,8 @@ def training_data(cfg: dict, out: Path, datalist: str | None, smoke: bool, timeo
 def stage_training(cfg: dict, out: Path, budget_s: float, device: str, smoke: bool, datalist: str | None) -> dict:
     clock = Clock(budget_s)
     datalist_path, data_note, commands = training_data(cfg, out, datalist, smoke, clock.budget(120))
-    test_key = "testing_sections" if "testing_sections" in json.loads(datalist_path.read_text()) else "testing"
+    # whole sections where the data has them (Drosophila); synthetic images are whole images already
+    test_key = "testing_sections" if data_note.startswith("Drosophila") else "testing"
     runs, status = [], "done"
     for i, (experiment, label) in enumerate(TRAINING_RUNS):
         run_budget = clock.left() / (len(TRAINING_RUNS) - i)

@@ -450,3 +450,16 @@ def test_lr_logger_and_tensorboard_handler_write_only_once_attached(tmp_path):
     steps, values = load_tensorboard_scalars(tmp_path)["lr/group_0"]
     assert list(steps) == [1, 2] and list(values) == [0.25, 0.25]  # one value per epoch, at its start
     assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2  # one event file each, once attached
+
+
+def test_place_network_channels_last_for_2d_only():
+    from scripts.backends import place_network
+    from scripts.networks import UNet
+
+    net2d = place_network(UNet(spatial_dims=2, in_channels=1, out_channels=2, features=(4, 8, 8)), "cpu", True)
+    convs = [p for p in net2d.parameters() if p.ndim == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    net3d = place_network(UNet(spatial_dims=3, in_channels=1, out_channels=2, features=(4, 8, 8)), "cpu", True)
+    assert all(p.is_contiguous() for p in net3d.parameters())  # 5-D weights: left as they are
+    plain = place_network(UNet(spatial_dims=2, in_channels=1, out_channels=2, features=(4, 8, 8)), "cpu", False)
+    assert all(p.is_contiguous() for p in plain.parameters())

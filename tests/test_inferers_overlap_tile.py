@@ -428,3 +428,22 @@ def test_auto_geometry_is_searched_once_per_image_size(monkeypatch):
     assert searched > 1 and tiler.geometry(net, (300, 200)) == first and len(calls) == searched  # cached
     tiler.geometry(net, (200, 300))  # another size: searched again
     assert len(calls) > searched
+
+
+def test_auto_layout_leaves_compiled_networks_alone():
+    from scripts.inferers import resolve_memory_format
+
+    class Compiled(nn.Module):  # what torch.compile returns: the module under ``_orig_mod``
+        def __init__(self, inner):
+            super().__init__()
+            self._orig_mod = inner
+
+    assert resolve_memory_format("auto", Compiled(make_net("same")), "cpu", 2) == "contiguous"
+
+
+def test_plan_cache_follows_the_inferer_settings():
+    net = make_net("same")
+    tiler = OverlapTileInferer(memory_budget_mb=64)
+    first = tiler.geometry(net, (300, 200))
+    tiler.safety = 4.0  # a larger estimate: the cached plan must not be reused
+    assert tiler.geometry(net, (300, 200)).activation_bytes > first.activation_bytes

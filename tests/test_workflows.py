@@ -223,3 +223,17 @@ def test_training_images_of_different_sizes(tmp_path):
                       "bundle_root": str(tmp_path / "run2")}, check=False)
     assert proc.returncode != 0 and "--val_batch_size 1" in proc.stdout + proc.stderr
     assert not (tmp_path / "run2" / "models").exists() or not any((tmp_path / "run2" / "models").iterdir())
+
+
+def test_train_config_takes_a_device_string(tmp_path):
+    # MONAI Label's BundleTrainTask sets "device" to a string ("cpu"); the network and its layout must still build
+    from monai.bundle import ConfigParser
+
+    from bundle_runner import CONFIGS
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser.update({"device": "cpu", "features": [4, 8, 16], "bundle_root": str(tmp_path)})
+    assert parser.get_parsed_content("channels_last") is True
+    net = parser.get_parsed_content("network")
+    assert any(p.ndim == 4 and p.is_contiguous(memory_format=torch.channels_last) for p in net.parameters())

@@ -14,7 +14,8 @@ The archive follows the MONAI bundle layout, everything under one top folder nam
     <name>/configs/...          every file (metadata.json, train/evaluate/inference.json, experiments/, ...)
     <name>/docs/...             every file
     <name>/scripts/...          the Python package, without __pycache__/*.pyc
-    <name>/models/model.pt      only model.pt and model.ts, when present (no resumable checkpoints)
+    <name>/models/model.pt      only model.pt and model.ts, when present (no resumable checkpoints), and the
+                                shipped weights models/pretrained/model.pt
 
 Nothing else: no ``data/``, ``eval/``, ``logs/``, ``outputs/``, ``runs/``, egg-info, hidden files or caches.
 
@@ -235,8 +236,8 @@ def is_packaged(relpath: str) -> bool:
         return False
     if len(parts) == 1:
         return parts[0] in ROOT_FILES
-    if parts[0] == "models":
-        return len(parts) == 2 and parts[1] in MODEL_FILES
+    if parts[0] == "models":  # models/model.pt (trained here) and models/pretrained/model.pt (the shipped weights)
+        return parts[-1] in MODEL_FILES and (len(parts) == 2 or (len(parts) == 3 and parts[1] == "pretrained"))
     return parts[0] in PACKAGED_DIRS
 
 
@@ -521,7 +522,8 @@ def package_bundle(
 
     files = list_bundle_files(bundle)
     weights = [f for f in files if f.startswith("models/")]
-    check_model_fits(bundle)
+    for rel in ("models/model.pt", "models/pretrained/model.pt"):
+        check_model_fits(bundle, rel)
     new_manifest = check_weights_pinned(bundle, version, weights, _version_committed(bundle, version) if git_check else None)
     if new_manifest is not None:
         notes.append(f"{MANIFEST}: pinned {', '.join(weights)} to version {version}" + (

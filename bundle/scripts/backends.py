@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from monai.utils import set_determinism
 
-__all__ = ["set_backends"]
+__all__ = ["place_network", "set_backends"]
 
 
 def set_backends(seed: int | None = 0, deterministic: bool = True, allow_tf32: bool = True) -> None:
@@ -42,3 +42,20 @@ def set_backends(seed: int | None = 0, deterministic: bool = True, allow_tf32: b
         torch.backends.cudnn.benchmark = True
     torch.backends.cudnn.allow_tf32 = allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+
+
+def place_network(network: torch.nn.Module, device: torch.device | str, channels_last: bool = False) -> torch.nn.Module:
+    """Move ``network`` to ``device``; with ``channels_last``, also lay out its 4-D weights channels-last (NHWC).
+
+    oneDNN's CPU convolutions run faster in that layout (train.json's ``channels_last``, default on for a CPU); the
+    activations and gradients follow the weights. A network with 5-D weights (3-D convolutions) is left contiguous:
+    channels-last is defined for 4-D tensors only. Values are unchanged; a checkpoint written from a channels-last
+    network loads into a contiguous one and vice versa.
+
+    Returns:
+        ``network`` (moved in place, as ``Module.to`` does).
+    """
+    network = network.to(device)
+    if channels_last and not any(p.ndim == 5 for p in network.parameters()):
+        network = network.to(memory_format=torch.channels_last)
+    return network

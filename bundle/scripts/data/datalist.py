@@ -1,7 +1,8 @@
 """Datalist helpers: reading MONAI-style (Decathlon) datalists, listing images for inference, writing JSON.
 
-A datalist is a JSON object whose keys (``"training"``, ``"validation"``, ``"testing"``, and optionally
-``"testing_sections"``, ``"unlabelled"``) hold lists of ``{"image": relpath, "label": relpath}`` items, paths
+A datalist is a JSON object whose keys (``"training"``, ``"validation"``, ``"testing"``, and optionally the whole
+images of each split, ``"training_sections"``, ``"validation_sections"``, ``"testing_sections"``, and
+``"unlabelled"``) hold lists of ``{"image": relpath, "label": relpath}`` items, paths
 relative to the JSON file's folder, exactly what ``monai.data.load_decathlon_datalist`` reads.
 """
 
@@ -23,8 +24,8 @@ def load_datalist(path: str | os.PathLike, key: str = "training") -> list[dict]:
 
     Args:
         path: the datalist JSON file.
-        key: which list to read (``"training"``, ``"validation"``, ``"testing"``, ``"testing_sections"``,
-            ``"unlabelled"``, ...).
+        key: which list to read (``"training"``, ``"validation"``, ``"testing"``, ``"training_sections"``,
+            ``"validation_sections"``, ``"testing_sections"``, ``"unlabelled"``, ...).
 
     Returns:
         The items of ``key`` (dicts), their ``image``/``label`` paths resolved against the JSON file's folder.

@@ -32,7 +32,8 @@ def resolve_memory_format(memory_format: str, network: Any, device: torch.device
     """The layout a call will use: ``"channels_last"`` or ``"contiguous"``.
 
     ``"auto"`` is ``"channels_last"`` for a 2-D image (4-D tensors) run on the CPU by an ``nn.Module`` that is not
-    wrapped in DataParallel/DistributedDataParallel (their replicas and gradient buckets hold the weights), and
+    wrapped in DataParallel/DistributedDataParallel (their replicas and gradient buckets hold the weights) or compiled
+    with ``torch.compile`` (a layout change per call would invalidate its graphs), and
     ``"contiguous"`` otherwise (on CUDA the layout's benefit depends on the dtype and cuDNN; not measured here).
     ``"channels_last"`` asked for explicitly still falls back to ``"contiguous"`` where channels-last does not exist
     (not 2-D, or not a module).
@@ -41,7 +42,12 @@ def resolve_memory_format(memory_format: str, network: Any, device: torch.device
         ValueError: an unknown ``memory_format``.
     """
     check_option("memory_format", memory_format, MEMORY_FORMATS)
-    usable = spatial_dims == 2 and isinstance(network, torch.nn.Module) and not isinstance(network, _WRAPPERS)
+    usable = (
+        spatial_dims == 2
+        and isinstance(network, torch.nn.Module)
+        and not isinstance(network, _WRAPPERS)
+        and not hasattr(network, "_orig_mod")  # torch.compile: a layout swap per call would fail its guards
+    )
     if memory_format == "contiguous" or not usable:
         return "contiguous"
     if memory_format == "channels_last":

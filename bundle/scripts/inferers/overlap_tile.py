@@ -526,9 +526,12 @@ class OverlapTileInferer(Inferer):
         if self.memory_budget_mb is not None:
             budget_mb = float(self.memory_budget_mb)
         else:  # the device default moves with the free memory: steps of 256 MiB, so that a folder reuses one plan
-            budget_mb = max(256.0, default_memory_budget_mb(device) // 256 * 256)
-        # the search below is pure Python (hundreds of candidate layouts on a 4096^2 image): once per image size
-        key = (id(network), id(net), dims, in_channels, str(device), str(dtype), image_size, batch_size, budget_mb)
+            default = default_memory_budget_mb(device)
+            budget_mb = default // 256 * 256 if default >= 256 else default
+        # the search below is pure Python (hundreds of candidate layouts on a 4096^2 image): once per image size; the
+        # key holds everything the plan depends on (the network's geometry too, in case its id is reused)
+        key = (id(network), id(net), type(net).__name__, padding, div, pad, border, self.safety, bpp, dims, in_channels,
+               str(device), str(dtype), image_size, batch_size, budget_mb)
         if key in self._geometry_cache:
             return self._geometry_cache[key]
         if len(self._geometry_cache) >= 256:

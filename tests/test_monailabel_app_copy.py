@@ -1,0 +1,42 @@
+"""tools/monailabel_app.py without MONAI Label installed: which weights the app copy serves as models/model.pt."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+
+from bundle_runner import BUNDLE, REPO
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("monailabel_app", REPO / "tools" / "monailabel_app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _source_bundle(tmp_path, trained: bytes | None, pretrained: bytes | None):
+    src = tmp_path / "bundle"
+    shutil.copytree(BUNDLE / "configs", src / "configs")
+    shutil.copytree(BUNDLE / "scripts", src / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
+    (src / "models" / "pretrained").mkdir(parents=True)
+    if trained is not None:
+        (src / "models" / "model.pt").write_bytes(trained)
+    if pretrained is not None:
+        (src / "models" / "pretrained" / "model.pt").write_bytes(pretrained)
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "main.py").write_text("# a MONAI Label app\n")
+    return src, app
+
+
+def test_app_copy_serves_the_trained_model_else_the_shipped_one(tmp_path):
+    tool = _tool()
+    src, app = _source_bundle(tmp_path / "a", trained=None, pretrained=b"shipped")
+    dst = tool.make_app_copy(app, "cellseg", bundle=src)
+    assert (dst / "models" / "model.pt").read_bytes() == b"shipped"
+    assert not (dst / "models" / "pretrained").exists()  # one model file: MONAI Label offers every .pt it finds
+    src, app = _source_bundle(tmp_path / "b", trained=b"trained", pretrained=b"shipped")
+    assert (tool.make_app_copy(app, "cellseg", bundle=src) / "models" / "model.pt").read_bytes() == b"trained"
+    src, app = _source_bundle(tmp_path / "c", trained=None, pretrained=None)
+    assert not (tool.make_app_copy(app, "cellseg", bundle=src) / "models" / "model.pt").exists()
