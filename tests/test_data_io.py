@@ -139,7 +139,8 @@ def test_list_images_and_load_datalist(tmp_path, synthetic_dataset):
     testing = list_images(synthetic_dataset, key="testing")
     assert len(testing) == 2 and testing[0]["image"].endswith("images/test_000.png")
     assert len(load_datalist(synthetic_dataset, "training")) == 4
-    with pytest.raises(ValueError, match=r"no list under key 'nope'.*\['testing', 'training', 'validation'\]"):
+    keys = r"\['testing', 'testing_sections', 'training', 'training_sections', 'validation', 'validation_sections'\]"
+    with pytest.raises(ValueError, match=r"no list under key 'nope'.*" + keys):
         load_datalist(synthetic_dataset, "nope")
     with pytest.raises(FileNotFoundError, match="no such folder"):
         list_images(tmp_path / "absent")
