@@ -395,8 +395,10 @@ def test_cli(git_bundle):
 
 def tiny_bundle_copy(dest: Path) -> Path:
     """A copy of the real bundle (configs, scripts, docs, LICENSE) whose inference.json builds a tiny X-Net, with
-    a "trained" models/model.pt and, in the folders a package must leave out, files that must stay out."""
-    top_level_outputs = {"data", "eval", "logs", "outputs", "runs", "models"}
+    a "trained" models/model.pt and, in the folders a package must leave out, files that must stay out. The real
+    bundle's weights and their manifest (large_files.json, which pins the shipped model) stay behind: the copy's
+    package pins its own."""
+    top_level_outputs = {"data", "eval", "logs", "outputs", "runs", "models", "large_files.json"}
     caches = shutil.ignore_patterns("*.egg-info", "__pycache__", "*.pyc")
 
     def ignore(folder, names):
@@ -422,6 +424,7 @@ def test_round_trip_package_download_load_infer(tmp_path):
     source = tiny_bundle_copy(tmp_path / "src")
     parser = ConfigParser()
     parser.read_config(str(source / "configs" / "inference.json"))
+    parser["bundle_root"] = str(source)  # no model there yet: the config's tiny X-Net (not the shipped model)
     net = parser.get_parsed_content("network_def")
     torch.manual_seed(1)
     with torch.no_grad():  # "training": weights and BatchNorm statistics that differ from a fresh network
@@ -439,7 +442,7 @@ def test_round_trip_package_download_load_infer(tmp_path):
     torch.save({"model": trained, "model_info": info}, source / "models" / "model.pt")
     ckpt_export("network_def", filepath=str(source / "models" / "model.ts"),
                 ckpt_file=str(source / "models" / "model.pt"), meta_file=str(source / "configs" / "metadata.json"),
-                config_file=str(source / "configs" / "inference.json"))
+                config_file=str(source / "configs" / "inference.json"), bundle_root=str(source))
 
     proc = subprocess.run([sys.executable, str(TOOL), "--bundle", str(source), "--out", str(tmp_path / "dist")],
                           capture_output=True, text=True, timeout=120)
@@ -466,7 +469,10 @@ def test_round_trip_package_download_load_infer(tmp_path):
     # load: the network of the bundle's inference.json with the trained weights; and the TorchScript module
     # key_in_ckpt: model.pt is {"model": ..., "model_info": ...} (from inside the extracted folder the network
     # holds the weights anyway: tests/test_trained_model_consumers.py)
-    loaded = load(NAME, bundle_dir=str(bundle_dir), workflow_type="inference", device="cpu", key_in_ckpt="model")
+    # (network_def#path: this test process imported the repository's scripts/, whose BUNDLE_ROOT, and so the config's
+    # default model file, is the repository's bundle with its shipped model; a user's process imports the extracted one)
+    loaded = load(NAME, bundle_dir=str(bundle_dir), workflow_type="inference", device="cpu", key_in_ckpt="model",
+                  net_override={"path": str(extracted / "models" / "model.pt")})
     assert type(loaded).__name__ == "XNet"
     state = loaded.state_dict()
     assert state.keys() == trained.keys()
