@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = ConfigParser()
         cfg.read_config(str(INFERENCE))
         cfg["features"] = args.features
+        cfg["bundle_root"] = str(work)  # no model there yet: the config's network (not the bundle's shipped model)
         torch.manual_seed(0)
         net = cfg.get_parsed_content("network_def")
         (work / "models").mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,7 @@ def _network():
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))
     parser["features"] = FEATURES
+    parser["ckpt_path"] = None  # the config's network, not a model in the repository's bundle (the shipped one)
     torch.manual_seed(0)
     return parser.get_parsed_content("network_def")
 
