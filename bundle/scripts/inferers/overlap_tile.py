@@ -630,7 +630,7 @@ class OverlapTileInferer(Inferer):
         jobs = [(b, idx) for b in range(batch) for idx in itertools.product(*(range(n) for n in geo.n_tiles))]
         chunks = [jobs[i : i + per_pass] for i in range(0, len(jobs), per_pass)]
         layout = resolve_memory_format(self.memory_format, network, sw_device, len(image_size))
-        with channels_last_weights(unwrap_network(network)) if layout == "channels_last" else nullcontext():
+        with channels_last_weights(network) if layout == "channels_last" else nullcontext():  # a plain module
             output = self._run_tiles(padded, chunks, geo, network, sw_device, out_device, args, kwargs)
         output = output[(slice(None), slice(None), *(slice(0, s) for s in image_size))]
         if isinstance(inputs, MetaTensor):

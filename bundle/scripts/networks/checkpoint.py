@@ -248,9 +248,9 @@ def trained_or_pretrained(trained: str | os.PathLike, pretrained: str | os.PathL
         The chosen path, as a string.
     """
     trained = str(trained)
-    if os.path.isfile(trained) or not pretrained or not os.path.isfile(pretrained):
-        if os.path.isfile(trained):
-            logger.info("Using the trained model %s.", trained)
-        return trained
-    logger.info("Using the shipped pretrained model %s (no trained model at %s).", pretrained, trained)
-    return str(pretrained)
+    if os.path.isfile(trained):
+        logger.info("Using the trained model %s.", trained)
+    elif pretrained and os.path.isfile(pretrained):
+        logger.info("Using the shipped pretrained model %s (no trained model at %s).", pretrained, trained)
+        return str(pretrained)
+    return trained
