@@ -1,24 +1,31 @@
-"""Side by side on Drosophila fold 0: ours (U-Net, X-Net), MONAI's standard recipe and nnU-Net v2, same budget.
+"""Side by side on Drosophila fold 0: nnU-Net v2, ours (U-Net, X-Net) and MONAI's standard recipe, same budget.
 
 One after the other in one run, on the same machine, each with the same wall-clock training budget
 (``--budget_min``, default 45 minutes), all trained on the fold's 12 training sections (validated on its 4
 validation sections) and scored on its 4 whole test sections by the bundle's metric code:
 
-- ``ours_unet``: ``train.json`` + ``experiments/unet_sce_iou.json``;
-- ``ours_xnet``: ``train.json`` + ``experiments/xnet_sce_and_iou.json`` (the default);
-- ``monai_basic_unet``: ``train.json`` + ``experiments/monai_basic_unet.json`` (BasicUNet + DiceCELoss + Adam, the
-  same augmentation; MONAI's sliding window at test time);
 - ``nnunet``: ``benchmarks/nnunet_peer.py all`` with the Python of ``.venv-nnunet`` (``bash tools/nnunet_env.sh``;
-  recorded as not run when that environment is missing).
+  recorded as not run when that environment is missing): its budget trainer sizes the epochs to the budget;
+- ``ours_unet``: the shipped model's recipe, ``train.json`` + ``experiments/unet_sce_iou.json`` +
+  ``experiments/section_patches.json`` + ``experiments/poly_lr.json``;
+- ``monai_basic_unet``: ``train.json`` + ``experiments/monai_basic_unet.json`` (BasicUNet + DiceCELoss + Adam, the
+  same augmentation, train.json's step schedule; MONAI's sliding window at validation and test time) +
+  ``experiments/section_patches.json`` (random patches from whole images, as Model Zoo bundles sample);
+- ``ours_xnet``: the same recipe with ``experiments/xnet_sce_and_iou.json`` (the config's default network).
 
-Ours and MONAI's recipe: ``--time_limit_s`` = the budget (checked at epoch end) and ``--epochs`` estimated so that
-the learning-rate step (at 75% of the epochs) falls inside the budget, from the minutes per epoch measured on a
-2-core CPU (``MINUTES_PER_EPOCH``; ``--epochs NAME=N`` overrides), features ``--features`` (default 16..256, the
-CPU width of the docs' runs), validation by one plain forward pass per crop. Scores: ``evaluate.json`` on
+The bundle entries get ``--epochs`` = the epochs that fit the budget at the minutes per epoch measured on the 2-core
+development CPU (``MINUTES_PER_EPOCH``; ``--epochs NAME=N`` overrides), so that the schedule (poly decay, or the
+step at 75%) runs to its end inside the budget, and ``--time_limit_s`` = the budget less one epoch as a guard (the
+limit is checked at epoch end, so a slower run still stops at about the budget). Widths ``--features`` (default
+16..256, the shipped model's) for ours; BasicUNet keeps MONAI's default widths. Scores: ``evaluate.json`` on
 ``testing_sections`` (IoU accumulated over the 4 sections, per class and mean; per-image mean IoU); nnU-Net's
 predictions are scored by ``nnunet_peer.score_predictions`` with the same confusion-matrix code.
 
-Writes ``OUT/peers.json`` and ``OUT/peers.md`` (default ``runs/peers``) after every entry.
+While each entry runs, the 1-minute load average is sampled every 30 s and the CPU seconds of the entry's
+processes are counted, so that a run disturbed by other work shows it (``load`` and ``cpu_s`` in the report).
+
+Writes ``OUT/peers.json`` and ``OUT/peers.md`` (default ``runs/peers``) after every entry. ``--resume`` keeps the
+entries of an earlier run with the same budget and datalist that are done, and reruns the others from scratch.
 
 Usage::
 
@@ -33,43 +40,53 @@ import argparse
 import json
 import math
 import os
+import re
+import resource
 import shlex
+import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundle" / "configs"
+#: name -> (label, experiment files on top of train.json), in the order they run
 ENTRIES = {
-    "ours_unet": ("Ours: U-Net (SCE+IoU)", "unet_sce_iou"),
-    "ours_xnet": ("Ours: X-Net (SCE and IoU)", "xnet_sce_and_iou"),
-    "monai_basic_unet": ("MONAI recipe: BasicUNet + DiceCE + Adam", "monai_basic_unet"),
     "nnunet": ("nnU-Net v2 2D (1 GB plan, budget trainer)", None),
+    "ours_unet": ("Ours: U-Net (SCE+IoU), the shipped recipe", ("unet_sce_iou", "section_patches", "poly_lr")),
+    "monai_basic_unet": ("MONAI recipe: BasicUNet + DiceCE + Adam", ("monai_basic_unet", "section_patches")),
+    "ours_xnet": ("Ours: X-Net (SCE and IoU), same recipe", ("xnet_sce_and_iou", "section_patches", "poly_lr")),
 }
-#: minutes per epoch (192 crops, batch 8, plain validation of 64 crops) on the 2-core development CPU, one thread
-#: each: U-Net and X-Net 16..256 measured (docs, Results: 7 epochs in 27 min, 3 in 24 min); BasicUNet estimated
-#: from its FLOPs (9.9 GFLOPs at 256^2, 1.64x the U-Net's 6.0).
-MINUTES_PER_EPOCH = {"ours_unet": 3.9, "ours_xnet": 8.0, "monai_basic_unet": 6.4}
+#: minutes per epoch (192 patches, batch 8, validation on the 4 whole sections) on the 2-core development CPU:
+#: U-Net 16..256 measured (the shipped model: 90 epochs in 87.0 min, channels-last); X-Net and BasicUNet from
+#: their measured cost per training step relative to the U-Net (3.13x and 3.55x: batch 8 x 256^2, channels-last,
+#: Adam; /work/notes/step_timing.py in the closing note) plus an estimated validation (20 s and 40 s).
+MINUTES_PER_EPOCH = {"ours_unet": 0.98, "ours_xnet": 3.05, "monai_basic_unet": 3.75}
 
 
 def planned_epochs(budget_min: float, minutes_per_epoch: float) -> int:
-    """Epochs that fill the budget at the measured speed (at least 2, so that the 75% learning-rate step exists)."""
+    """Whole epochs that fit the budget at the measured speed (at least 2, so that a schedule has a second step)."""
     if budget_min <= 0 or minutes_per_epoch <= 0:
         raise ValueError(f"need a positive budget and speed, got {budget_min} min, {minutes_per_epoch} min/epoch.")
-    return max(2, math.ceil(budget_min / minutes_per_epoch))
+    return max(2, math.floor(budget_min / minutes_per_epoch))
+
+
+def time_limit_s(budget_min: float, minutes_per_epoch: float) -> int:
+    """The guard: the budget less one epoch (checked at epoch end), at least one epoch."""
+    return int(max(minutes_per_epoch, budget_min - minutes_per_epoch) * 60)
 
 
 def bundle_commands(name: str, args: argparse.Namespace, epochs: int) -> tuple[list[str], list[str], Path]:
     """Training and evaluation command lines of one bundle entry, and its metrics file."""
-    experiment = ENTRIES[name][1]
     root = Path(args.out) / name
-    configs = [str(CONFIGS / "train.json"), str(CONFIGS / "experiments" / f"{experiment}.json")]
+    configs = [str(CONFIGS / "train.json")] + [str(CONFIGS / "experiments" / f"{e}.json") for e in ENTRIES[name][1]]
     common = ["--datalist_file", args.datalist, "--bundle_root", str(root),
               "--features", json.dumps(args.features), "--cache_workers", "1"]
     train = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(configs), *common,
-             "--epochs", str(epochs), "--time_limit_s", str(int(args.budget_min * 60)), "--show_progress", "False",
-             "--validate#inferer", "$monai.inferers.SimpleInferer()"]
+             "--epochs", str(epochs), "--time_limit_s", str(time_limit_s(args.budget_min, args.minutes[name])),
+             "--show_progress", "False"]
     evaluate = [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file",
                 json.dumps(configs + [str(CONFIGS / "evaluate.json")]), *common,
                 "--test_key", "testing_sections", "--output_dir", str(root / "eval_sections")]
@@ -82,17 +99,48 @@ def nnunet_command(args: argparse.Namespace) -> list[str]:
             "--json", str(Path(args.out) / "nnunet" / "scores.json")]
 
 
+class LoadSampler:
+    """The 1-minute load average every ``interval_s`` seconds while a block runs, and its children's CPU seconds."""
+
+    def __init__(self, interval_s: float = 30.0) -> None:
+        self.interval_s, self.samples = interval_s, []
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self) -> "LoadSampler":
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self._cpu0 = usage.ru_utime + usage.ru_stime
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.cpu_s = usage.ru_utime + usage.ru_stime - self._cpu0
+
+    def summary(self) -> dict:
+        s = self.samples
+        return {"load_mean": round(sum(s) / len(s), 2) if s else None, "load_max": round(max(s), 2) if s else None,
+                "cpu_s": round(self.cpu_s, 1)}
+
+
 def run(cmd: list[str], log: Path, timeout_s: float) -> dict:
     log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "bundle"), os.environ.get("PYTHONPATH", "")) if p)
     t0 = time.monotonic()
-    with open(log, "w") as f:
+    with open(log, "w") as f, LoadSampler() as load:
         try:
             rc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=timeout_s).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
-    return {"cmd": shlex.join(cmd), "returncode": rc, "seconds": round(time.monotonic() - t0, 1), "log": str(log)}
+    return {"cmd": shlex.join(cmd), "returncode": rc, "seconds": round(time.monotonic() - t0, 1), "log": str(log),
+            **load.summary()}
 
 
 def scores_from_metrics(path: Path) -> dict:
@@ -108,15 +156,44 @@ def markdown(report: dict) -> str:
         return f"{v:.3f}" if isinstance(v, (int, float)) else "n/a"
 
     lines = [f"# Peers on Drosophila fold 0 ({report['budget_min']:g} min of training each, {report['machine']})", "",
-             "| method | status | train s | epochs | test mIoU | per-image mIoU | intracellular | membrane | "
-             "glia/extracellular | mitochondria | synapse |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | status | train s | epochs | mean load | test mIoU | per-image mIoU | intracellular | "
+             "membrane | glia/extracellular | mitochondria | synapse |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, e in report["entries"].items():
         s = e.get("scores") or {}
         iou = list((s.get("iou") or {}).values()) or [None] * 5
         lines.append(f"| {ENTRIES[name][0]} | {e['status']} | {e.get('train_seconds', 'n/a')} | "
-                     f"{e.get('epochs', 'n/a')} | {f(s.get('mean_iou'))} | {f(s.get('per_image_mean_iou'))} | "
+                     f"{e.get('epochs', 'n/a')} | {e.get('load_mean', 'n/a')} | {f(s.get('mean_iou'))} | {f(s.get('per_image_mean_iou'))} | "
                      + " | ".join(f(v) for v in iou) + " |")
     return "\n".join(lines) + "\n"
+
+
+def machine() -> str:
+    """The CPU model and core count (the table's numbers belong to one machine)."""
+    model = ""
+    try:
+        model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                      if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{model + ', ' if model else ''}{os.cpu_count()} CPUs"
+
+
+def epochs_done(log: Path) -> int | None:
+    """The last training epoch a bundle run's log reports complete."""
+    if not log.is_file():
+        return None
+    done = re.findall(r"SupervisedTrainer - INFO - Epoch\[(\d+)\] Complete", log.read_text(errors="replace"))
+    return int(done[-1]) if done else None
+
+
+def previous_entries(path: Path, args: argparse.Namespace) -> dict:
+    """The done entries of an earlier report with the same budget and datalist (``--resume``)."""
+    if not path.is_file():
+        return {}
+    report = json.loads(path.read_text())
+    if report.get("budget_min") != args.budget_min or report.get("datalist") != args.datalist:
+        return {}
+    return {n: e for n, e in report.get("entries", {}).items() if e.get("status") == "done"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,7 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", nargs="*", default=[], metavar="NAME=N", help="override the estimated epochs")
     ap.add_argument("--nnunet_python", default=str(REPO / ".venv-nnunet" / "bin" / "python"))
     ap.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
+    ap.add_argument("--resume", action="store_true", help="keep the done entries of OUT/peers.json (same budget "
+                    "and datalist) and run the others")
     args = ap.parse_args(argv)
+    args.minutes = dict(MINUTES_PER_EPOCH)
     epochs = {name: planned_epochs(args.budget_min, m) for name, m in MINUTES_PER_EPOCH.items()}
     for item in args.epochs:
         name, _, value = item.partition("=")
@@ -142,8 +222,9 @@ def main(argv: list[str] | None = None) -> int:
                  "--src ... --out bundle/data/drosophila)")
 
     out = Path(args.out)
-    report = {"budget_min": args.budget_min, "datalist": args.datalist, "machine": f"{os.cpu_count()} CPUs",
+    report = {"budget_min": args.budget_min, "datalist": args.datalist, "machine": machine(),
               "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "entries": {}}
+    kept = previous_entries(out / "peers.json", args) if args.resume and not args.dry_run else {}
     slack_s = 20 * 60  # start-up, caching and the epoch that crosses the time limit
     for name in args.only:
         if name == "nnunet":
@@ -154,7 +235,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print("\n".join(shlex.join(c) for c in cmds))
             continue
-        entry: dict = {"commands": [shlex.join(c) for c in cmds]}
+        if name in kept:
+            report["entries"][name] = kept[name]
+            print(f"[peer_benchmark] {name}: kept from the earlier run (--resume)", flush=True)
+            continue
+        entry: dict = {"commands": [shlex.join(c) for c in cmds], "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
         if name == "nnunet" and not Path(args.nnunet_python).exists():
             entry["status"] = f"not run: {args.nnunet_python} missing (bash tools/nnunet_env.sh)"
         elif name == "nnunet":
@@ -164,15 +249,19 @@ def main(argv: list[str] | None = None) -> int:
             steps = {s["step"]: s for s in result.get("steps", [])}
             entry.update(status="done" if r["returncode"] == 0 else f"failed ({r['returncode']}, see {r['log']})",
                          train_seconds=steps.get("train", {}).get("seconds"), scores=result.get("scores"),
-                         epochs=steps.get("train", {}).get("epochs"))
+                         epochs=steps.get("train", {}).get("epochs"), load_mean=r["load_mean"],
+                         load_max=r["load_max"], cpu_s=r["cpu_s"], total_seconds=r["seconds"])
         else:
+            shutil.rmtree(out / name, ignore_errors=True)  # a run cut short earlier starts again from scratch
             r = run(cmds[0], out / f"{name}_train.log", args.budget_min * 60 + slack_s)
-            entry.update(train_seconds=r["seconds"], epochs=f"<= {epochs[name]}")
+            entry.update(train_seconds=r["seconds"], epochs=epochs_done(Path(r["log"])), epochs_planned=epochs[name],
+                         load_mean=r["load_mean"], load_max=r["load_max"], cpu_s=r["cpu_s"])
             if r["returncode"] != 0:
                 entry["status"] = f"training failed ({r['returncode']}, see {r['log']})"
             else:
                 e = run(cmds[1], out / f"{name}_eval.log", slack_s)
                 entry["status"] = "done" if e["returncode"] == 0 else f"evaluation failed (see {e['log']})"
+                entry["eval_seconds"] = e["seconds"]
                 if e["returncode"] == 0:
                     entry["scores"] = scores_from_metrics(metrics)
         report["entries"][name] = entry

@@ -142,10 +142,42 @@ def test_budget_trainer_arithmetic():
 
 def test_peer_driver_commands(capsys, tmp_path):
     driver = load(REPO / "benchmarks" / "peer_benchmark.py", "bench_peer_benchmark")
-    assert driver.planned_epochs(45, 3.9) == 12 and driver.planned_epochs(1, 8.0) == 2
+    assert driver.planned_epochs(45, 0.98) == 45 and driver.planned_epochs(1, 8.0) == 2
+    assert driver.time_limit_s(45, 1.0) == 44 * 60 and driver.time_limit_s(2, 3.0) == 180
+    with pytest.raises(ValueError, match="positive budget"):
+        driver.planned_epochs(0, 1.0)
     assert driver.main(["--dry_run", "--budget_min", "45", "--out", str(tmp_path), "--epochs", "ours_xnet=9"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 7  # train + evaluate for the three bundle entries, one nnU-Net line
-    assert "experiments/unet_sce_iou.json" in lines[0] and "--time_limit_s 2700" in lines[0] and "--epochs 12" in lines[0]
-    assert "--epochs 9" in lines[2] and "experiments/monai_basic_unet.json" in lines[4]
-    assert "--test_key testing_sections" in lines[1] and "nnunet_peer.py all" in lines[6]
+    assert len(lines) == 7  # one nnU-Net line, then train + evaluate for the three bundle entries
+    assert "nnunet_peer.py all" in lines[0] and "--budget_min 45.0" in lines[0]
+    # ours: the shipped model's recipe (patches from whole sections, poly decay), epochs fitted to the budget
+    for part in ("experiments/unet_sce_iou.json", "experiments/section_patches.json", "experiments/poly_lr.json",
+                 f"--epochs {driver.planned_epochs(45, driver.MINUTES_PER_EPOCH['ours_unet'])}",
+                 f"--time_limit_s {driver.time_limit_s(45, driver.MINUTES_PER_EPOCH['ours_unet'])}"):
+        assert part in lines[1], part
+    assert "--test_key testing_sections" in lines[2] and "evaluate.json" in lines[2]
+    assert "experiments/monai_basic_unet.json" in lines[3] and "poly_lr" not in lines[3]
+    assert "experiments/xnet_sce_and_iou.json" in lines[5] and "--epochs 9" in lines[5]
+
+
+def test_peer_driver_resume_keeps_done_entries_and_helpers(tmp_path):
+    driver = load(REPO / "benchmarks" / "peer_benchmark.py", "bench_peer_benchmark")
+    report = {"budget_min": 45.0, "datalist": "d.json",
+              "entries": {"nnunet": {"status": "done"}, "ours_unet": {"status": "training failed (1)"}}}
+    (tmp_path / "peers.json").write_text(json.dumps(report))
+    args = driver.argparse.Namespace(budget_min=45.0, datalist="d.json")
+    assert list(driver.previous_entries(tmp_path / "peers.json", args)) == ["nnunet"]
+    args.budget_min = 60.0  # another budget: nothing is kept
+    assert driver.previous_entries(tmp_path / "peers.json", args) == {}
+    assert driver.previous_entries(tmp_path / "missing.json", args) == {}
+
+    log = tmp_path / "train.log"
+    log.write_text("x - ignite.engine.engine.SupervisedTrainer - INFO - Epoch[1] Complete. Time taken: 00:01:31\n"
+                   "x - ignite.engine.engine.SupervisedEvaluator - INFO - Epoch[3] Complete. Time taken: 00:00:07\n"
+                   "x - ignite.engine.engine.SupervisedTrainer - INFO - Epoch[2] Complete. Time taken: 00:01:06\n")
+    assert driver.epochs_done(log) == 2 and driver.epochs_done(tmp_path / "none.log") is None
+
+    with driver.LoadSampler(interval_s=0.05) as load_:
+        driver.subprocess.run([sys.executable, "-c", "sum(range(3 * 10**7))"], check=True)
+    summary = load_.summary()
+    assert summary["cpu_s"] > 0 and summary["load_mean"] is not None and summary["load_max"] >= summary["load_mean"]
