@@ -26,6 +26,7 @@ processes are counted, so that a run disturbed by other work shows it (``load`` 
 
 Writes ``OUT/peers.json`` and ``OUT/peers.md`` (default ``runs/peers``) after every entry. ``--resume`` keeps the
 entries of an earlier run with the same budget and datalist that are done, and reruns the others from scratch.
+A file ``OUT/PAUSE`` holds the run before its next entry until it is removed (for other work on the machine).
 
 Usage::
 
@@ -186,6 +187,15 @@ def epochs_done(log: Path) -> int | None:
     return int(done[-1]) if done else None
 
 
+def wait_while_paused(flag: Path, poll_s: float = 10.0) -> None:
+    """Wait before the next entry while ``flag`` exists (``touch OUT/PAUSE``: other work can then use the machine
+    between two entries without disturbing one; remove the file to go on)."""
+    if flag.exists():
+        print(f"[peer_benchmark] paused: waiting for {flag} to be removed", flush=True)
+    while flag.exists():
+        time.sleep(poll_s)
+
+
 def previous_entries(path: Path, args: argparse.Namespace) -> dict:
     """The done entries of an earlier report with the same budget and datalist (``--resume``)."""
     if not path.is_file():
@@ -239,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             report["entries"][name] = kept[name]
             print(f"[peer_benchmark] {name}: kept from the earlier run (--resume)", flush=True)
             continue
+        wait_while_paused(out / "PAUSE")
         entry: dict = {"commands": [shlex.join(c) for c in cmds], "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
         if name == "nnunet" and not Path(args.nnunet_python).exists():
             entry["status"] = f"not run: {args.nnunet_python} missing (bash tools/nnunet_env.sh)"

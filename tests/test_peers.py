@@ -181,3 +181,14 @@ def test_peer_driver_resume_keeps_done_entries_and_helpers(tmp_path):
         driver.subprocess.run([sys.executable, "-c", "sum(range(3 * 10**7))"], check=True)
     summary = load_.summary()
     assert summary["cpu_s"] > 0 and summary["load_mean"] is not None and summary["load_max"] >= summary["load_mean"]
+
+
+def test_peer_driver_waits_while_paused(tmp_path):
+    driver = load(REPO / "benchmarks" / "peer_benchmark.py", "bench_peer_benchmark")
+    flag = tmp_path / "PAUSE"
+    flag.touch()
+    timer = driver.threading.Timer(0.3, flag.unlink)
+    timer.start()
+    t0 = driver.time.monotonic()
+    driver.wait_while_paused(flag, poll_s=0.05)
+    assert driver.time.monotonic() - t0 >= 0.25 and not flag.exists()
