@@ -28,11 +28,19 @@ Writes ``OUT/peers.json`` and ``OUT/peers.md`` (default ``runs/peers``) after ev
 entries of an earlier run with the same budget and datalist that are done, and reruns the others from scratch.
 A file ``OUT/PAUSE`` holds the run before its next entry until it is removed (for other work on the machine).
 
+Recipe A/B runs (issue #14, section 1) use the same machinery: ``--arm 'NAME=EXP[,EXP...] [--key value ...]'`` adds
+a bundle entry (experiment files on top of ``train.json``, then command-line overrides), ``--minutes NAME=M`` its
+minutes per epoch (default: the U-Net's), and ``--eval_key validation_sections`` scores the validation sections
+(decisions are made on the validation split; the test sections are for the final numbers). The best validation
+mIoU of each bundle run's own validation is reported too.
+
 Usage::
 
     python benchmarks/peer_benchmark.py --budget_min 45 --datalist bundle/data/drosophila/datalist_fold0.json
     python benchmarks/peer_benchmark.py --only ours_unet nnunet --budget_min 60
     python benchmarks/peer_benchmark.py --dry_run          # print the commands only
+    python benchmarks/peer_benchmark.py --budget_min 45 --eval_key validation_sections --out runs/recipe_ab \\
+        --arm crops_step=unet_sce_iou --arm patches_poly=unet_sce_iou,section_patches,poly_lr
 """
 
 from __future__ import annotations
@@ -79,19 +87,35 @@ def time_limit_s(budget_min: float, minutes_per_epoch: float) -> int:
     return int(max(minutes_per_epoch, budget_min - minutes_per_epoch) * 60)
 
 
+def parse_arm(spec: str) -> tuple[str, tuple[str, ...], list[str]]:
+    """``NAME=EXP[,EXP...] [--key value ...]`` -> (name, experiment files, command-line overrides)."""
+    head, *overrides = shlex.split(spec)
+    name, sep, exps = head.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z0-9_]+", name) or name in ENTRIES:
+        raise ValueError(f"--arm {spec!r}: expected NAME=EXP[,EXP...] with a new NAME of letters, digits and _.")
+    experiments = tuple(e for e in exps.split(",") if e)
+    for e in experiments:
+        if not (CONFIGS / "experiments" / f"{e}.json").is_file():
+            raise ValueError(f"--arm {spec!r}: no bundle/configs/experiments/{e}.json.")
+    if len(overrides) % 2:
+        raise ValueError(f"--arm {spec!r}: overrides come in pairs (--key value).")
+    return name, experiments, overrides
+
+
 def bundle_commands(name: str, args: argparse.Namespace, epochs: int) -> tuple[list[str], list[str], Path]:
     """Training and evaluation command lines of one bundle entry, and its metrics file."""
     root = Path(args.out) / name
-    configs = [str(CONFIGS / "train.json")] + [str(CONFIGS / "experiments" / f"{e}.json") for e in ENTRIES[name][1]]
+    _, experiments, overrides = args.entries[name]
+    configs = [str(CONFIGS / "train.json")] + [str(CONFIGS / "experiments" / f"{e}.json") for e in experiments]
     common = ["--datalist_file", args.datalist, "--bundle_root", str(root),
               "--features", json.dumps(args.features), "--cache_workers", "1"]
     train = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(configs), *common,
              "--epochs", str(epochs), "--time_limit_s", str(time_limit_s(args.budget_min, args.minutes[name])),
-             "--show_progress", "False"]
+             "--show_progress", "False", *overrides]
     evaluate = [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file",
-                json.dumps(configs + [str(CONFIGS / "evaluate.json")]), *common,
-                "--test_key", "testing_sections", "--output_dir", str(root / "eval_sections")]
-    return train, evaluate, root / "eval_sections" / "metrics.json"
+                json.dumps(configs + [str(CONFIGS / "evaluate.json")]), *common, *overrides,
+                "--test_key", args.eval_key, "--output_dir", str(root / f"eval_{args.eval_key}")]
+    return train, evaluate, root / f"eval_{args.eval_key}" / "metrics.json"
 
 
 def nnunet_command(args: argparse.Namespace) -> list[str]:
@@ -156,14 +180,16 @@ def markdown(report: dict) -> str:
     def f(v) -> str:
         return f"{v:.3f}" if isinstance(v, (int, float)) else "n/a"
 
-    lines = [f"# Peers on Drosophila fold 0 ({report['budget_min']:g} min of training each, {report['machine']})", "",
-             "| method | status | train s | epochs | mean load | test mIoU | per-image mIoU | intracellular | "
-             "membrane | glia/extracellular | mitochondria | synapse |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    key = report.get("eval_key", "testing_sections")
+    lines = [f"# Drosophila fold 0, {report['budget_min']:g} min of training each, scored on {key} "
+             f"({report['machine']})", "",
+             "| method | status | train s | epochs | mean load | best val mIoU | mIoU | per-image mIoU | intracellular | "
+             "membrane | glia/extracellular | mitochondria | synapse |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, e in report["entries"].items():
         s = e.get("scores") or {}
         iou = list((s.get("iou") or {}).values()) or [None] * 5
-        lines.append(f"| {ENTRIES[name][0]} | {e['status']} | {e.get('train_seconds', 'n/a')} | "
-                     f"{e.get('epochs', 'n/a')} | {e.get('load_mean', 'n/a')} | {f(s.get('mean_iou'))} | {f(s.get('per_image_mean_iou'))} | "
+        lines.append(f"| {e.get('label', name)} | {e['status']} | {e.get('train_seconds', 'n/a')} | "
+                     f"{e.get('epochs', 'n/a')} | {e.get('load_mean', 'n/a')} | {f(e.get('best_val_mean_iou'))} | {f(s.get('mean_iou'))} | {f(s.get('per_image_mean_iou'))} | "
                      + " | ".join(f(v) for v in iou) + " |")
     return "\n".join(lines) + "\n"
 
@@ -196,12 +222,21 @@ def wait_while_paused(flag: Path, poll_s: float = 10.0) -> None:
         time.sleep(poll_s)
 
 
+def best_validation(log: Path) -> float | None:
+    """The best validation mean IoU a bundle run's log reports."""
+    if not log.is_file():
+        return None
+    values = re.findall(r"Metrics -- val_mean_iou: ([0-9.]+)", log.read_text(errors="replace"))
+    return max(map(float, values)) if values else None
+
+
 def previous_entries(path: Path, args: argparse.Namespace) -> dict:
     """The done entries of an earlier report with the same budget and datalist (``--resume``)."""
     if not path.is_file():
         return {}
     report = json.loads(path.read_text())
-    if report.get("budget_min") != args.budget_min or report.get("datalist") != args.datalist:
+    if (report.get("budget_min"), report.get("datalist"), report.get("eval_key", "testing_sections")) != (
+            args.budget_min, args.datalist, args.eval_key):
         return {}
     return {n: e for n, e in report.get("entries", {}).items() if e.get("status") == "done"}
 
@@ -212,7 +247,16 @@ def main(argv: list[str] | None = None) -> int:
                     "for the docs' table)")
     ap.add_argument("--datalist", default=str(REPO / "bundle" / "data" / "drosophila" / "datalist_fold0.json"))
     ap.add_argument("--out", default=str(REPO / "runs" / "peers"))
-    ap.add_argument("--only", nargs="+", choices=list(ENTRIES), default=list(ENTRIES))
+    ap.add_argument("--only", nargs="+", default=None, help=f"entries to run, in this order (default: "
+                    f"{' '.join(ENTRIES)}, or the --arm entries when there are any)")
+    ap.add_argument("--arm", action="append", default=[], metavar="'NAME=EXP[,EXP...] [--key value ...]'",
+                    help="an extra bundle entry (a recipe A/B): experiment files of configs/experiments on top of "
+                    "train.json, then command-line overrides of train.json, e.g. 'crops_step=unet_sce_iou' or "
+                    "'sgd=unet_sce_iou,section_patches,poly_lr --optimizer#_target_ torch.optim.SGD'")
+    ap.add_argument("--minutes", nargs="*", default=[], metavar="NAME=M", help="minutes per epoch of an entry (an "
+                    "arm defaults to the U-Net's)")
+    ap.add_argument("--eval_key", default="testing_sections", help="datalist key scored after training "
+                    "(validation_sections for recipe decisions: the test sections are for the final numbers)")
     ap.add_argument("--features", type=int, nargs="+", default=[16, 32, 64, 128, 256], help="ours (U-Net, X-Net)")
     ap.add_argument("--epochs", nargs="*", default=[], metavar="NAME=N", help="override the estimated epochs")
     ap.add_argument("--nnunet_python", default=str(REPO / ".venv-nnunet" / "bin" / "python"))
@@ -220,19 +264,41 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true", help="keep the done entries of OUT/peers.json (same budget "
                     "and datalist) and run the others")
     args = ap.parse_args(argv)
-    args.minutes = dict(MINUTES_PER_EPOCH)
-    epochs = {name: planned_epochs(args.budget_min, m) for name, m in MINUTES_PER_EPOCH.items()}
+    args.entries = {name: (label, exps or (), []) for name, (label, exps) in ENTRIES.items()}
+    minutes = dict(MINUTES_PER_EPOCH)
+    for spec in args.arm:
+        try:
+            name, exps, overrides = parse_arm(spec)
+        except ValueError as e:
+            ap.error(str(e))
+        args.entries[name] = (f"{name}: {' + '.join(exps)} {' '.join(overrides)}".strip(), exps, overrides)
+        minutes[name] = MINUTES_PER_EPOCH["ours_unet"]
+    for item in args.minutes:
+        name, _, value = item.partition("=")
+        try:
+            minutes[name] = float(value) if name in minutes and float(value) > 0 else float("nan")
+        except ValueError:
+            minutes[name] = float("nan")
+        if not minutes[name] > 0:
+            ap.error(f"--minutes {item!r}: expected NAME=M with M > 0 and NAME one of {', '.join(minutes)}")
+    args.minutes = minutes
+    if args.only is None:
+        args.only = [parse_arm(a)[0] for a in args.arm] or list(ENTRIES)
+    unknown = [n for n in args.only if n not in args.entries]
+    if unknown:
+        ap.error(f"--only: unknown entries {unknown}; known: {', '.join(args.entries)}")
+    epochs = {name: planned_epochs(args.budget_min, m) for name, m in minutes.items()}
     for item in args.epochs:
         name, _, value = item.partition("=")
-        if name not in MINUTES_PER_EPOCH or not value.isdigit():
-            ap.error(f"--epochs {item!r}: expected NAME=N with NAME one of {', '.join(MINUTES_PER_EPOCH)}")
+        if name not in minutes or not value.isdigit():
+            ap.error(f"--epochs {item!r}: expected NAME=N with NAME one of {', '.join(minutes)}")
         epochs[name] = int(value)
     if not args.dry_run and not Path(args.datalist).is_file():
         ap.error(f"{args.datalist}: not found; prepare the dataset first (python -m scripts.data.prepare drosophila "
                  "--src ... --out bundle/data/drosophila)")
 
     out = Path(args.out)
-    report = {"budget_min": args.budget_min, "datalist": args.datalist, "machine": machine(),
+    report = {"budget_min": args.budget_min, "datalist": args.datalist, "eval_key": args.eval_key, "machine": machine(),
               "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "entries": {}}
     kept = previous_entries(out / "peers.json", args) if args.resume and not args.dry_run else {}
     slack_s = 20 * 60  # start-up, caching and the epoch that crosses the time limit
@@ -250,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[peer_benchmark] {name}: kept from the earlier run (--resume)", flush=True)
             continue
         wait_while_paused(out / "PAUSE")
-        entry: dict = {"commands": [shlex.join(c) for c in cmds], "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        entry: dict = {"label": args.entries[name][0], "commands": [shlex.join(c) for c in cmds], "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
         if name == "nnunet" and not Path(args.nnunet_python).exists():
             entry["status"] = f"not run: {args.nnunet_python} missing (bash tools/nnunet_env.sh)"
         elif name == "nnunet":
@@ -266,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(out / name, ignore_errors=True)  # a run cut short earlier starts again from scratch
             r = run(cmds[0], out / f"{name}_train.log", args.budget_min * 60 + slack_s)
             entry.update(train_seconds=r["seconds"], epochs=epochs_done(Path(r["log"])), epochs_planned=epochs[name],
+                         best_val_mean_iou=best_validation(Path(r["log"])),
                          load_mean=r["load_mean"], load_max=r["load_max"], cpu_s=r["cpu_s"])
             if r["returncode"] != 0:
                 entry["status"] = f"training failed ({r['returncode']}, see {r['log']})"

@@ -165,7 +165,7 @@ def test_peer_driver_resume_keeps_done_entries_and_helpers(tmp_path):
     report = {"budget_min": 45.0, "datalist": "d.json",
               "entries": {"nnunet": {"status": "done"}, "ours_unet": {"status": "training failed (1)"}}}
     (tmp_path / "peers.json").write_text(json.dumps(report))
-    args = driver.argparse.Namespace(budget_min=45.0, datalist="d.json")
+    args = driver.argparse.Namespace(budget_min=45.0, datalist="d.json", eval_key="testing_sections")
     assert list(driver.previous_entries(tmp_path / "peers.json", args)) == ["nnunet"]
     args.budget_min = 60.0  # another budget: nothing is kept
     assert driver.previous_entries(tmp_path / "peers.json", args) == {}
@@ -192,3 +192,37 @@ def test_peer_driver_waits_while_paused(tmp_path):
     t0 = driver.time.monotonic()
     driver.wait_while_paused(flag, poll_s=0.05)
     assert driver.time.monotonic() - t0 >= 0.25 and not flag.exists()
+
+
+def test_peer_driver_arms_for_recipe_ab(capsys, tmp_path):
+    """--arm adds a bundle entry (experiment files + overrides) scored on --eval_key; bad specs are refused."""
+    driver = load(REPO / "benchmarks" / "peer_benchmark.py", "bench_peer_benchmark")
+    assert driver.parse_arm("sgd=unet_sce_iou,poly_lr --optimizer#_target_ torch.optim.SGD --learning_rate 0.01") == (
+        "sgd", ("unet_sce_iou", "poly_lr"), ["--optimizer#_target_", "torch.optim.SGD", "--learning_rate", "0.01"])
+    for bad, match in (("crops", "NAME=EXP"), ("ours_unet=unet_sce_iou", "new NAME"), ("a b=unet_iou", "NAME=EXP"),
+                       ("x=no_such_file", "no_such_file.json"), ("x=unet_iou --epochs", "pairs")):
+        with pytest.raises(ValueError, match=match):
+            driver.parse_arm(bad)
+    assert driver.main(["--dry_run", "--out", str(tmp_path), "--arm", "crops_step=unet_sce_iou",
+                        "--arm", "bs16=unet_sce_iou,section_patches,poly_lr --batch_size 16",
+                        "--minutes", "bs16=2.0", "--eval_key", "validation_sections"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4  # only the arms run when there are arms: train + evaluate each
+    assert "experiments/unet_sce_iou.json" in lines[0] and "section_patches" not in lines[0]
+    assert "--epochs 45" in lines[0] and "--test_key validation_sections" in lines[1]
+    assert "eval_validation_sections" in lines[1]
+    # the overrides reach training and evaluation; the arm's own minutes per epoch size its epochs
+    assert lines[2].endswith("--batch_size 16") and "--epochs 22" in lines[2] and "--batch_size 16" in lines[3]
+    for argv in (["--only", "nope"], ["--minutes", "ours_unet=0"], ["--arm", "bad"]):
+        with pytest.raises(SystemExit):
+            driver.main(["--dry_run", "--out", str(tmp_path), *argv])
+
+    log = tmp_path / "train.log"
+    log.write_text("Epoch[1] Metrics -- val_mean_iou: 0.2234 \nEpoch[2] Metrics -- val_mean_iou: 0.6105 \n"
+                   "Epoch[3] Metrics -- val_mean_iou: 0.5999 \n")
+    assert driver.best_validation(log) == pytest.approx(0.6105) and driver.best_validation(tmp_path / "x") is None
+    table = driver.markdown({"budget_min": 45, "machine": "m", "eval_key": "validation_sections", "entries": {
+        "crops_step": {"label": "crops_step: unet_sce_iou", "status": "done", "best_val_mean_iou": 0.61,
+                       "scores": {"mean_iou": 0.65, "per_image_mean_iou": 0.6, "iou": {str(i): 0.5 for i in range(5)}}}}})
+    assert "scored on validation_sections" in table and "| crops_step: unet_sce_iou | done |" in table
+    assert "| 0.610 | 0.650 | 0.600 | 0.500 |" in table
