@@ -13,16 +13,20 @@ validation sections) and scored on its 4 whole test sections by the bundle's met
   ``experiments/section_patches.json`` (random patches from whole images, as Model Zoo bundles sample);
 - ``ours_xnet``: the same recipe with ``experiments/xnet_sce_and_iou.json`` (the config's default network).
 
-The bundle entries get ``--epochs`` = the epochs that fit the budget at the minutes per epoch measured on the 2-core
-development CPU (``MINUTES_PER_EPOCH``; ``--epochs NAME=N`` overrides), so that the schedule (poly decay, or the
-step at 75%) runs to its end inside the budget, and ``--time_limit_s`` = the budget less one epoch as a guard (the
-limit is checked at epoch end, so a slower run still stops at about the budget). Widths ``--features`` (default
-16..256, the shipped model's) for ours; BasicUNet keeps MONAI's default widths. Scores: ``evaluate.json`` on
+The bundle entries fit their epochs to the budget as nnU-Net's budget trainer does: ``--time_budget_s`` = the
+budget (the bundle's ``FitEpochsToBudget`` times the epochs and, after each one, sets the number of epochs and the
+schedule, the poly decay's end or the step at 75%, to what ends within the budget), ``--epochs`` = a first guess from
+the minutes per epoch of ``MINUTES_PER_EPOCH`` (``--epochs NAME=N`` overrides it), ``--time_limit_s`` = the budget
+as a guard, and no early stopping. Widths ``--features`` (default 16..256, the shipped model's) for ours; BasicUNet
+keeps MONAI's default widths. Each keeps its own usual checkpoint: ours the best validation epoch (validation on the
+4 whole validation sections), nnU-Net ``checkpoint_final.pth`` (its default for prediction). Scores: ``evaluate.json`` on
 ``testing_sections`` (IoU accumulated over the 4 sections, per class and mean; per-image mean IoU); nnU-Net's
 predictions are scored by ``nnunet_peer.score_predictions`` with the same confusion-matrix code.
 
 While each entry runs, the 1-minute load average is sampled every 30 s and the CPU seconds of the entry's
-processes are counted, so that a run disturbed by other work shows it (``load`` and ``cpu_s`` in the report).
+processes are counted, so that a run disturbed by other work shows it (``load_mean``, ``load_max``, ``cpu_s`` and
+``cpu_per_s`` = CPU seconds per wall-clock second in the report; nnU-Net's cover its whole entry: conversion,
+planning, training and prediction; the bundle entries' their training).
 
 Writes ``OUT/peers.json`` and ``OUT/peers.md`` (default ``runs/peers``) after every entry. ``--resume`` keeps the
 entries of an earlier run with the same budget and datalist that are done, and reruns the others from scratch.
@@ -53,6 +57,7 @@ import re
 import resource
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -68,23 +73,20 @@ ENTRIES = {
     "monai_basic_unet": ("MONAI recipe: BasicUNet + DiceCE + Adam", ("monai_basic_unet", "section_patches")),
     "ours_xnet": ("Ours: X-Net (SCE and IoU), same recipe", ("xnet_sce_and_iou", "section_patches", "poly_lr")),
 }
-#: minutes per epoch (192 patches, batch 8, validation on the 4 whole sections) on the 2-core development CPU:
-#: U-Net 16..256 measured (the shipped model: 90 epochs in 87.0 min, channels-last); X-Net and BasicUNet from
-#: their measured cost per training step relative to the U-Net (3.13x and 3.55x: batch 8 x 256^2, channels-last,
-#: Adam; /work/notes/step_timing.py in the closing note) plus an estimated validation (20 s and 40 s).
-MINUTES_PER_EPOCH = {"ours_unet": 0.98, "ours_xnet": 3.05, "monai_basic_unet": 3.75}
+#: minutes per epoch (192 patches, batch 8, validation on the 4 whole sections) on the 2-core development CPU: the
+#: U-Net 16..256 measured (the shipped model's run, epochs 30-90: 60 epochs in 50.1 min); X-Net and BasicUNet
+#: estimated from their cost per training step relative to the U-Net (3.13x and 3.55x, batch 8 x 256^2,
+#: channels-last, Adam, 2 threads), plus their validation. They only size the first epoch's schedule and the
+#: table's "planned" column: the bundle's FitEpochsToBudget refits the epochs and the schedule to the budget after
+#: every epoch, as nnU-Net's budget trainer does.
+MINUTES_PER_EPOCH = {"ours_unet": 0.84, "ours_xnet": 2.7, "monai_basic_unet": 3.3}
 
 
 def planned_epochs(budget_min: float, minutes_per_epoch: float) -> int:
     """Whole epochs that fit the budget at the measured speed (at least 2, so that a schedule has a second step)."""
     if budget_min <= 0 or minutes_per_epoch <= 0:
         raise ValueError(f"need a positive budget and speed, got {budget_min} min, {minutes_per_epoch} min/epoch.")
-    return max(2, math.floor(budget_min / minutes_per_epoch))
-
-
-def time_limit_s(budget_min: float, minutes_per_epoch: float) -> int:
-    """The guard: the budget less one epoch (checked at epoch end), at least one epoch."""
-    return int(max(minutes_per_epoch, budget_min - minutes_per_epoch) * 60)
+    return max(2, math.floor(budget_min / minutes_per_epoch + 1e-9))
 
 
 def parse_arm(spec: str) -> tuple[str, tuple[str, ...], list[str]]:
@@ -99,6 +101,10 @@ def parse_arm(spec: str) -> tuple[str, tuple[str, ...], list[str]]:
             raise ValueError(f"--arm {spec!r}: no bundle/configs/experiments/{e}.json.")
     if len(overrides) % 2:
         raise ValueError(f"--arm {spec!r}: overrides come in pairs (--key value).")
+    owned = {"--epochs", "--time_budget_s", "--time_limit_s", "--bundle_root", "--datalist_file"}
+    if owned & set(overrides[::2]):
+        raise ValueError(f"--arm {spec!r}: {', '.join(sorted(owned & set(overrides[::2])))} belong to the driver "
+                         "(--budget_min, --epochs NAME=N, --datalist).")
     return name, experiments, overrides
 
 
@@ -110,7 +116,8 @@ def bundle_commands(name: str, args: argparse.Namespace, epochs: int) -> tuple[l
     common = ["--datalist_file", args.datalist, "--bundle_root", str(root),
               "--features", json.dumps(args.features), "--cache_workers", "1"]
     train = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(configs), *common,
-             "--epochs", str(epochs), "--time_limit_s", str(time_limit_s(args.budget_min, args.minutes[name])),
+             "--epochs", str(epochs), "--time_budget_s", str(int(args.budget_min * 60)),
+             "--time_limit_s", str(int(args.budget_min * 60)), "--early_stop_patience", "1000000",
              "--show_progress", "False", *overrides]
     evaluate = [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file",
                 json.dumps(configs + [str(CONFIGS / "evaluate.json")]), *common, *overrides,
@@ -125,7 +132,9 @@ def nnunet_command(args: argparse.Namespace) -> list[str]:
 
 
 class LoadSampler:
-    """The 1-minute load average every ``interval_s`` seconds while a block runs, and its children's CPU seconds."""
+    """The 1-minute load average every ``interval_s`` seconds while a block runs (the entry's own processes
+    included: a 2-core machine running one entry alone shows about 2), and the CPU seconds of the child processes
+    that ended in the block (the entry's)."""
 
     def __init__(self, interval_s: float = 30.0) -> None:
         self.interval_s, self.samples = interval_s, []
@@ -160,12 +169,18 @@ def run(cmd: list[str], log: Path, timeout_s: float) -> dict:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "bundle"), os.environ.get("PYTHONPATH", "")) if p)
     t0 = time.monotonic()
     with open(log, "w") as f, LoadSampler() as load:
+        # its own process group, so that a timeout also stops what it started (nnU-Net's trainer and data workers)
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
-            rc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env, timeout=timeout_s).returncode
+            rc = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
             rc = "timeout"
-    return {"cmd": shlex.join(cmd), "returncode": rc, "seconds": round(time.monotonic() - t0, 1), "log": str(log),
-            **load.summary()}
+    seconds = round(time.monotonic() - t0, 1)
+    summary = load.summary()
+    return {"cmd": shlex.join(cmd), "returncode": rc, "seconds": seconds, "log": str(log), **summary,
+            "cpu_per_s": round(summary["cpu_s"] / seconds, 2) if seconds > 0 else None}
 
 
 def scores_from_metrics(path: Path) -> dict:
@@ -180,17 +195,20 @@ def markdown(report: dict) -> str:
     def f(v) -> str:
         return f"{v:.3f}" if isinstance(v, (int, float)) else "n/a"
 
+    def na(v) -> str:
+        return "n/a" if v is None else str(v)
+
     key = report.get("eval_key", "testing_sections")
     lines = [f"# Drosophila fold 0, {report['budget_min']:g} min of training each, scored on {key} "
              f"({report['machine']})", "",
-             "| method | status | train s | epochs | mean load | best val mIoU | mIoU | per-image mIoU | intracellular | "
-             "membrane | glia/extracellular | mitochondria | synapse |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | status | train s | epochs | mean load | best val mIoU | mIoU | per-image mIoU | intracellular "
+             "| membrane | glia/extracellular | mitochondria | synapse |", "|---" * 13 + "|"]
     for name, e in report["entries"].items():
         s = e.get("scores") or {}
         iou = list((s.get("iou") or {}).values()) or [None] * 5
         lines.append(f"| {e.get('label', name)} | {e['status']} | {e.get('train_seconds', 'n/a')} | "
-                     f"{e.get('epochs', 'n/a')} | {e.get('load_mean', 'n/a')} | {f(e.get('best_val_mean_iou'))} | {f(s.get('mean_iou'))} | {f(s.get('per_image_mean_iou'))} | "
-                     + " | ".join(f(v) for v in iou) + " |")
+                     f"{e.get('epochs', 'n/a')} | {na(e.get('load_mean'))} | {f(e.get('best_val_mean_iou'))} | "
+                     f"{f(s.get('mean_iou'))} | {f(s.get('per_image_mean_iou'))} | " + " | ".join(f(v) for v in iou) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -206,11 +224,12 @@ def machine() -> str:
 
 
 def epochs_done(log: Path) -> int | None:
-    """The last training epoch a bundle run's log reports complete."""
+    """The last epoch a bundle run saved (its checkpoint is saved every epoch, also when the run is stopped at that
+    epoch's end, when Ignite does not log the epoch "Complete")."""
     if not log.is_file():
         return None
-    done = re.findall(r"SupervisedTrainer - INFO - Epoch\[(\d+)\] Complete", log.read_text(errors="replace"))
-    return int(done[-1]) if done else None
+    done = re.findall(r"Saved checkpoint at epoch: (\d+)", log.read_text(errors="replace"))
+    return max(map(int, done)) if done else None
 
 
 def wait_while_paused(flag: Path, poll_s: float = 10.0) -> None:
@@ -226,12 +245,20 @@ def best_validation(log: Path) -> float | None:
     """The best validation mean IoU a bundle run's log reports."""
     if not log.is_file():
         return None
-    values = re.findall(r"Metrics -- val_mean_iou: ([0-9.]+)", log.read_text(errors="replace"))
-    return max(map(float, values)) if values else None
+    values = validations(log)
+    return max(values) if values else None
+
+
+def validations(log: Path) -> list[float]:
+    """Every validation mean IoU a bundle run's log reports, in order."""
+    if not log.is_file():
+        return []
+    return [float(v) for v in re.findall(r"Metrics -- val_mean_iou: ([0-9.]+)", log.read_text(errors="replace"))]
 
 
 def previous_entries(path: Path, args: argparse.Namespace) -> dict:
-    """The done entries of an earlier report with the same budget and datalist (``--resume``)."""
+    """The done entries of an earlier report with the same budget, datalist and scored key (``--resume``); the
+    caller keeps one only when its commands are those it would run now."""
     if not path.is_file():
         return {}
     report = json.loads(path.read_text())
@@ -271,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             name, exps, overrides = parse_arm(spec)
         except ValueError as e:
             ap.error(str(e))
+        if name in args.entries:
+            ap.error(f"--arm {spec!r}: a second entry called {name}")
         args.entries[name] = (f"{name}: {' + '.join(exps)} {' '.join(overrides)}".strip(), exps, overrides)
         minutes[name] = MINUTES_PER_EPOCH["ours_unet"]
     for item in args.minutes:
@@ -287,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in args.only if n not in args.entries]
     if unknown:
         ap.error(f"--only: unknown entries {unknown}; known: {', '.join(args.entries)}")
+    if "nnunet" in args.only and args.eval_key != "testing_sections":
+        ap.error("nnunet is scored on the test sections only; run it without --eval_key (or leave it out with --only)")
     epochs = {name: planned_epochs(args.budget_min, m) for name, m in minutes.items()}
     for item in args.epochs:
         name, _, value = item.partition("=")
@@ -301,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {"budget_min": args.budget_min, "datalist": args.datalist, "eval_key": args.eval_key, "machine": machine(),
               "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "entries": {}}
     kept = previous_entries(out / "peers.json", args) if args.resume and not args.dry_run else {}
+    # done entries of the earlier report that this run does not touch stay in it
+    report["entries"].update({n: e for n, e in kept.items() if n not in args.only})
     slack_s = 20 * 60  # start-up, caching and the epoch that crosses the time limit
     for name in args.only:
         if name == "nnunet":
@@ -311,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print("\n".join(shlex.join(c) for c in cmds))
             continue
-        if name in kept:
+        if name in kept and kept[name].get("commands") == [shlex.join(c) for c in cmds]:
             report["entries"][name] = kept[name]
             print(f"[peer_benchmark] {name}: kept from the earlier run (--resume)", flush=True)
             continue
@@ -320,20 +353,22 @@ def main(argv: list[str] | None = None) -> int:
         if name == "nnunet" and not Path(args.nnunet_python).exists():
             entry["status"] = f"not run: {args.nnunet_python} missing (bash tools/nnunet_env.sh)"
         elif name == "nnunet":
-            r = run(cmds[0], out / "nnunet.log", args.budget_min * 60 + 2 * slack_s)
             scores_file = out / "nnunet" / "scores.json"
-            result = json.loads(scores_file.read_text()) if scores_file.is_file() else {}
+            scores_file.unlink(missing_ok=True)  # never the scores of an earlier attempt
+            r = run(cmds[0], out / "nnunet.log", args.budget_min * 60 + 2 * slack_s)
+            result = json.loads(scores_file.read_text()) if r["returncode"] == 0 and scores_file.is_file() else {}
             steps = {s["step"]: s for s in result.get("steps", [])}
             entry.update(status="done" if r["returncode"] == 0 else f"failed ({r['returncode']}, see {r['log']})",
                          train_seconds=steps.get("train", {}).get("seconds"), scores=result.get("scores"),
                          epochs=steps.get("train", {}).get("epochs"), load_mean=r["load_mean"],
-                         load_max=r["load_max"], cpu_s=r["cpu_s"], total_seconds=r["seconds"])
+                         load_max=r["load_max"], cpu_s=r["cpu_s"], cpu_per_s=r["cpu_per_s"], total_seconds=r["seconds"])
         else:
             shutil.rmtree(out / name, ignore_errors=True)  # a run cut short earlier starts again from scratch
             r = run(cmds[0], out / f"{name}_train.log", args.budget_min * 60 + slack_s)
             entry.update(train_seconds=r["seconds"], epochs=epochs_done(Path(r["log"])), epochs_planned=epochs[name],
                          best_val_mean_iou=best_validation(Path(r["log"])),
-                         load_mean=r["load_mean"], load_max=r["load_max"], cpu_s=r["cpu_s"])
+                         last_val_mean_iou=(validations(Path(r["log"])) or [None])[-1],
+                         load_mean=r["load_mean"], load_max=r["load_max"], cpu_s=r["cpu_s"], cpu_per_s=r["cpu_per_s"])
             if r["returncode"] != 0:
                 entry["status"] = f"training failed ({r['returncode']}, see {r['log']})"
             else:
@@ -348,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
         (out / "peers.md").write_text(markdown(report))
         print(f"[peer_benchmark] {name}: {entry['status']}", flush=True)
     if not args.dry_run:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "peers.json").write_text(json.dumps(report, indent=2))
+        (out / "peers.md").write_text(markdown(report))
         print(markdown(report))
     return 0
 

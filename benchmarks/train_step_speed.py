@@ -2,19 +2,20 @@
 
 Issue #14's "speed per step" candidates, measured side by side in one process on the same random batch (so that the
 ratios mean something): one step = forward, the config's loss, backward and an Adam step, as ``SupervisedTrainer``
-does it. Variants (each timed after ``--warmup`` untimed steps, the median of ``--steps`` timed ones):
+does it. The variants are timed round-robin (``--rounds`` rounds of ``--warmup`` untimed and ``--steps`` timed steps
+each), so that a change in the machine's load falls on all of them; each reports the median of its timed steps:
 
 - ``contiguous``: the network in the default NCHW layout, ``--threads`` threads;
 - ``channels_last``: weights and input in channels-last (what ``train.json`` does on a CPU, ``channels_last``);
 - ``compile``: ``torch.compile`` of the channels-last network (PyTorch's default inductor backend; the compile
-  time is reported apart and not counted);
+  time, with its first step, is reported apart and not counted);
 - ``threads=N``: channels-last with ``N`` intra-op threads, for every N of ``--thread_counts``;
 - ``batch=B``: channels-last at batch size ``B`` (reported per sample as well), for every B of ``--batch_sizes``.
 
 The network and loss come from ``bundle/configs/train.json`` plus ``--experiment`` (default ``unet_sce_iou``, the
 shipped recipe), at ``--features`` widths; the data pipeline is not timed (see ``train_throughput.py``).
 
-Example (the numbers in the manual's recipe table)::
+Example (the manual's recipe table, "speed per step" rows)::
 
     python benchmarks/train_step_speed.py --features 16 32 64 128 256 --json step_speed.json
     python benchmarks/train_step_speed.py --smoke       # tiny sizes, a check that it runs
@@ -82,14 +83,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads of the main variants")
     ap.add_argument("--thread_counts", type=int, nargs="*", default=[1], help="other thread counts to time")
     ap.add_argument("--batch_sizes", type=int, nargs="*", default=[4, 16], help="other batch sizes to time")
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per variant and round")
+    ap.add_argument("--rounds", type=int, default=3, help="round-robin rounds over the variants")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--no_compile", action="store_true", help="skip the torch.compile variant")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (tests): features 4..64, 64x64, batch 2")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.smoke:
-        args.features, args.size, args.batch_size, args.steps, args.warmup = [4, 8, 16, 32, 64], 64, 2, 2, 1
+        args.features, args.size, args.batch_size, args.steps, args.warmup, args.rounds = [4, 8, 16, 32, 64], 64, 2, 1, 1, 2
         args.batch_sizes = [1]
     num_classes = 5
     results: dict = {"settings": {k: v for k, v in vars(args).items() if k != "json"},
@@ -101,36 +103,49 @@ def main(argv: list[str] | None = None) -> dict:
                                      "batch_size": batch_size, "times": [round(t, 4) for t in times], **extra}
         print(f"[train_step_speed] {name}: {med:.3f} s/step ({med / batch_size:.3f} s/sample)", flush=True)
 
-    with tempfile.TemporaryDirectory() as work:
-        network, loss_fn = build(args.experiment or None, args.features, work)
-        state = {k: v.clone() for k, v in network.state_dict().items()}
+    threads_before = torch.get_num_threads()
+    try:
+        with tempfile.TemporaryDirectory() as work:
+            network, loss_fn = build(args.experiment or None, args.features, work)
+            state = {k: v.clone() for k, v in network.state_dict().items()}
 
-        def fresh(channels_last: bool):
-            network.load_state_dict(state)
-            network.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-            return network
+            def fresh(channels_last: bool):
+                network.load_state_dict(state)
+                network.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+                return network
 
-        torch.set_num_threads(args.threads)
-        image, label = batch(args.size, args.batch_size, num_classes, channels_last=False)
-        record("contiguous", time_steps(fresh(False), loss_fn, image, label, args.steps, args.warmup), args.batch_size)
-        image_cl, _ = batch(args.size, args.batch_size, num_classes, channels_last=True)
-        record("channels_last", time_steps(fresh(True), loss_fn, image_cl, label, args.steps, args.warmup),
-               args.batch_size)
-        if not args.no_compile:
-            compiled = torch.compile(fresh(True))
-            t0 = time.perf_counter()
-            time_steps(compiled, loss_fn, image_cl, label, steps=1, warmup=0)  # compiles forward and backward
-            compile_s = time.perf_counter() - t0
-            record("compile", time_steps(compiled, loss_fn, image_cl, label, args.steps, args.warmup),
-                   args.batch_size, compile_s=round(compile_s, 1))
-        for n in args.thread_counts:
-            torch.set_num_threads(n)
-            record(f"threads={n}", time_steps(fresh(True), loss_fn, image_cl, label, args.steps, args.warmup),
-                   args.batch_size)
-        torch.set_num_threads(args.threads)
-        for b in args.batch_sizes:
-            img, lab = batch(args.size, b, num_classes, channels_last=True)
-            record(f"batch={b}", time_steps(fresh(True), loss_fn, img, lab, args.steps, args.warmup), b)
+            image, label = batch(args.size, args.batch_size, num_classes, channels_last=False)
+            image_cl, _ = batch(args.size, args.batch_size, num_classes, channels_last=True)
+            # name -> (network factory, image, label, threads, batch size)
+            variants = {"contiguous": (lambda: fresh(False), image, label, args.threads, args.batch_size),
+                        "channels_last": (lambda: fresh(True), image_cl, label, args.threads, args.batch_size)}
+            compile_s = None
+            if not args.no_compile:
+                torch.set_num_threads(args.threads)
+                compiled = torch.compile(fresh(True))
+                t0 = time.perf_counter()
+                time_steps(compiled, loss_fn, image_cl, label, steps=1, warmup=0)  # compiles forward and backward
+                compile_s = round(time.perf_counter() - t0, 1)
+                variants["compile"] = (lambda: (fresh(True), compiled)[1], image_cl, label, args.threads,
+                                       args.batch_size)
+            for n in args.thread_counts:
+                variants[f"threads={n}"] = (lambda: fresh(True), image_cl, label, n, args.batch_size)
+            for b in args.batch_sizes:
+                img, lab = batch(args.size, b, num_classes, channels_last=True)
+                variants[f"batch={b}"] = (lambda: fresh(True), img, lab, args.threads, b)
+
+            # round-robin: every variant times a few steps in each round, so that a change in the machine's load
+            # during the run falls on all of them
+            times: dict[str, list[float]] = {name: [] for name in variants}
+            for r in range(args.rounds):
+                for name, (factory, img, lab, threads, _) in variants.items():
+                    torch.set_num_threads(threads)
+                    times[name] += time_steps(factory(), loss_fn, img, lab, args.steps, args.warmup)
+            for name, (_, _, _, threads, b) in variants.items():
+                extra = {"compile_s": compile_s} if name == "compile" else {}
+                record(name, times[name], b, threads=threads, **extra)
+    finally:
+        torch.set_num_threads(threads_before)
 
     base = results["variants"]["channels_last"]["s_per_sample"]
     results["ratio_to_channels_last_per_sample"] = {k: round(v["s_per_sample"] / base, 3)

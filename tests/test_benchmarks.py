@@ -38,18 +38,23 @@ def test_train_throughput(tmp_path):
 
 def test_train_step_speed(tmp_path):
     """Every variant is timed with the config's network and loss, and the ratios are those of the recorded times."""
+    import torch
+
+    threads_before = torch.get_num_threads()
     out = tmp_path / "steps.json"
-    r = load("train_step_speed").main(["--smoke", "--no_compile", "--threads", "1", "--thread_counts", "1",
+    r = load("train_step_speed").main(["--smoke", "--no_compile", "--threads", "2", "--thread_counts", "1",
                                        "--json", str(out)])
     assert json.loads(out.read_text()) == r
     assert set(r["variants"]) == {"contiguous", "channels_last", "threads=1", "batch=1"}
     for name, v in r["variants"].items():
-        assert len(v["times"]) == 2 and all(t > 0 for t in v["times"]), name
+        assert len(v["times"]) == 2 and all(t > 0 for t in v["times"]), name  # 2 rounds x 1 step
         assert v["s_per_sample"] == pytest.approx(v["s_per_step"] / v["batch_size"], abs=1e-4)
     base = r["variants"]["channels_last"]["s_per_sample"]
     assert r["ratio_to_channels_last_per_sample"]["contiguous"] == pytest.approx(
         r["variants"]["contiguous"]["s_per_sample"] / base, rel=0.01)
     assert r["variants"]["batch=1"]["batch_size"] == 1 and r["variants"]["contiguous"]["batch_size"] == 2
+    assert r["variants"]["threads=1"]["threads"] == 1
+    assert torch.get_num_threads() == threads_before  # the benchmark gives the thread setting back
 
 def test_inference_benchmark_overlap_tile_matches_its_exact_reference(tmp_path, monkeypatch):
     # the synthetic image, not a Drosophila section, whatever the machine has

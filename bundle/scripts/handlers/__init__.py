@@ -17,4 +17,5 @@ from .report import SegmentationReport
 from .inference_report import InferenceFailed, InferenceReport
 from .run_folder import prepare_run_folder, run_files
 from .tensorboard import TensorBoardStatsHandler
+from .time_budget import FitEpochsToBudget
 from .time_limit import TimeLimit
