@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                     for k, v in results["variants"].items()}
     print(json.dumps(results["ratio_to_channels_last_per_sample"]))
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2))
     return results
 
