@@ -243,10 +243,7 @@ def wait_while_paused(flag: Path, poll_s: float = 10.0) -> None:
 
 def best_validation(log: Path) -> float | None:
     """The best validation mean IoU a bundle run's log reports."""
-    if not log.is_file():
-        return None
-    values = validations(log)
-    return max(values) if values else None
+    return max(validations(log), default=None)
 
 
 def validations(log: Path) -> list[float]:
@@ -365,9 +362,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(out / name, ignore_errors=True)  # a run cut short earlier starts again from scratch
             r = run(cmds[0], out / f"{name}_train.log", args.budget_min * 60 + slack_s)
+            val = validations(Path(r["log"]))  # the log read once for both
             entry.update(train_seconds=r["seconds"], epochs=epochs_done(Path(r["log"])), epochs_planned=epochs[name],
-                         best_val_mean_iou=best_validation(Path(r["log"])),
-                         last_val_mean_iou=(validations(Path(r["log"])) or [None])[-1],
+                         best_val_mean_iou=max(val, default=None), last_val_mean_iou=val[-1] if val else None,
                          load_mean=r["load_mean"], load_max=r["load_max"], cpu_s=r["cpu_s"], cpu_per_s=r["cpu_per_s"])
             if r["returncode"] != 0:
                 entry["status"] = f"training failed ({r['returncode']}, see {r['log']})"
