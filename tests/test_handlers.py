@@ -282,6 +282,92 @@ def test_resume_loader_applies_a_new_learning_rate(tmp_path):
     assert opt2.param_groups[0]["lr"] == pytest.approx(1e-3) and sched2.base_lrs == [1e-3]
 
 
+def _saved_schedule(tmp_path, make_scheduler, epochs_done):
+    """A checkpoint of an Adam 1e-3 run whose scheduler was stepped ``epochs_done`` times, and a fresh optimiser."""
+    net = torch.nn.Linear(1, 1)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    sched = make_scheduler(opt, "saved")
+    for _ in range(epochs_done):
+        opt.step()
+        sched.step()
+    torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict()},
+               tmp_path / "c.pt")
+    return net, opt.param_groups[0]["lr"], torch.optim.Adam(net.parameters(), lr=1e-3)
+
+
+def _resume(tmp_path, net, opt, sched, follow_epochs=True):
+    loader = ResumeCheckpointLoader(str(tmp_path / "c.pt"), {"model": net, "optimizer": opt, "lr_scheduler": sched},
+                                    engine_key=None, follow_epochs=follow_epochs)
+    engine = Engine(lambda e, b: None)
+    loader.attach(engine)
+    engine.run([0])
+
+
+def test_resume_with_more_epochs_extends_a_finished_poly_decay(tmp_path):
+    # a 4-epoch poly run ends at lr 0; resumed with --epochs 8 it used to train on at lr 0 (the checkpoint's length)
+    def poly(opt, which):
+        return torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=4 if which == "saved" else 8, power=0.9)
+    net, saved_lr, opt = _saved_schedule(tmp_path, poly, epochs_done=4)
+    assert saved_lr == 0.0
+    sched = poly(opt, "configured")
+    _resume(tmp_path, net, opt, sched)
+    expected = 1e-3 * (1 - 4 / 8) ** 0.9  # the 8-epoch decay at epoch 4: 5.36e-4
+    assert sched.total_iters == 8 and sched.last_epoch == 4
+    assert opt.param_groups[0]["lr"] == pytest.approx(expected) and sched.get_last_lr() == [pytest.approx(expected)]
+    opt.step()
+    sched.step()  # the decay goes on from there, not from 0
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * (1 - 5 / 8) ** 0.9)
+
+
+def test_resume_with_the_same_epochs_keeps_the_saved_schedule_exactly(tmp_path):
+    def poly(opt, which):
+        return torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=10, power=0.9)
+    net, saved_lr, opt = _saved_schedule(tmp_path, poly, epochs_done=3)
+    sched = poly(opt, "configured")
+    _resume(tmp_path, net, opt, sched)
+    # the recursive form's value, bit for bit (the closed form differs in the last bits)
+    assert opt.param_groups[0]["lr"] == saved_lr and sched.total_iters == 10 and sched.last_epoch == 3
+
+
+def test_resume_with_more_epochs_moves_the_learning_rate_step(tmp_path):
+    # train.json's step at 75% of the epochs: 4 epochs -> after epoch 3; resumed with --epochs 8 -> after epoch 6
+    def step(opt, which):
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[3] if which == "saved" else [6], gamma=0.1)
+    net, saved_lr, opt = _saved_schedule(tmp_path, step, epochs_done=4)
+    assert saved_lr == pytest.approx(1e-4)
+    sched = step(opt, "configured")
+    _resume(tmp_path, net, opt, sched)
+    assert sorted(sched.milestones.elements()) == [6] and opt.param_groups[0]["lr"] == pytest.approx(1e-3)
+    for epoch in (5, 6):
+        opt.step()
+        sched.step()
+        assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 if epoch < 6 else 1e-4)
+
+
+def test_a_budgeted_resume_keeps_the_checkpoints_fitted_schedule(tmp_path):
+    # with --time_budget_s the checkpoint holds the decay fitted to the budget (55 epochs) and --epochs is only the
+    # first guess (53): the guess must not replace the fitted schedule on resume (follow_epochs=False)
+    def poly(opt, which):
+        return torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=55 if which == "saved" else 53, power=0.9)
+    net, saved_lr, opt = _saved_schedule(tmp_path, poly, epochs_done=40)
+    sched = poly(opt, "configured")
+    _resume(tmp_path, net, opt, sched, follow_epochs=False)
+    assert sched.total_iters == 55 and opt.param_groups[0]["lr"] == saved_lr
+
+
+@pytest.mark.parametrize("budget, follow", [(None, True), (2700, False)])
+def test_train_json_follows_epochs_on_resume_unless_a_budget_is_on(budget, follow):
+    from monai.bundle import ConfigParser
+
+    from bundle_runner import CONFIGS
+
+    parser = ConfigParser(ConfigParser.load_config_files(str(CONFIGS / "train.json")))
+    parser["time_budget_s"] = budget
+    loader = parser["train"]["handlers"][0]
+    assert loader["_target_"] == "scripts.handlers.ResumeCheckpointLoader"
+    assert parser.get_parsed_content("train#handlers#0#follow_epochs") is follow
+
+
 def test_run_folder_refuses_a_second_run_and_archives_with_overwrite(tmp_path):
     # case 5: a second run into the same folder silently overwrote model.pt and kept the first run's checkpoints
     models, logs = tmp_path / "models", tmp_path / "logs"

@@ -9,15 +9,18 @@
   (the best-metric bookkeeping) so that the best-model saver can be part of the resumable checkpoint, and with
   ``engine_key`` it saves the engine it is attached to (and its AMP ``GradScaler``) without a config cycle.
 - :class:`ResumeCheckpointLoader`: MONAI's ``CheckpointLoader`` that loads the engine it is attached to, turns an
-  unreadable or mismatching checkpoint into one message, and applies a changed ``learning_rate`` on resume.
+  unreadable or mismatching checkpoint into one message, and applies a changed ``learning_rate`` or ``--epochs``
+  (the length of the learning-rate schedule) on resume.
 - :func:`latest_checkpoint`: the newest ``checkpoint_epoch=N.pt``.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import re
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
+from torch.optim.lr_scheduler import MultiStepLR, PolynomialLR
 from monai.handlers import CheckpointLoader as _MonaiCheckpointLoader
 from monai.handlers import CheckpointSaver as _MonaiCheckpointSaver
 
@@ -192,16 +196,28 @@ class ResumeCheckpointLoader(_MonaiCheckpointLoader):
             the optimiser's learning rates (and the scheduler's base rates) are rescaled to it after loading, so
             that ``--resume True --learning_rate 1e-4`` continues a diverged run with the new rate. When equal,
             nothing changes (exact resume).
+        follow_epochs: whether the configured schedule length replaces the checkpoint's (below).
+
+    The length of the learning-rate schedule follows the configuration, not the checkpoint: a ``PolynomialLR``'s
+    ``total_iters`` or a ``MultiStepLR``'s milestones, as configured (from ``--epochs``), replace the checkpoint's
+    when they differ, and the learning rate becomes the one the configured schedule gives at the resumed epoch (its
+    closed form). So ``--resume True --epochs 200`` extends a finished 100-epoch poly run with the decay of a
+    200-epoch run instead of training on at the learning rate 0 it ended with. With the same ``--epochs`` the
+    checkpoint's schedule is kept as it is (exact resume). Other schedulers are loaded as saved.
+    ``follow_epochs=False`` keeps the checkpoint's schedule whatever the configuration says: ``train.json`` sets it
+    when a time budget is on (``FitEpochsToBudget``), whose checkpoints hold the schedule fitted to the budget,
+    ``--epochs`` being only its first guess.
 
     A checkpoint that cannot be read (truncated, not a checkpoint) or was made by another network configuration
     raises one :class:`~scripts.errors.UserError` naming the file.
     """
 
     def __init__(self, *args: Any, engine_key: str | None = "trainer", learning_rate: float | None = None,
-                 **kwargs: Any) -> None:
+                 follow_epochs: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.engine_key = engine_key
         self.learning_rate = learning_rate
+        self.follow_epochs = follow_epochs
 
     def attach(self, engine: Engine) -> None:
         if self.engine_key is not None:
@@ -209,6 +225,7 @@ class ResumeCheckpointLoader(_MonaiCheckpointLoader):
         super().attach(engine)
 
     def __call__(self, engine: Engine) -> None:
+        configured = _schedule_length(self.load_dict.get("lr_scheduler")) if self.follow_epochs else None
         try:
             super().__call__(engine)
             scaler = getattr(engine, "scaler", None) if self.engine_key is not None else None
@@ -232,8 +249,33 @@ class ResumeCheckpointLoader(_MonaiCheckpointLoader):
                 f"cannot resume from {self.load_path}: the file cannot be read as a checkpoint "
                 f"({type(e).__name__}: {e}). Delete it to resume from an older one, or start over with --overwrite True."
             ) from e
+        self._apply_schedule_length(configured)
         if self.learning_rate is not None:
             self._apply_learning_rate(float(self.learning_rate))
+
+    def _apply_schedule_length(self, configured: Any) -> None:
+        scheduler = self.load_dict.get("lr_scheduler")
+        saved = _schedule_length(scheduler)
+        if configured is None or saved == configured:
+            return
+        if isinstance(scheduler, PolynomialLR):
+            scheduler.total_iters = configured
+            what = f"the polynomial decay ends after epoch {configured} (the checkpoint's after {saved})"
+        else:
+            scheduler.milestones = Counter(configured)
+            what = (f"the learning-rate steps come after epochs {sorted(configured.elements())} (the checkpoint's "
+                    f"after {sorted(saved.elements())})")
+        epoch = scheduler.last_epoch
+        if isinstance(scheduler, PolynomialLR):
+            factor = (1.0 - min(scheduler.total_iters, epoch) / scheduler.total_iters) ** scheduler.power
+        else:
+            factor = scheduler.gamma ** bisect.bisect_right(sorted(scheduler.milestones.elements()), epoch)
+        lrs = [base * factor for base in scheduler.base_lrs]
+        for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        scheduler._last_lr = list(lrs)
+        self.logger.info(f"Resumed with the configured schedule: {what}; learning rate now "
+                         f"{', '.join(f'{lr:.3g}' for lr in lrs)} at epoch {scheduler.last_epoch}.")
 
     def _apply_learning_rate(self, lr: float) -> None:
         optimizer = self.load_dict.get("optimizer")
@@ -251,6 +293,15 @@ class ResumeCheckpointLoader(_MonaiCheckpointLoader):
             if scheduler is not None and hasattr(scheduler, "_last_lr"):
                 scheduler._last_lr[i] = group["lr"]
             self.logger.info(f"Resumed with learning_rate {lr:g} instead of the checkpoint's {initial:g}.")
+
+
+def _schedule_length(scheduler: Any) -> Any:
+    """What ``--epochs`` sets in a scheduler: ``PolynomialLR.total_iters``, ``MultiStepLR.milestones``; else None."""
+    if isinstance(scheduler, PolynomialLR):
+        return scheduler.total_iters
+    if isinstance(scheduler, MultiStepLR):
+        return Counter(scheduler.milestones)
+    return None
 
 
 def latest_checkpoint(ckpt_dir: str, prefix: str = "checkpoint") -> str:
