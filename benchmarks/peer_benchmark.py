@@ -241,11 +241,6 @@ def wait_while_paused(flag: Path, poll_s: float = 10.0) -> None:
         time.sleep(poll_s)
 
 
-def best_validation(log: Path) -> float | None:
-    """The best validation mean IoU a bundle run's log reports."""
-    return max(validations(log), default=None)
-
-
 def validations(log: Path) -> list[float]:
     """Every validation mean IoU a bundle run's log reports, in order."""
     if not log.is_file():

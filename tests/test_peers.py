@@ -256,7 +256,7 @@ def test_peer_driver_arms_for_recipe_ab(capsys, tmp_path):
     log = tmp_path / "train.log"
     log.write_text("Epoch[1] Metrics -- val_mean_iou: 0.2234 \nEpoch[2] Metrics -- val_mean_iou: 0.6105 \n"
                    "Epoch[3] Metrics -- val_mean_iou: 0.5999 \n")
-    assert driver.best_validation(log) == pytest.approx(0.6105) and driver.best_validation(tmp_path / "x") is None
+    assert driver.validations(log) == pytest.approx([0.2234, 0.6105, 0.5999]) and driver.validations(tmp_path / "x") == []
     table = driver.markdown({"budget_min": 45, "machine": "m", "eval_key": "validation_sections", "entries": {
         "crops_step": {"label": "crops_step: unet_sce_iou", "status": "done", "best_val_mean_iou": 0.61,
                        "scores": {"mean_iou": 0.65, "per_image_mean_iou": 0.6, "iou": {str(i): 0.5 for i in range(5)}}}}})
