@@ -29,9 +29,9 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
-from torch.optim.lr_scheduler import MultiStepLR, PolynomialLR
 from monai.handlers import CheckpointLoader as _MonaiCheckpointLoader
 from monai.handlers import CheckpointSaver as _MonaiCheckpointSaver
+from torch.optim.lr_scheduler import MultiStepLR, PolynomialLR
 
 from scripts.errors import ConfigError, DivergenceError, RunFolderError, UserError
 
@@ -258,18 +258,16 @@ class ResumeCheckpointLoader(_MonaiCheckpointLoader):
         saved = _schedule_length(scheduler)
         if configured is None or saved == configured:
             return
-        if isinstance(scheduler, PolynomialLR):
+        epoch = scheduler.last_epoch
+        if isinstance(scheduler, PolynomialLR):  # the closed forms of torch's two schedulers
             scheduler.total_iters = configured
+            factor = (1.0 - min(configured, epoch) / configured) ** scheduler.power
             what = f"the polynomial decay ends after epoch {configured} (the checkpoint's after {saved})"
         else:
             scheduler.milestones = Counter(configured)
+            factor = scheduler.gamma ** bisect.bisect_right(sorted(configured.elements()), epoch)
             what = (f"the learning-rate steps come after epochs {sorted(configured.elements())} (the checkpoint's "
                     f"after {sorted(saved.elements())})")
-        epoch = scheduler.last_epoch
-        if isinstance(scheduler, PolynomialLR):
-            factor = (1.0 - min(scheduler.total_iters, epoch) / scheduler.total_iters) ** scheduler.power
-        else:
-            factor = scheduler.gamma ** bisect.bisect_right(sorted(scheduler.milestones.elements()), epoch)
         lrs = [base * factor for base in scheduler.base_lrs]
         for group, lr in zip(scheduler.optimizer.param_groups, lrs):
             group["lr"] = lr
