@@ -38,6 +38,11 @@ minutes per epoch (default: the U-Net's), and ``--eval_key validation_sections``
 (decisions are made on the validation split; the test sections are for the final numbers). The best validation
 mIoU of each bundle run's own validation is reported too.
 
+Equal epochs instead of equal time (the X-Net paper compares networks at equal epochs): ``--fixed_epochs N`` trains
+every bundle entry for exactly N epochs (no budget fit, so the poly decay ends at epoch N for each), with
+``--budget_min`` only as each entry's time limit; an entry that reaches that limit first is reported as stopped, with
+the epochs it did. nnU-Net has no such mode here, so leave it out (``--only``).
+
 Usage::
 
     python benchmarks/peer_benchmark.py --budget_min 45 --datalist bundle/data/drosophila/datalist_fold0.json
@@ -45,6 +50,7 @@ Usage::
     python benchmarks/peer_benchmark.py --dry_run          # print the commands only
     python benchmarks/peer_benchmark.py --budget_min 45 --eval_key validation_sections --out runs/recipe_ab \\
         --arm crops_step=unet_sce_iou --arm patches_poly=unet_sce_iou,section_patches,poly_lr
+    python benchmarks/peer_benchmark.py --fixed_epochs 15 --budget_min 60 --only ours_unet ours_xnet
 """
 
 from __future__ import annotations
@@ -115,10 +121,11 @@ def bundle_commands(name: str, args: argparse.Namespace, epochs: int) -> tuple[l
     configs = [str(CONFIGS / "train.json")] + [str(CONFIGS / "experiments" / f"{e}.json") for e in experiments]
     common = ["--datalist_file", args.datalist, "--bundle_root", str(root),
               "--features", json.dumps(args.features), "--cache_workers", "1"]
+    # equal time: the epochs are a first guess that the budget fit corrects; equal epochs: exactly these epochs
+    budget = [] if args.fixed_epochs else ["--time_budget_s", str(int(args.budget_min * 60))]
     train = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(configs), *common,
-             "--epochs", str(epochs), "--time_budget_s", str(int(args.budget_min * 60)),
-             "--time_limit_s", str(int(args.budget_min * 60)), "--early_stop_patience", "1000000",
-             "--show_progress", "False", *overrides]
+             "--epochs", str(epochs), *budget, "--time_limit_s", str(int(args.budget_min * 60)),
+             "--early_stop_patience", "1000000", "--show_progress", "False", *overrides]
     evaluate = [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file",
                 json.dumps(configs + [str(CONFIGS / "evaluate.json")]), *common, *overrides,
                 "--test_key", args.eval_key, "--output_dir", str(root / f"eval_{args.eval_key}")]
@@ -199,8 +206,9 @@ def markdown(report: dict) -> str:
         return "n/a" if v is None else str(v)
 
     key = report.get("eval_key", "testing_sections")
-    lines = [f"# Drosophila fold 0, {report['budget_min']:g} min of training each, scored on {key} "
-             f"({report['machine']})", "",
+    each = (f"{report['fixed_epochs']} epochs of training each (time limit {report['budget_min']:g} min)"
+            if report.get("fixed_epochs") else f"{report['budget_min']:g} min of training each")
+    lines = [f"# Drosophila fold 0, {each}, scored on {key} ({report['machine']})", "",
              "| method | status | train s | epochs | mean load | best val mIoU | mIoU | per-image mIoU | intracellular "
              "| membrane | glia/extracellular | mitochondria | synapse |", "|---" * 13 + "|"]
     for name, e in report["entries"].items():
@@ -249,13 +257,14 @@ def validations(log: Path) -> list[float]:
 
 
 def previous_entries(path: Path, args: argparse.Namespace) -> dict:
-    """The done entries of an earlier report with the same budget, datalist and scored key (``--resume``); the
-    caller keeps one only when its commands are those it would run now."""
+    """The done entries of an earlier report with the same budget, epochs mode, datalist and scored key
+    (``--resume``); the caller keeps one only when its commands are those it would run now."""
     if not path.is_file():
         return {}
     report = json.loads(path.read_text())
-    if (report.get("budget_min"), report.get("datalist"), report.get("eval_key", "testing_sections")) != (
-            args.budget_min, args.datalist, args.eval_key):
+    if (report.get("budget_min"), report.get("fixed_epochs"), report.get("datalist"),
+            report.get("eval_key", "testing_sections")) != (
+            args.budget_min, getattr(args, "fixed_epochs", None), args.datalist, args.eval_key):
         return {}
     return {n: e for n, e in report.get("entries", {}).items() if e.get("status") == "done"}
 
@@ -278,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
                     "(validation_sections for recipe decisions: the test sections are for the final numbers)")
     ap.add_argument("--features", type=int, nargs="+", default=[16, 32, 64, 128, 256], help="ours (U-Net, X-Net)")
     ap.add_argument("--epochs", nargs="*", default=[], metavar="NAME=N", help="override the estimated epochs")
+    ap.add_argument("--fixed_epochs", type=int, default=None, metavar="N", help="equal epochs instead of equal time: "
+                    "every bundle entry trains exactly N epochs, --budget_min is only its time limit (no nnunet)")
     ap.add_argument("--nnunet_python", default=str(REPO / ".venv-nnunet" / "bin" / "python"))
     ap.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
     ap.add_argument("--resume", action="store_true", help="keep the done entries of OUT/peers.json (same budget "
@@ -310,7 +321,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--only: unknown entries {unknown}; known: {', '.join(args.entries)}")
     if "nnunet" in args.only and args.eval_key != "testing_sections":
         ap.error("nnunet is scored on the test sections only; run it without --eval_key (or leave it out with --only)")
-    epochs = {name: planned_epochs(args.budget_min, m) for name, m in minutes.items()}
+    if args.fixed_epochs is not None:
+        if args.fixed_epochs < 1 or args.epochs:
+            ap.error("--fixed_epochs N: N >= 1 epochs for every entry, without --epochs NAME=N")
+        if "nnunet" in args.only:
+            ap.error("--fixed_epochs: nnU-Net's budget trainer has no equal-epochs mode; leave nnunet out with --only")
+    epochs = {name: args.fixed_epochs or planned_epochs(args.budget_min, m) for name, m in minutes.items()}
     for item in args.epochs:
         name, _, value = item.partition("=")
         if name not in minutes or not value.isdigit():
@@ -321,8 +337,9 @@ def main(argv: list[str] | None = None) -> int:
                  "--src ... --out bundle/data/drosophila)")
 
     out = Path(args.out)
-    report = {"budget_min": args.budget_min, "datalist": args.datalist, "eval_key": args.eval_key, "machine": machine(),
-              "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "entries": {}}
+    report = {"budget_min": args.budget_min, "fixed_epochs": args.fixed_epochs, "datalist": args.datalist,
+              "eval_key": args.eval_key, "machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+              "entries": {}}
     kept = previous_entries(out / "peers.json", args) if args.resume and not args.dry_run else {}
     # done entries of the earlier report that this run does not touch stay in it
     report["entries"].update({n: e for n, e in kept.items() if n not in args.only})
@@ -363,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
                          load_mean=r["load_mean"], load_max=r["load_max"], cpu_s=r["cpu_s"], cpu_per_s=r["cpu_per_s"])
             if r["returncode"] != 0:
                 entry["status"] = f"training failed ({r['returncode']}, see {r['log']})"
+            elif args.fixed_epochs and (entry["epochs"] or 0) < args.fixed_epochs:
+                entry["status"] = (f"stopped by the time limit after {entry['epochs']} of {args.fixed_epochs} epochs "
+                                   f"(see {r['log']})")
             else:
                 e = run(cmds[1], out / f"{name}_eval.log", slack_s)
                 entry["status"] = "done" if e["returncode"] == 0 else f"evaluation failed (see {e['log']})"

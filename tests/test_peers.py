@@ -262,3 +262,57 @@ def test_peer_driver_arms_for_recipe_ab(capsys, tmp_path):
                        "scores": {"mean_iou": 0.65, "per_image_mean_iou": 0.6, "iou": {str(i): 0.5 for i in range(5)}}}}})
     assert "scored on validation_sections" in table and "| crops_step: unet_sce_iou | done |" in table
     assert "| 0.610 | 0.650 | 0.600 | 0.500 |" in table
+
+
+def test_peer_driver_fixed_epochs(capsys, tmp_path, monkeypatch):
+    """--fixed_epochs N: every bundle entry trains exactly N epochs (no budget fit, the budget only as its time limit);
+    an entry stopped by that limit before N epochs is reported as stopped and not scored."""
+    driver = load(REPO / "benchmarks" / "peer_benchmark.py", "bench_peer_benchmark")
+    assert driver.main(["--dry_run", "--out", str(tmp_path), "--fixed_epochs", "15", "--budget_min", "60",
+                        "--only", "ours_unet", "ours_xnet"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4
+    for train in (lines[0], lines[2]):
+        assert "--epochs 15 " in train and "--time_limit_s 3600 " in train and "--time_budget_s" not in train
+    assert "xnet_sce_and_iou" in lines[2]
+    for argv in (["--only", "nnunet", "ours_unet"], ["--only", "ours_unet", "--epochs", "ours_unet=3"],
+                 ["--fixed_epochs", "0", "--only", "ours_unet"]):
+        if "--fixed_epochs" not in argv:
+            argv = ["--fixed_epochs", "15", *argv]
+        with pytest.raises(SystemExit):
+            driver.main(["--dry_run", "--out", str(tmp_path), *argv])
+
+    datalist = tmp_path / "d.json"
+    datalist.write_text("{}")
+    done_epochs = {"ours_unet": 15, "ours_xnet": 9}
+
+    def fake_run(cmd, log, timeout_s):  # training: a log with the checkpoints saved; evaluation: a metrics file
+        log.parent.mkdir(parents=True, exist_ok=True)
+        name = log.name.rsplit("_", 1)[0]
+        if log.name.endswith("_train.log"):
+            log.write_text("".join(f"Saved checkpoint at epoch: {i}\nEpoch[{i}] Metrics -- val_mean_iou: 0.{i:02d} \n"
+                                   for i in range(1, done_epochs[name] + 1)))
+        else:
+            metrics = tmp_path / "out" / name / "eval_testing_sections" / "metrics.json"
+            metrics.parent.mkdir(parents=True, exist_ok=True)
+            metrics.write_text(json.dumps({"num_images": 4, "mean_iou": 0.7, "per_image_mean_iou": 0.69,
+                                           "per_class": {"a": {"accumulated": {"iou": 0.7}}}}))
+        return {"returncode": 0, "seconds": 1.0, "log": str(log), "load_mean": 1.0, "load_max": 1.0, "cpu_s": 1.0,
+                "cpu_per_s": 1.0}
+
+    monkeypatch.setattr(driver, "run", fake_run)
+    assert driver.main(["--out", str(tmp_path / "out"), "--datalist", str(datalist), "--fixed_epochs", "15",
+                        "--budget_min", "60", "--only", "ours_unet", "ours_xnet"]) == 0
+    report = json.loads((tmp_path / "out" / "peers.json").read_text())
+    assert report["fixed_epochs"] == 15
+    unet, xnet = report["entries"]["ours_unet"], report["entries"]["ours_xnet"]
+    assert unet["status"] == "done" and unet["epochs"] == 15 and unet["scores"]["mean_iou"] == 0.7
+    assert unet["best_val_mean_iou"] == pytest.approx(0.15)
+    assert xnet["status"].startswith("stopped by the time limit after 9 of 15 epochs") and "scores" not in xnet
+    assert "15 epochs of training each (time limit 60 min)" in (tmp_path / "out" / "peers.md").read_text()
+    # an equal-time report is not resumed as an equal-epochs one
+    args = driver.argparse.Namespace(budget_min=60.0, fixed_epochs=None, datalist=str(datalist),
+                                     eval_key="testing_sections")
+    assert driver.previous_entries(tmp_path / "out" / "peers.json", args) == {}
+    args.fixed_epochs = 15
+    assert list(driver.previous_entries(tmp_path / "out" / "peers.json", args)) == ["ours_unet"]
