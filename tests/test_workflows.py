@@ -237,3 +237,16 @@ def test_train_config_takes_a_device_string(tmp_path):
     assert parser.get_parsed_content("channels_last") is True
     net = parser.get_parsed_content("network")
     assert any(p.ndim == 4 and p.is_contiguous(memory_format=torch.channels_last) for p in net.parameters())
+
+
+def test_compile_trains_the_same_network(trained, tmp_path):
+    """``--compile True``: the trainer steps a ``torch.compile`` view of ``@network`` (MONAI 1.6.1's own
+    ``SupervisedTrainer(compile=True)`` fails on batched MetaTensors); the first loss is the uncompiled run's, and
+    model.pt holds the plain network's keys (no ``_orig_mod.``), so every consumer loads it as before."""
+    root, plain = trained
+    proc = run_bundle(config_arg("train.json"), "training", {**TINY, "bundle_root": str(tmp_path), "compile": True},
+                      timeout=600)
+    first_loss = [re.search(r"train_loss: ([0-9.]+)", p.stdout + p.stderr).group(1) for p in (plain, proc)]
+    assert float(first_loss[1]) == pytest.approx(float(first_loss[0]), rel=1e-4), first_loss
+    compiled = torch.load(tmp_path / "models" / "model.pt", map_location="cpu")["model"]
+    assert set(compiled) == set(torch.load(root / "models" / "model.pt", map_location="cpu")["model"])
