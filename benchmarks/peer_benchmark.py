@@ -264,7 +264,7 @@ def previous_entries(path: Path, args: argparse.Namespace) -> dict:
     report = json.loads(path.read_text())
     if (report.get("budget_min"), report.get("fixed_epochs"), report.get("datalist"),
             report.get("eval_key", "testing_sections")) != (
-            args.budget_min, getattr(args, "fixed_epochs", None), args.datalist, args.eval_key):
+            args.budget_min, args.fixed_epochs, args.datalist, args.eval_key):
         return {}
     return {n: e for n, e in report.get("entries", {}).items() if e.get("status") == "done"}
 

@@ -169,7 +169,7 @@ def test_peer_driver_resume(tmp_path):
     datalist.write_text("{}")
     base = ["--budget_min", "45", "--datalist", str(datalist), "--out", str(tmp_path),
             "--nnunet_python", str(tmp_path / "no_python")]
-    args = driver.argparse.Namespace(budget_min=45.0, datalist=str(datalist), out=str(tmp_path),
+    args = driver.argparse.Namespace(budget_min=45.0, fixed_epochs=None, datalist=str(datalist), out=str(tmp_path),
                                      nnunet_python=str(tmp_path / "no_python"))
     nnunet_cmd = driver.shlex.join(driver.nnunet_command(args))
     earlier = {"budget_min": 45.0, "datalist": str(datalist), "eval_key": "testing_sections", "entries": {
