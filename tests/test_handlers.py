@@ -366,6 +366,9 @@ def test_train_json_follows_epochs_on_resume_unless_a_budget_is_on(budget, follo
     loader = parser["train"]["handlers"][0]
     assert loader["_target_"] == "scripts.handlers.ResumeCheckpointLoader"
     assert parser.get_parsed_content("train#handlers#0#follow_epochs") is follow
+    # the budget's clock is saved with the resumable checkpoint, optional for checkpoints of earlier versions
+    assert parser["resumable"]["time_budget"] == "@time_budget" and "@time_budget" in parser["train"]["handlers"]
+    assert loader["optional"] == ["time_budget"]
 
 
 def test_run_folder_refuses_a_second_run_and_archives_with_overwrite(tmp_path):

@@ -94,3 +94,116 @@ def test_other_schedulers_and_no_budget_are_left_alone():
     assert engine.state.epoch < 1000 and sched.step_size == 100  # epochs fitted, the scheduler untouched
     engine, _ = run_engine(budget_s=None, max_epochs=3, scheduler=None)
     assert engine.state.epoch == 3  # disabled: the plan stands
+
+
+class FakeClock:
+    """Seconds that advance only when a training step says so: the budget's arithmetic without timing noise."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def budgeted_run(tmp_path, budget_s, max_epochs, scheduler=None, resume_from=None, kill_after=None, step_s=1.0):
+    """A trainer whose iterations take ``step_s`` fake seconds (3 per epoch), with the budget handler and, as in
+    train.json, a resume loader before it and a checkpoint of the handler, trainer and scheduler saved after it.
+    Returns the engine, the handler and the checkpoint path."""
+    from scripts.handlers import ResumeCheckpointLoader
+
+    clock = FakeClock()
+
+    def step(engine, batch):
+        clock.now += step_s
+
+    engine = Engine(step)
+    handler = FitEpochsToBudget(budget_s, scheduler)
+    handler.clock = clock
+    to_save = {"time_budget": handler, "trainer": engine}
+    if scheduler is not None:
+        to_save["lr_scheduler"] = scheduler
+        engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: scheduler.step())
+    if resume_from is not None:
+        ResumeCheckpointLoader(str(resume_from), dict(to_save), engine_key="trainer", follow_epochs=False).attach(engine)
+    handler.attach(engine)
+    ckpt = tmp_path / f"c{len(list(tmp_path.glob('c*.pt')))}.pt"
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: torch.save(
+        {k: v.state_dict() for k, v in to_save.items()}, ckpt))
+    if kill_after is not None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED(once=kill_after), lambda e: e.terminate())
+    engine.run(range(3), max_epochs=max_epochs)
+    return engine, handler, ckpt
+
+
+def test_the_clock_survives_a_resume(tmp_path):
+    """A budgeted run killed after epoch 4 (12 of 30 s used) and resumed spends only the 18 s left: 10 epochs in
+    all, as the uninterrupted run; the plan outgrew --epochs (2), which MONAI's loader alone would refuse."""
+    whole, _, _ = budgeted_run(tmp_path, 30, max_epochs=2)
+    assert whole.state.epoch == 10
+    killed, handler, ckpt = budgeted_run(tmp_path, 30, max_epochs=2, kill_after=4)
+    assert killed.state.epoch == 4 and torch.load(ckpt)["time_budget"]["used_s"] == 12.0
+    resumed, handler, ckpt = budgeted_run(tmp_path, 30, max_epochs=2, resume_from=ckpt)
+    assert handler.used_before_s == 12.0 and resumed.state.epoch == 10 and handler.used_s() == 30.0
+    # resumed again, the finished run trains nothing more; with a larger budget it trains on (one epoch fits)
+    again, handler, _ = budgeted_run(tmp_path, 30, max_epochs=2, resume_from=ckpt)
+    assert again.state.epoch == 10 and handler.used_s() == 30.0
+    longer, handler, _ = budgeted_run(tmp_path, 36, max_epochs=2, resume_from=ckpt)
+    assert longer.state.epoch == 12 and handler.used_s() == 36.0
+
+
+def test_the_step_keeps_its_place_across_a_resume(tmp_path):
+    """The step schedule at 75% of --epochs 40 (milestone 30) fitted to a 30 s budget (10 epochs) drops the rate
+    after epoch 7 or 8 (round(0.75 x 10)); killed after epoch 4 and resumed, it must drop at the same epoch."""
+    def run(**kw):
+        sched = MultiStepLR(optimizer(), milestones=[30], gamma=0.1)
+        engine, _, ckpt = budgeted_run(tmp_path, 30, 40, sched, **kw)
+        return engine, sched, ckpt
+
+    whole, sched, _ = run()
+    assert whole.state.epoch == 10 and sorted(sched.milestones.elements()) == [8]
+    _, _, ckpt = run(kill_after=4)
+    resumed, sched, _ = run(resume_from=ckpt)
+    assert resumed.state.epoch == 10 and sorted(sched.milestones.elements()) == [8]
+    assert sched.optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+def test_a_checkpoint_without_the_clock_resumes_with_a_new_one(tmp_path, caplog):
+    """Checkpoints of v0.6.x hold no ``time_budget`` entry: the loader leaves the handler as it is (a new clock)
+    instead of refusing the checkpoint; an entry not declared optional is still required."""
+    import logging
+
+    from scripts.errors import RunFolderError
+    from scripts.handlers import ResumeCheckpointLoader
+
+    net = torch.nn.Linear(1, 1)
+    torch.save({"model": net.state_dict()}, tmp_path / "old.pt")
+    handler = FitEpochsToBudget(10)
+    load_dict = {"model": torch.nn.Linear(1, 1), "time_budget": handler}
+    loader = ResumeCheckpointLoader(str(tmp_path / "old.pt"), load_dict, engine_key=None, optional=["time_budget"])
+    engine = Engine(lambda e, b: None)
+    loader.attach(engine)
+    with caplog.at_level(logging.INFO):
+        engine.run([0])
+    assert handler.used_before_s == 0.0 and "holds no 'time_budget' entry" in caplog.text
+    assert torch.equal(load_dict["model"].weight, net.weight) and set(loader.load_dict) == {"model", "time_budget"}
+    strict = ResumeCheckpointLoader(str(tmp_path / "old.pt"), {"model": torch.nn.Linear(1, 1), "time_budget": handler},
+                                    engine_key=None)
+    engine = Engine(lambda e, b: None)
+    strict.attach(engine)
+    with pytest.raises(RunFolderError, match="holds no 'time_budget' entry"):
+        engine.run([0])
+
+
+@pytest.mark.parametrize("state", [{}, {"used_s": -1.0}, {"used_s": "10"}, None, {"used_s": 1.0, "epoch_s": 0},
+                                   {"used_s": 1.0, "fractions": "0.75"}])
+def test_a_bad_clock_state_is_refused(state):
+    with pytest.raises(ValueError, match="non-negative 'used_s'"):
+        FitEpochsToBudget(10).load_state_dict(state)
+
+
+def test_a_disabled_handler_keeps_the_clock_it_loaded():
+    assert FitEpochsToBudget(None).state_dict() == {"used_s": 0.0, "epoch_s": None, "fractions": None}
+    handler = FitEpochsToBudget(None)  # a budgeted run resumed once without --time_budget_s
+    handler.load_state_dict({"used_s": 12.0, "epoch_s": 3.0, "fractions": [0.75]})
+    assert handler.state_dict() == {"used_s": 12.0, "epoch_s": 3.0, "fractions": [0.75]}

@@ -38,7 +38,8 @@ def test_training_writes_checkpoints_and_logs(trained):
     assert [p.name for p in resumable] == ["checkpoint_epoch=2.pt"]
     ckpt = torch.load(resumable[0], map_location="cpu", weights_only=False)
     assert {"model_info", "model", "optimizer", "trainer", "lr_scheduler", "best_model_saver", "early_stop",
-            "random_states"} <= set(ckpt)
+            "random_states", "time_budget"} <= set(ckpt)
+    assert ckpt["time_budget"] == {"used_s": 0.0, "epoch_s": None, "fractions": None}  # no --time_budget_s
     assert ckpt["trainer"]["iteration"] == 4  # 2 epochs x 2 iterations
     assert list((root / "logs").glob("events.out.tfevents.*")), "TensorBoard events expected"
     assert "val_mean_iou" in proc.stdout + proc.stderr
@@ -250,3 +251,29 @@ def test_compile_trains_the_same_network(trained, tmp_path):
     assert float(first_loss[1]) == pytest.approx(float(first_loss[0]), rel=1e-4), first_loss
     compiled = torch.load(tmp_path / "models" / "model.pt", map_location="cpu")["model"]
     assert set(compiled) == set(torch.load(root / "models" / "model.pt", map_location="cpu")["model"])
+
+
+def test_a_budgeted_run_resumes_with_what_is_left_of_its_budget(tmp_path):
+    """``--time_budget_s``: the seconds used are saved with the resumable checkpoint, so a run stopped early (here by
+    ``--time_limit_s``, as a kill would) and resumed spends only the rest of the budget; and a plan that outgrew
+    ``--epochs`` (the budget's first guess) resumes instead of being refused by MONAI's loader (before v0.6.10:
+    "Epoch count (N) in checkpoint is larger than max_epochs")."""
+    budget = {**TINY, "bundle_root": str(tmp_path), "epochs": 1, "time_budget_s": 9, "early_stop_patience": 1000}
+    run_bundle(config_arg("train.json"), "training", {**budget, "time_limit_s": 3})
+    (first,) = (tmp_path / "models").glob("checkpoint_epoch=*.pt")
+    saved = torch.load(first, map_location="cpu", weights_only=False)
+    used, done = saved["time_budget"]["used_s"], saved["trainer"]["iteration"] // saved["trainer"]["epoch_length"]
+    assert 2.5 <= used < 9 and done > 1, (used, done)  # stopped by the time limit, beyond the guess of 1 epoch
+    proc = run_bundle(config_arg("train.json"), "training", {**budget, "resume": True})
+    out = proc.stdout + proc.stderr
+    reports = [(float(u), int(e)) for u, e in re.findall(r"time budget: (\d+) of 9 s used after epoch (\d+)", out)]
+    assert reports and reports[0][1] == done + 1, out[-3000:]
+    assert reports[0][0] >= int(used), "the resumed run's clock starts where the checkpoint's stopped"
+    (last,) = (tmp_path / "models").glob("checkpoint_epoch=*.pt")
+    final = torch.load(last, map_location="cpu", weights_only=False)
+    epochs = final["trainer"]["iteration"] // final["trainer"]["epoch_length"]
+    assert epochs > done and 7 <= final["time_budget"]["used_s"] <= 12, (reports[-3:], final["time_budget"])
+    # resuming the finished run trains nothing more and exits 0
+    again = run_bundle(config_arg("train.json"), "training", {**budget, "resume": True})
+    assert "time budget:" not in again.stdout + again.stderr
+    assert [p.name for p in (tmp_path / "models").glob("checkpoint_epoch=*.pt")] == [last.name]

@@ -21,7 +21,7 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +197,9 @@ class ResumeCheckpointLoader(_MonaiCheckpointLoader):
             that ``--resume True --learning_rate 1e-4`` continues a diverged run with the new rate. When equal,
             nothing changes (exact resume).
         follow_epochs: whether the configured schedule length replaces the checkpoint's (below).
+        optional: entries of ``load_dict`` that a checkpoint of an earlier bundle version may lack (e.g.
+            ``"time_budget"``, saved since v0.6.10): such an entry is left as constructed, with a log line, instead
+            of refusing the checkpoint.
 
     The length of the learning-rate schedule follows the configuration, not the checkpoint: a ``PolynomialLR``'s
     ``total_iters`` or a ``MultiStepLR``'s milestones, as configured (from ``--epochs``), replace the checkpoint's
@@ -206,18 +209,20 @@ class ResumeCheckpointLoader(_MonaiCheckpointLoader):
     checkpoint's schedule is kept as it is (exact resume). Other schedulers are loaded as saved.
     ``follow_epochs=False`` keeps the checkpoint's schedule whatever the configuration says: ``train.json`` sets it
     when a time budget is on (``FitEpochsToBudget``), whose checkpoints hold the schedule fitted to the budget,
-    ``--epochs`` being only its first guess.
+    ``--epochs`` being only its first guess; the engine's ``max_epochs`` then becomes the checkpoint's plan (MONAI's
+    loader would restore the configured one, and refuse a checkpoint whose epoch is beyond it).
 
     A checkpoint that cannot be read (truncated, not a checkpoint) or was made by another network configuration
     raises one :class:`~scripts.errors.UserError` naming the file.
     """
 
     def __init__(self, *args: Any, engine_key: str | None = "trainer", learning_rate: float | None = None,
-                 follow_epochs: bool = True, **kwargs: Any) -> None:
+                 follow_epochs: bool = True, optional: Sequence[str] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.engine_key = engine_key
         self.learning_rate = learning_rate
         self.follow_epochs = follow_epochs
+        self.optional = tuple(optional)
 
     def attach(self, engine: Engine) -> None:
         if self.engine_key is not None:
@@ -226,7 +231,20 @@ class ResumeCheckpointLoader(_MonaiCheckpointLoader):
 
     def __call__(self, engine: Engine) -> None:
         configured = _schedule_length(self.load_dict.get("lr_scheduler")) if self.follow_epochs else None
+        absent: dict[str, Any] = {}
         try:
+            if not self.follow_epochs or any(key in self.load_dict for key in self.optional):
+                saved = torch.load(self.load_path, map_location="cpu", weights_only=True)
+                absent = {key: self.load_dict.pop(key) for key in self.optional
+                          if key in self.load_dict and key not in saved}
+                for key in absent:
+                    self.logger.info(f"{self.load_path} holds no {key!r} entry (an earlier version): left as it is.")
+                planned = saved.get(self.engine_key, {}).get("max_epochs") if self.engine_key else None
+                if not self.follow_epochs and isinstance(planned, int) and planned >= 1:
+                    # a time budget's plan, not --epochs (its first guess, which MONAI's loader would otherwise
+                    # restore, refusing a checkpoint beyond it)
+                    engine.state.max_epochs = planned
+                del saved
             super().__call__(engine)
             scaler = getattr(engine, "scaler", None) if self.engine_key is not None else None
             if getattr(engine, "amp", False) and scaler is not None:  # created in run(), after attach
@@ -249,6 +267,8 @@ class ResumeCheckpointLoader(_MonaiCheckpointLoader):
                 f"cannot resume from {self.load_path}: the file cannot be read as a checkpoint "
                 f"({type(e).__name__}: {e}). Delete it to resume from an older one, or start over with --overwrite True."
             ) from e
+        finally:
+            self.load_dict.update(absent)
         self._apply_schedule_length(configured)
         if self.learning_rate is not None:
             self._apply_learning_rate(float(self.learning_rate))

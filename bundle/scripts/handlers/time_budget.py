@@ -52,8 +52,14 @@ class FitEpochsToBudget:
     The schedule follows the new length: ``PolynomialLR.total_iters`` becomes ``max_epochs`` (its decay ends with
     the run; PyTorch's recursive form continues smoothly from the current rate), ``MultiStepLR`` milestones keep
     their fractions of the run (a milestone not yet passed moves; one passed stays). Other schedulers are left
-    alone. With several processes (multi-GPU), every rank takes the smallest plan. A resumed run starts a new clock (the budget counts this process's training), so a budgeted run is not
-    bit-exact on resume.
+    alone. With several processes (multi-GPU), every rank takes the smallest plan.
+
+    The clock survives a resume: ``state_dict`` holds the training seconds used up to the moment it is saved, the
+    last epoch estimate and the milestones' fractions (the bundle's resumable checkpoint saves it after every epoch,
+    ``train.json``'s ``resumable``), and a run resumed from that checkpoint spends only what is left of the budget.
+    Time after the last checkpoint of a killed process is not counted (at most one epoch). A finished run resumed
+    with a larger budget trains on when one more epoch fits. A budgeted run is still not bit-exact on resume, since
+    its plan depends on measured times.
 
     Args:
         budget_s: training seconds; ``None`` disables the handler (``attach`` does nothing).
@@ -68,10 +74,14 @@ class FitEpochsToBudget:
             raise ValueError(f"budget_s must be a positive number of seconds or None, got {budget_s!r}.")
         self.budget_s = budget_s
         self.lr_scheduler = lr_scheduler
+        self.clock = time.monotonic  # seconds; replaceable in tests
+        self.used_before_s = 0.0  # training seconds of earlier processes (load_state_dict)
+        self.epoch_s: float | None = None  # the latest estimate of one epoch's duration
         self.start: float | None = None
         self.first_epoch_end: float | None = None
         self.first_epoch: int | None = None
         self._fractions: list[float] | None = None
+        self._resumed_fractions: list[float] | None = None
 
     def attach(self, engine: Engine) -> None:
         if self.budget_s is not None:
@@ -79,26 +89,62 @@ class FitEpochsToBudget:
             engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def _started(self, engine: Engine) -> None:
-        self.start, self.first_epoch_end, self.first_epoch = time.monotonic(), None, None
+        self.start, self.first_epoch_end, self.first_epoch = self.clock(), None, None
         if isinstance(self.lr_scheduler, MultiStepLR):
             total = max(1, engine.state.max_epochs or 1)
-            self._fractions = sorted(m / total for m in self.lr_scheduler.milestones.elements())
+            self._fractions = self._resumed_fractions or sorted(
+                m / total for m in self.lr_scheduler.milestones.elements())
+        self._resumed_fractions = None
+        done = engine.state.epoch
+        if (done and done >= (engine.state.max_epochs or 0) and self.epoch_s is not None
+                and self.used_before_s + self.epoch_s <= self.budget_s):
+            engine.state.max_epochs = done + 1  # a finished run, resumed with a larger budget: refitted after it
 
     def __call__(self, engine: Engine) -> None:
-        now = time.monotonic()
+        now = self.clock()
         epoch = engine.state.epoch
         if self.first_epoch_end is None:  # the first epoch of this process (a resumed run starts later)
             self.first_epoch_end, self.first_epoch = now, epoch
             epoch_s = now - self.start
         else:
             epoch_s = (now - self.first_epoch_end) / (epoch - self.first_epoch)
-        planned = fit_epochs(self.budget_s, now - self.start, epoch, max(epoch_s, 1e-6))
+        used_s = self.used_before_s + now - self.start
+        self.epoch_s = epoch_s
+        planned = fit_epochs(self.budget_s, used_s, epoch, max(epoch_s, 1e-6))
         if idist.get_world_size() > 1:  # every rank stops at the same epoch: the slowest rank's plan
             planned = int(idist.all_reduce(float(planned), op="MIN"))
         engine.state.max_epochs = planned
         self._fit_schedule(epoch, planned)
-        engine.logger.info(f"time budget: {now - self.start:.0f} of {self.budget_s:.0f} s used after epoch {epoch}, "
+        engine.logger.info(f"time budget: {used_s:.0f} of {self.budget_s:.0f} s used after epoch {epoch}, "
                            f"{epoch_s:.1f} s per epoch: {planned} epochs planned")
+
+    def used_s(self) -> float:
+        """Training seconds used so far: earlier processes' (from the checkpoint) plus this one's."""
+        return self.used_before_s + (self.clock() - self.start if self.start is not None else 0.0)
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps: the training seconds used up to now (a disabled handler keeps what it loaded),
+        the latest epoch estimate and the milestones' fractions of the run (``None`` when unknown)."""
+        fractions = self._fractions if self._fractions is not None else self._resumed_fractions
+        return {"used_s": self.used_s(), "epoch_s": self.epoch_s, "fractions": fractions}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the clock of the run that saved ``state``.
+
+        Raises:
+            ValueError: when ``state`` has no non-negative ``used_s``, or a bad ``epoch_s`` or ``fractions``.
+        """
+        state = state if isinstance(state, dict) else {}
+        used, epoch_s, fractions = state.get("used_s"), state.get("epoch_s"), state.get("fractions")
+        if (not isinstance(used, (int, float)) or not used >= 0
+                or not (epoch_s is None or isinstance(epoch_s, (int, float)) and epoch_s > 0)
+                or not (fractions is None or isinstance(fractions, list)
+                        and all(isinstance(f, (int, float)) for f in fractions))):
+            raise ValueError("a time-budget state needs a non-negative 'used_s', a positive 'epoch_s' or None and "
+                             f"a list of numbers or None as 'fractions', got {state!r}.")
+        self.used_before_s = float(used)
+        self.epoch_s = None if epoch_s is None else float(epoch_s)
+        self._resumed_fractions = None if fractions is None else [float(f) for f in fractions]
 
     def _fit_schedule(self, epoch: int, planned: int) -> None:
         s = self.lr_scheduler
