@@ -80,8 +80,7 @@ class FitEpochsToBudget:
         self.start: float | None = None
         self.first_epoch_end: float | None = None
         self.first_epoch: int | None = None
-        self._fractions: list[float] | None = None
-        self._resumed_fractions: list[float] | None = None
+        self._fractions: list[float] | None = None  # the milestones' fractions of the run (kept across a resume)
 
     def attach(self, engine: Engine) -> None:
         if self.budget_s is not None:
@@ -90,11 +89,9 @@ class FitEpochsToBudget:
 
     def _started(self, engine: Engine) -> None:
         self.start, self.first_epoch_end, self.first_epoch = self.clock(), None, None
-        if isinstance(self.lr_scheduler, MultiStepLR):
+        if isinstance(self.lr_scheduler, MultiStepLR) and self._fractions is None:
             total = max(1, engine.state.max_epochs or 1)
-            self._fractions = self._resumed_fractions or sorted(
-                m / total for m in self.lr_scheduler.milestones.elements())
-        self._resumed_fractions = None
+            self._fractions = sorted(m / total for m in self.lr_scheduler.milestones.elements())
         done = engine.state.epoch
         if (done and done >= (engine.state.max_epochs or 0) and self.epoch_s is not None
                 and self.used_before_s + self.epoch_s <= self.budget_s):
@@ -125,8 +122,7 @@ class FitEpochsToBudget:
     def state_dict(self) -> dict:
         """What a checkpoint keeps: the training seconds used up to now (a disabled handler keeps what it loaded),
         the latest epoch estimate and the milestones' fractions of the run (``None`` when unknown)."""
-        fractions = self._fractions if self._fractions is not None else self._resumed_fractions
-        return {"used_s": self.used_s(), "epoch_s": self.epoch_s, "fractions": fractions}
+        return {"used_s": self.used_s(), "epoch_s": self.epoch_s, "fractions": self._fractions}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue the clock of the run that saved ``state``.
@@ -144,7 +140,7 @@ class FitEpochsToBudget:
                              f"a list of numbers or None as 'fractions', got {state!r}.")
         self.used_before_s = float(used)
         self.epoch_s = None if epoch_s is None else float(epoch_s)
-        self._resumed_fractions = None if fractions is None else [float(f) for f in fractions]
+        self._fractions = None if fractions is None else [float(f) for f in fractions]
 
     def _fit_schedule(self, epoch: int, planned: int) -> None:
         s = self.lr_scheduler
