@@ -4,7 +4,7 @@ there (``dynamic = ["version"]`` through ``scripts.__version__``) instead of kee
 from __future__ import annotations
 
 import json
-import sys
+import tomllib
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
@@ -12,11 +12,6 @@ import pytest
 
 import scripts
 from bundle_runner import CONFIGS, REPO
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.9/3.10
-    tomllib = pytest.importorskip("tomli")
 
 
 def test_pyproject_reads_the_version_from_metadata():
