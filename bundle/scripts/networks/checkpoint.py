@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +26,7 @@ import torch.nn as nn
 
 from scripts.networks.config import build_network, describe_network, is_buildable
 from scripts.networks.model_info import MODEL_INFO_KEY, describe_mismatch
+from scripts.networks.pinned import check_pinned_file
 
 __all__ = [
     "MODEL_KEY",
@@ -91,10 +93,18 @@ def split_checkpoint(checkpoint: Mapping[str, Any]) -> tuple[Mapping[str, Any], 
 def read_checkpoint(path: str | os.PathLike) -> tuple[Mapping[str, Any], dict[str, Any] | None]:
     """Load ``path`` on the CPU (``weights_only=True``: tensors and plain Python values only) and
     :func:`split_checkpoint` it."""
+    if os.path.isfile(path):
+        check_pinned_file(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such checkpoint; train a model first or point ckpt_path to one.") from None
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(
+            f"{path} cannot be read as a PyTorch checkpoint ({reason}): the file is truncated or is not a model.pt; "
+            "copy it again, or point ckpt_path to another checkpoint."
+        ) from None
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dictionary (state dict).")
     try:
