@@ -58,3 +58,33 @@ def test_merged_config_files_count_and_other_processes_are_left_alone():
     check_overrides([MAIN, "run", "evaluating", "--config_file", files, "--test_key", "testing"])  # evaluate.json's
     check_overrides(["pytest", "run", "--config_file", INFERENCE, "--inputt", "foo"])  # not the bundle CLI
     check_overrides([MAIN, "verify_metadata", "--meta_file", "x.json", "--inputt", "foo"])  # not `run`
+
+
+def test_overridden_names_only_settings_given_on_the_bundle_command_line():
+    from scripts.overrides import overridden
+
+    argv = [MAIN, "run", "inference", "--config_file", INFERENCE, "--features", "[8]", "--networks#unet#dropout", "0"]
+    assert overridden(["network_def", "features", "networks"], argv) == ["features", "networks"]
+    assert overridden(["features"], ["pytest", "run", "--features", "[8]"]) == []
+
+
+def test_the_shipped_model_logs_its_configuration_at_info_unless_the_user_asked_for_another(tmp_path, caplog,
+                                                                                              monkeypatch):
+    import logging
+
+    from bundle_runner import REPO
+    from scripts.networks import XNet, network_from_checkpoint
+
+    shipped = str(REPO / "bundle" / "models" / "pretrained" / "model.pt")
+    config_default = XNet(spatial_dims=2, in_channels=1, out_channels=5, features=(4, 8, 16, 32, 64))
+    with caplog.at_level(logging.INFO, logger="scripts.networks.checkpoint"):
+        network_from_checkpoint(shipped, config_default)
+    [record] = [r for r in caplog.records if "not used" in r.getMessage()]
+    assert record.levelno == logging.INFO
+
+    caplog.clear()
+    monkeypatch.setattr("sys.argv", [MAIN, "run", "inference", "--config_file", INFERENCE, "--features", "[4,8]"])
+    with caplog.at_level(logging.INFO, logger="scripts.networks.checkpoint"):
+        network_from_checkpoint(shipped, config_default)
+    [record] = [r for r in caplog.records if "not used" in r.getMessage()]
+    assert record.levelno == logging.WARNING and "your --features cannot change a trained network" in record.getMessage()

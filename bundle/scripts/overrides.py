@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["check_overrides", "cli_overrides", "unknown_overrides"]
+__all__ = ["check_overrides", "cli_overrides", "overridden", "unknown_overrides"]
 
 #: ``monai.bundle run``'s own arguments (not config keys).
 RUN_ARGUMENTS = frozenset(
@@ -85,14 +85,30 @@ def unknown_overrides(overrides: Mapping[str, Any], config: Mapping[str, Any]) -
     return unknown
 
 
+def _bundle_run_argv(argv: Sequence[str] | None) -> list[str] | None:
+    """``argv`` (default ``sys.argv``) when it is ``python -m monai.bundle run ...``, else ``None``."""
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or not argv[0].replace("\\", "/").endswith("monai/bundle/__main__.py") or argv[1] != "run":
+        return None
+    return argv
+
+
+def overridden(keys: Sequence[str], argv: Sequence[str] | None = None) -> list[str]:
+    """Those of ``keys`` (top-level settings) that the bundle command line overrides (``--key`` or ``--key#...``);
+    empty outside ``python -m monai.bundle run``."""
+    argv = _bundle_run_argv(argv)
+    given = {k.split("#")[0] for k in cli_overrides(argv[2:])} if argv else set()
+    return [k for k in keys if k in given]
+
+
 def check_overrides(argv: Sequence[str] | None = None) -> None:
     """Refuse the command line's overrides that name no setting of its config files (see the module docstring).
 
     Raises:
         ConfigError: naming each unknown override and the closest known setting.
     """
-    argv = list(sys.argv if argv is None else argv)
-    if len(argv) < 2 or not argv[0].replace("\\", "/").endswith("monai/bundle/__main__.py") or argv[1] != "run":
+    argv = _bundle_run_argv(argv)
+    if argv is None:
         return  # not `python -m monai.bundle run ...`
     overrides = cli_overrides(argv[2:])
     if "config_file" not in overrides or "args_file" in overrides:

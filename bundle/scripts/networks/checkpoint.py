@@ -27,6 +27,12 @@ import torch.nn as nn
 from scripts.networks.config import build_network, describe_network, is_buildable
 from scripts.networks.model_info import MODEL_INFO_KEY, describe_mismatch
 from scripts.networks.pinned import check_pinned_file
+from scripts.overrides import overridden
+
+#: Config settings that shape the network (a command-line override of one of them is worth a warning when the
+#: checkpoint's own configuration overrules it).
+NETWORK_SETTINGS = ("network_def", "networks", "features", "padding", "batch_norm", "dropout", "xnet_skip",
+                    "in_channels", "num_classes", "class_names")
 
 __all__ = [
     "MODEL_KEY",
@@ -206,9 +212,15 @@ def network_from_checkpoint(path: str | os.PathLike | None, default: nn.Module |
         if default is not None:
             diff = describe_mismatch(saved, describe_network(default))
             if diff:
-                logger.warning(
+                # expected whenever the config's defaults differ from the model: a warning only when the user
+                # asked for network settings on the command line that the checkpoint overrules
+                asked = overridden(NETWORK_SETTINGS)
+                logger.log(
+                    logging.WARNING if asked else logging.INFO,
                     "%s: building the network it was trained with; the config's differing values are not used "
-                    "(%s).", path, "; ".join(diff))
+                    "(%s)%s.", path, "; ".join(diff),
+                    f"; your --{', --'.join(asked)} cannot change a trained network (train a new model for that)"
+                    if asked else "")
     check_state_dict(network, weights, strict=True, source=str(path), model_info=info)
     network.load_state_dict(weights)
     return network
