@@ -31,7 +31,8 @@ def parse_class_map(class_map: str | dict) -> dict[int, int]:
     """Parse a class map ``"0:0,128:1,255:2"`` (label value -> class index) or validate a dict.
 
     Raises:
-        ValueError: for a malformed entry, a value given twice, or a class index outside 0..255.
+        ValueError: for a malformed entry, a value given twice, a class index outside 0..255, or class indices
+            with a gap (each of 0..max must be used).
     """
     if isinstance(class_map, dict):
         entries = list(class_map.items())
@@ -58,7 +59,21 @@ def parse_class_map(class_map: str | dict) -> dict[int, int]:
         result[value] = index
     if not result:
         raise ValueError("class map is empty; give it as 'value:index,...', e.g. '0:0,128:1,255:2'.")
+    missing = sorted(set(range(max(result.values()) + 1)) - set(result.values()))
+    if missing:
+        used = sorted(set(result.values()))
+        renumbered = ",".join(f"{v}:{used.index(i)}" for v, i in sorted(result.items()))
+        raise ValueError(
+            f"class map {class_map_text(result)} leaves class index(es) {', '.join(map(str, missing))} without a label "
+            f"value: classes must be numbered 0..{len(used) - 1} without gaps (an empty class cannot be learned and "
+            f"distorts the mean IoU). Renumber, e.g. --class-map \"{renumbered}\"."
+        )
     return result
+
+
+def class_map_text(class_map: dict[int, int]) -> str:
+    """``{0: 0, 128: 1}`` as ``"0:0,128:1"``."""
+    return ",".join(f"{v}:{i}" for v, i in sorted(class_map.items()))
 
 
 def _list(folder: Path) -> dict[str, Path]:
