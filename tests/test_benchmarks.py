@@ -10,6 +10,7 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -25,14 +26,20 @@ def load(name: str):
     return module
 
 
-def test_train_throughput(tmp_path):
+def test_train_throughput(tmp_path, monkeypatch):
+    """Samples/s counts the samples of the timed epochs only: on a clock that advances one second per reading, each
+    pipeline's timed epoch (the second: 4 images in batches of 2) reads as one second, so both rates are 4."""
+    module = load("train_throughput")
+    ticks = iter(range(1000))
+    monkeypatch.setattr(module, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
     out = tmp_path / "throughput.json"
-    load("train_throughput").main(["--epochs", "2", "--num-train", "4", "--size", "64", "--features", "4", "8", "16",
-                                   "--batch-size", "2", "--workers", "0", "--cache-workers", "0",
-                                   "--work-dir", str(tmp_path), "--json", str(out)])
+    module.main(["--epochs", "2", "--num-train", "4", "--size", "64", "--features", "4", "8", "16",
+                 "--batch-size", "2", "--workers", "0", "--cache-workers", "0",
+                 "--work-dir", str(tmp_path), "--json", str(out)])
     r = json.loads(out.read_text())
-    assert r["cached_samples_per_s"] > 0 and r["uncached_samples_per_s"] > 0
-    assert r["ratio_cached_over_uncached"] == pytest.approx(r["cached_samples_per_s"] / r["uncached_samples_per_s"], rel=0.01)
+    assert r["images"] == 4 and r["timed_epochs"] == 1 and r["network"] == "XNet"
+    assert r["cached_samples_per_s"] == 4.0 and r["uncached_samples_per_s"] == 4.0
+    assert r["ratio_cached_over_uncached"] == 1.0 and r["cache_build_seconds"] == 1.0
 
 
 

@@ -95,6 +95,7 @@ from monai.engines import SupervisedTrainer
 from scripts.errors import DataLoadingError, DivergenceError, RunFolderError, user_error_in
 from scripts.handlers import (AtomicDiskSaver, CheckpointSaver, EarlyStopHandler, FailOnEmptyEpoch, RandomStates,
                               ResumeCheckpointLoader, atomic_save, prepare_run_folder)
+from scripts.schedules import PolySchedule, StepSchedule
 
 
 class _Box:
@@ -303,41 +304,72 @@ def _resume(tmp_path, net, opt, sched, follow_epochs=True):
     engine.run([0])
 
 
-def test_resume_with_more_epochs_extends_a_finished_poly_decay(tmp_path):
+#: the schedules as configured and as a checkpoint holds them: this version's, or PyTorch's (v0.7.1 and earlier)
+SAVED_BY = ["bundle", "torch"]
+
+
+def _poly(saved_by, saved_epochs, configured_epochs):
+    def make(opt, which):
+        if which == "saved" and saved_by == "torch":
+            return torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=saved_epochs, power=0.9)
+        return PolySchedule(opt, saved_epochs if which == "saved" else configured_epochs, power=0.9)
+    return make
+
+
+def _step(saved_by, saved_epochs, configured_epochs):
+    """train.json's step schedule: after 75% of the epochs (``int``)."""
+    def make(opt, which):
+        epochs = saved_epochs if which == "saved" else configured_epochs
+        if which == "saved" and saved_by == "torch":
+            return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[int(0.75 * epochs)], gamma=0.1)
+        return StepSchedule(opt, epochs, [int(0.75 * epochs)], gamma=0.1)
+    return make
+
+
+@pytest.mark.parametrize("saved_by", SAVED_BY)
+def test_resume_with_more_epochs_extends_a_finished_poly_decay(tmp_path, saved_by):
     # a 4-epoch poly run ends at lr 0; resumed with --epochs 8 it used to train on at lr 0 (the checkpoint's length)
-    def poly(opt, which):
-        return torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=4 if which == "saved" else 8, power=0.9)
+    poly = _poly(saved_by, 4, 8)
     net, saved_lr, opt = _saved_schedule(tmp_path, poly, epochs_done=4)
     assert saved_lr == 0.0
     sched = poly(opt, "configured")
     _resume(tmp_path, net, opt, sched)
     expected = 1e-3 * (1 - 4 / 8) ** 0.9  # the 8-epoch decay at epoch 4: 5.36e-4
-    assert sched.total_iters == 8 and sched.last_epoch == 4
+    assert sched.total_epochs == 8 and sched.last_epoch == 4
     assert opt.param_groups[0]["lr"] == pytest.approx(expected) and sched.get_last_lr() == [pytest.approx(expected)]
     opt.step()
     sched.step()  # the decay goes on from there, not from 0
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * (1 - 5 / 8) ** 0.9)
 
 
-def test_resume_with_the_same_epochs_keeps_the_saved_schedule_exactly(tmp_path):
-    def poly(opt, which):
-        return torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=10, power=0.9)
-    net, saved_lr, opt = _saved_schedule(tmp_path, poly, epochs_done=3)
-    sched = poly(opt, "configured")
+@pytest.mark.parametrize("saved_by", SAVED_BY)
+@pytest.mark.parametrize("schedule", [_poly, _step])
+def test_resume_with_the_same_epochs_keeps_the_saved_schedule_exactly(tmp_path, saved_by, schedule):
+    make = schedule(saved_by, 10, 10)
+    net, saved_lr, opt = _saved_schedule(tmp_path, make, epochs_done=9)
+    sched = make(opt, "configured")
     _resume(tmp_path, net, opt, sched)
     # the recursive form's value, bit for bit (the closed form differs in the last bits)
-    assert opt.param_groups[0]["lr"] == saved_lr and sched.total_iters == 10 and sched.last_epoch == 3
+    assert opt.param_groups[0]["lr"] == saved_lr and sched.total_epochs == 10 and sched.last_epoch == 9
+    reference = make(torch.optim.Adam(torch.nn.Linear(1, 1).parameters(), lr=1e-3), "saved")
+    for _ in range(10):
+        reference.optimizer.step()
+        reference.step()
+    opt.step()
+    sched.step()
+    assert sched.get_last_lr() == reference.get_last_lr()  # and it goes on as the uninterrupted run
 
 
-def test_resume_with_more_epochs_moves_the_learning_rate_step(tmp_path):
+@pytest.mark.parametrize("saved_by", SAVED_BY)
+def test_resume_with_more_epochs_moves_the_learning_rate_step(tmp_path, saved_by):
     # train.json's step at 75% of the epochs: 4 epochs -> after epoch 3; resumed with --epochs 8 -> after epoch 6
-    def step(opt, which):
-        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[3] if which == "saved" else [6], gamma=0.1)
+    step = _step(saved_by, 4, 8)
     net, saved_lr, opt = _saved_schedule(tmp_path, step, epochs_done=4)
     assert saved_lr == pytest.approx(1e-4)
     sched = step(opt, "configured")
     _resume(tmp_path, net, opt, sched)
     assert sorted(sched.milestones.elements()) == [6] and opt.param_groups[0]["lr"] == pytest.approx(1e-3)
+    assert sched.total_epochs == 8
     for epoch in (5, 6):
         opt.step()
         sched.step()
@@ -347,28 +379,50 @@ def test_resume_with_more_epochs_moves_the_learning_rate_step(tmp_path):
 def test_a_budgeted_resume_keeps_the_checkpoints_fitted_schedule(tmp_path):
     # with --time_budget_s the checkpoint holds the decay fitted to the budget (55 epochs) and --epochs is only the
     # first guess (53): the guess must not replace the fitted schedule on resume (follow_epochs=False)
-    def poly(opt, which):
-        return torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=55 if which == "saved" else 53, power=0.9)
+    poly = _poly("bundle", 55, 53)
     net, saved_lr, opt = _saved_schedule(tmp_path, poly, epochs_done=40)
     sched = poly(opt, "configured")
     _resume(tmp_path, net, opt, sched, follow_epochs=False)
-    assert sched.total_iters == 55 and opt.param_groups[0]["lr"] == saved_lr
+    assert sched.total_epochs == 55 and opt.param_groups[0]["lr"] == saved_lr
 
 
-@pytest.mark.parametrize("budget, follow", [(None, True), (2700, False)])
-def test_train_json_follows_epochs_on_resume_unless_a_budget_is_on(budget, follow):
+@pytest.mark.parametrize("budget", [None, 2700])
+def test_train_json_resumes_with_the_configured_epochs_unless_a_budget_is_on(tmp_path, budget):
+    """train.json's loader and schedule, resuming a 4-epoch run (the step after epoch 3) with --epochs 8: the step
+    moves to after epoch 6 and the rate is back at 1e-3, and the run trains to epoch 8; with --time_budget_s the
+    checkpoint's plan stays (4 epochs, the step passed). The checkpoint holds no clock (as before v0.6.10)."""
     from monai.bundle import ConfigParser
 
     from bundle_runner import CONFIGS
 
-    parser = ConfigParser(ConfigParser.load_config_files(str(CONFIGS / "train.json")))
-    parser["time_budget_s"] = budget
-    loader = parser["train"]["handlers"][0]
-    assert loader["_target_"] == "scripts.handlers.ResumeCheckpointLoader"
-    assert parser.get_parsed_content("train#handlers#0#follow_epochs") is follow
-    # the budget's clock is saved with the resumable checkpoint, optional for checkpoints of earlier versions
-    assert parser["resumable"]["time_budget"] == "@time_budget" and "@time_budget" in parser["train"]["handlers"]
-    assert loader["optional"] == ["time_budget"]
+    def config(epochs, **overrides):
+        parser = ConfigParser(ConfigParser.load_config_files(str(CONFIGS / "train.json")))
+        parser.update({"epochs": epochs, "network": "$torch.nn.Linear(1, 1)", "device": "cpu", **overrides,
+                       "resumable": {"model": "@network", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler",
+                                     "time_budget": "@time_budget"}})
+        return parser
+
+    first = config(4)
+    opt, sched = first.get_parsed_content("optimizer"), first.get_parsed_content("lr_scheduler")
+    trainer = Engine(lambda e, b: opt.step())
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: sched.step())
+    trainer.run([0], max_epochs=4)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)
+    torch.save({"model": first.get_parsed_content("network").state_dict(), "optimizer": opt.state_dict(),
+                "lr_scheduler": sched.state_dict(), "trainer": trainer.state_dict()}, tmp_path / "c.pt")
+
+    resumed = config(8, resume=True, resume_ckpt=str(tmp_path / "c.pt"), time_budget_s=budget)
+    engine = Engine(lambda e, b: None)
+    resumed.get_parsed_content("train#handlers#0").attach(engine)
+    engine.run([0], max_epochs=8)
+    sched = resumed.get_parsed_content("lr_scheduler")
+    if budget is None:
+        assert engine.state.epoch == 8 and sched.total_epochs == 8 and sorted(sched.milestones.elements()) == [6]
+        assert sched.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+    else:
+        assert engine.state.epoch == 4 and sched.total_epochs == 4 and sorted(sched.milestones.elements()) == [3]
+        assert sched.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+    assert resumed.get_parsed_content("time_budget").used_before_s == 0.0  # a new clock
 
 
 def test_run_folder_refuses_a_second_run_and_archives_with_overwrite(tmp_path):

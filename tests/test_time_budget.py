@@ -7,10 +7,11 @@ import time
 import pytest
 import torch
 from ignite.engine import Engine, Events
-from torch.optim.lr_scheduler import MultiStepLR, PolynomialLR, StepLR
+from torch.optim.lr_scheduler import StepLR
 
 from scripts.handlers import FitEpochsToBudget
 from scripts.handlers.time_budget import fit_epochs
+from scripts.schedules import PolySchedule, StepSchedule
 
 
 @pytest.mark.parametrize(
@@ -62,24 +63,24 @@ def optimizer():
 
 
 def test_a_long_plan_is_cut_to_the_budget_and_the_poly_decay_ends_with_it():
-    sched = PolynomialLR(optimizer(), total_iters=1000, power=1.0)
+    sched = PolySchedule(optimizer(), 1000, power=1.0)
     engine, lrs = run_engine(budget_s=0.6, max_epochs=1000, scheduler=sched)  # ~0.06 s per epoch: ~10 epochs
     epochs = engine.state.epoch
-    assert 5 <= epochs <= 12 and engine.state.max_epochs == epochs and sched.total_iters == epochs
+    assert 5 <= epochs <= 12 and engine.state.max_epochs == epochs and sched.total_epochs == epochs
     # linear decay (power 1) over the fitted run: the last epoch trains at about 1/epochs of the initial rate
     assert lrs[0] == 1.0 and lrs[-1] == pytest.approx(1.0 / epochs, rel=0.35)
     assert all(a > b for a, b in zip(lrs, lrs[1:]))
 
 
 def test_a_short_plan_is_extended_to_fill_the_budget():
-    sched = PolynomialLR(optimizer(), total_iters=2, power=1.0)
+    sched = PolySchedule(optimizer(), 2, power=1.0)
     engine, lrs = run_engine(budget_s=0.6, max_epochs=2, scheduler=sched)
-    assert engine.state.epoch >= 5 and sched.total_iters == engine.state.epoch
+    assert engine.state.epoch >= 5 and sched.total_epochs == engine.state.epoch
     assert min(lrs) > 0  # a 2-epoch decay would have reached 0 at epoch 3
 
 
-def test_multistep_milestones_keep_their_fraction_of_the_run():
-    sched = MultiStepLR(optimizer(), milestones=[750], gamma=0.1)  # 75% of 1000 planned epochs
+def test_step_milestones_keep_their_fraction_of_the_run():
+    sched = StepSchedule(optimizer(), 1000, [750], gamma=0.1)  # 75% of 1000 planned epochs
     engine, lrs = run_engine(budget_s=0.6, max_epochs=1000, scheduler=sched)
     epochs = engine.state.epoch
     drop = [i for i, lr in enumerate(lrs) if lr < 1.0]
@@ -88,10 +89,11 @@ def test_multistep_milestones_keep_their_fraction_of_the_run():
     assert abs(drop[0] - 0.75 * epochs) <= 2 and lrs[-1] == pytest.approx(0.1)
 
 
-def test_other_schedulers_and_no_budget_are_left_alone():
+def test_other_schedulers_and_no_budget_are_left_alone(caplog):
     sched = StepLR(optimizer(), step_size=100)
     engine, _ = run_engine(budget_s=0.3, max_epochs=1000, scheduler=sched)
     assert engine.state.epoch < 1000 and sched.step_size == 100  # epochs fitted, the scheduler untouched
+    assert "StepLR does not know its length" in caplog.text
     engine, _ = run_engine(budget_s=None, max_epochs=3, scheduler=None)
     assert engine.state.epoch == 3  # disabled: the plan stands
 
@@ -152,17 +154,24 @@ def test_the_clock_survives_a_resume(tmp_path):
     assert longer.state.epoch == 12 and handler.used_s() == 36.0
 
 
-def test_the_step_keeps_its_place_across_a_resume(tmp_path):
+@pytest.mark.parametrize("saved_by", ["this version", "v0.7.1"])
+def test_the_step_keeps_its_place_across_a_resume(tmp_path, saved_by):
     """The step schedule at 75% of --epochs 40 (milestone 30) fitted to a 30 s budget (10 epochs) drops the rate
-    after epoch 7 or 8 (round(0.75 x 10)); killed after epoch 4 and resumed, it must drop at the same epoch."""
+    after epoch 7 or 8 (round(0.75 x 10)); killed after epoch 4 and resumed, it must drop at the same epoch, also
+    from a checkpoint of v0.7.1 (PyTorch's MultiStepLR state, without the length; the fractions in the clock's)."""
     def run(**kw):
-        sched = MultiStepLR(optimizer(), milestones=[30], gamma=0.1)
+        sched = StepSchedule(optimizer(), 40, [30], gamma=0.1)
         engine, _, ckpt = budgeted_run(tmp_path, 30, 40, sched, **kw)
         return engine, sched, ckpt
 
     whole, sched, _ = run()
     assert whole.state.epoch == 10 and sorted(sched.milestones.elements()) == [8]
     _, _, ckpt = run(kill_after=4)
+    if saved_by == "v0.7.1":
+        saved = torch.load(ckpt)
+        del saved["lr_scheduler"]["total_epochs"]
+        saved["time_budget"]["fractions"] = [0.75]
+        torch.save(saved, ckpt)
     resumed, sched, _ = run(resume_from=ckpt)
     assert resumed.state.epoch == 10 and sorted(sched.milestones.elements()) == [8]
     assert sched.optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
@@ -196,14 +205,14 @@ def test_a_checkpoint_without_the_clock_resumes_with_a_new_one(tmp_path, caplog)
 
 
 @pytest.mark.parametrize("state", [{}, {"used_s": -1.0}, {"used_s": "10"}, None, {"used_s": 1.0, "epoch_s": 0},
-                                   {"used_s": 1.0, "fractions": "0.75"}])
+                                   {"used_s": 1.0, "epoch_s": "3"}])
 def test_a_bad_clock_state_is_refused(state):
     with pytest.raises(ValueError, match="non-negative 'used_s'"):
         FitEpochsToBudget(10).load_state_dict(state)
 
 
 def test_a_disabled_handler_keeps_the_clock_it_loaded():
-    assert FitEpochsToBudget(None).state_dict() == {"used_s": 0.0, "epoch_s": None, "fractions": None}
+    assert FitEpochsToBudget(None).state_dict() == {"used_s": 0.0, "epoch_s": None}
     handler = FitEpochsToBudget(None)  # a budgeted run resumed once without --time_budget_s
-    handler.load_state_dict({"used_s": 12.0, "epoch_s": 3.0, "fractions": [0.75]})
-    assert handler.state_dict() == {"used_s": 12.0, "epoch_s": 3.0, "fractions": [0.75]}
+    handler.load_state_dict({"used_s": 12.0, "epoch_s": 3.0})
+    assert handler.state_dict() == {"used_s": 12.0, "epoch_s": 3.0}

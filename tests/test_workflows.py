@@ -39,7 +39,7 @@ def test_training_writes_checkpoints_and_logs(trained):
     ckpt = torch.load(resumable[0], map_location="cpu", weights_only=False)
     assert {"model_info", "model", "optimizer", "trainer", "lr_scheduler", "best_model_saver", "early_stop",
             "random_states", "time_budget"} <= set(ckpt)
-    assert ckpt["time_budget"] == {"used_s": 0.0, "epoch_s": None, "fractions": None}  # no --time_budget_s
+    assert ckpt["time_budget"] == {"used_s": 0.0, "epoch_s": None}  # no --time_budget_s
     assert ckpt["trainer"]["iteration"] == 4  # 2 epochs x 2 iterations
     assert list((root / "logs").glob("events.out.tfevents.*")), "TensorBoard events expected"
     assert "val_mean_iou" in proc.stdout + proc.stderr

@@ -16,11 +16,9 @@
 
 from __future__ import annotations
 
-import bisect
 import logging
 import os
 import re
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,9 +29,9 @@ from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader as _MonaiCheckpointLoader
 from monai.handlers import CheckpointSaver as _MonaiCheckpointSaver
-from torch.optim.lr_scheduler import MultiStepLR, PolynomialLR
 
 from scripts.errors import ConfigError, DivergenceError, RunFolderError, UserError
+from scripts.schedules import EpochSchedule
 
 __all__ = ["AtomicDiskSaver", "CheckpointSaver", "NoCheckpointError", "ResumeCheckpointLoader", "atomic_save",
            "latest_checkpoint", "non_finite_entries"]
@@ -201,12 +199,13 @@ class ResumeCheckpointLoader(_MonaiCheckpointLoader):
             ``"time_budget"``, saved since v0.6.10): such an entry is left as constructed, with a log line, instead
             of refusing the checkpoint.
 
-    The length of the learning-rate schedule follows the configuration, not the checkpoint: a ``PolynomialLR``'s
-    ``total_iters`` or a ``MultiStepLR``'s milestones, as configured (from ``--epochs``), replace the checkpoint's
-    when they differ, and the learning rate becomes the one the configured schedule gives at the resumed epoch (its
-    closed form). So ``--resume True --epochs 200`` extends a finished 100-epoch poly run with the decay of a
-    200-epoch run instead of training on at the learning rate 0 it ended with. With the same ``--epochs`` the
-    checkpoint's schedule is kept as it is (exact resume). Other schedulers are loaded as saved.
+    The length of the learning-rate schedule follows the configuration, not the checkpoint: when the checkpoint's
+    ``total_epochs`` differs from the configured one (``--epochs``), the schedule (a
+    :class:`~scripts.schedules.EpochSchedule`) is set to the configured length with ``set_total_epochs``, which also
+    makes the learning rate the one the configured schedule gives at the resumed epoch (its closed form). So
+    ``--resume True --epochs 200`` extends a finished 100-epoch poly run with the decay of a 200-epoch run instead of
+    training on at the learning rate 0 it ended with, and moves a step to its fraction of 200 epochs. With the same
+    ``--epochs`` the checkpoint's schedule is kept as it is (exact resume). Other schedulers are loaded as saved.
     ``follow_epochs=False`` keeps the checkpoint's schedule whatever the configuration says: ``train.json`` sets it
     when a time budget is on (``FitEpochsToBudget``), whose checkpoints hold the schedule fitted to the budget,
     ``--epochs`` being only its first guess; the engine's ``max_epochs`` then becomes the checkpoint's plan (MONAI's
@@ -230,7 +229,8 @@ class ResumeCheckpointLoader(_MonaiCheckpointLoader):
         super().attach(engine)
 
     def __call__(self, engine: Engine) -> None:
-        configured = _schedule_length(self.load_dict.get("lr_scheduler")) if self.follow_epochs else None
+        schedule = self.load_dict.get("lr_scheduler")
+        configured = schedule.total_epochs if self.follow_epochs and isinstance(schedule, EpochSchedule) else None
         absent: dict[str, Any] = {}
         try:
             if not self.follow_epochs or any(key in self.load_dict for key in self.optional):
@@ -269,31 +269,14 @@ class ResumeCheckpointLoader(_MonaiCheckpointLoader):
             ) from e
         finally:
             self.load_dict.update(absent)
-        self._apply_schedule_length(configured)
+        if configured is not None and schedule.total_epochs != configured:
+            saved = "another length" if schedule.total_epochs is None else f"{schedule.total_epochs} epochs"
+            schedule.set_total_epochs(configured)
+            lrs = ", ".join(f"{lr:.3g}" for lr in schedule.get_last_lr())
+            self.logger.info(f"Resumed with the configured schedule, {schedule.plan()} (the checkpoint's: {saved}); "
+                             f"learning rate now {lrs} at epoch {schedule.last_epoch}.")
         if self.learning_rate is not None:
             self._apply_learning_rate(float(self.learning_rate))
-
-    def _apply_schedule_length(self, configured: Any) -> None:
-        scheduler = self.load_dict.get("lr_scheduler")
-        saved = _schedule_length(scheduler)
-        if configured is None or saved == configured:
-            return
-        epoch = scheduler.last_epoch
-        if isinstance(scheduler, PolynomialLR):  # the closed forms of torch's two schedulers
-            scheduler.total_iters = configured
-            factor = (1.0 - min(configured, epoch) / configured) ** scheduler.power
-            what = f"the polynomial decay ends after epoch {configured} (the checkpoint's after {saved})"
-        else:
-            scheduler.milestones = Counter(configured)
-            factor = scheduler.gamma ** bisect.bisect_right(sorted(configured.elements()), epoch)
-            what = (f"the learning-rate steps come after epochs {sorted(configured.elements())} (the checkpoint's "
-                    f"after {sorted(saved.elements())})")
-        lrs = [base * factor for base in scheduler.base_lrs]
-        for group, lr in zip(scheduler.optimizer.param_groups, lrs):
-            group["lr"] = lr
-        scheduler._last_lr = list(lrs)
-        self.logger.info(f"Resumed with the configured schedule: {what}; learning rate now "
-                         f"{', '.join(f'{lr:.3g}' for lr in lrs)} at epoch {scheduler.last_epoch}.")
 
     def _apply_learning_rate(self, lr: float) -> None:
         optimizer = self.load_dict.get("optimizer")
@@ -311,15 +294,6 @@ class ResumeCheckpointLoader(_MonaiCheckpointLoader):
             if scheduler is not None and hasattr(scheduler, "_last_lr"):
                 scheduler._last_lr[i] = group["lr"]
             self.logger.info(f"Resumed with learning_rate {lr:g} instead of the checkpoint's {initial:g}.")
-
-
-def _schedule_length(scheduler: Any) -> Any:
-    """What ``--epochs`` sets in a scheduler: ``PolynomialLR.total_iters``, ``MultiStepLR.milestones``; else None."""
-    if isinstance(scheduler, PolynomialLR):
-        return scheduler.total_iters
-    if isinstance(scheduler, MultiStepLR):
-        return Counter(scheduler.milestones)
-    return None
 
 
 def latest_checkpoint(ckpt_dir: str, prefix: str = "checkpoint") -> str:

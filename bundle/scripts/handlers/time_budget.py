@@ -2,20 +2,20 @@
 
 A run cut off by a timer stops with its learning rate still high; a run given a fixed number of epochs wastes or
 overruns its budget on a machine faster or slower than expected. :class:`FitEpochsToBudget` times the epochs and,
-after each one, sets the trainer's ``max_epochs`` to the number of epochs that end within the budget, and rescales
-the scheduler to that number (the end of a ``PolynomialLR`` decay, the milestones of a ``MultiStepLR`` at the same
-fractions of the run), so that the schedule runs to its end when the budget does.
+after each one, sets the trainer's ``max_epochs`` to the number of epochs that end within the budget, and the
+schedule's length to that number (a :class:`~scripts.schedules.EpochSchedule`: the end of the poly decay, the step
+at the same fraction of the run), so that the schedule runs to its end when the budget does.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections import Counter
 
 import ignite.distributed as idist
 from ignite.engine import Engine, Events
-from torch.optim.lr_scheduler import MultiStepLR, PolynomialLR
+
+from scripts.schedules import EpochSchedule
 
 __all__ = ["FitEpochsToBudget", "fit_epochs"]
 
@@ -49,14 +49,15 @@ class FitEpochsToBudget:
     includes the validation and checkpointing that run at the end of each epoch when this handler is attached after
     them. Checked at ``EPOCH_COMPLETED``, so the run ends at the end of the last epoch that fits.
 
-    The schedule follows the new length: ``PolynomialLR.total_iters`` becomes ``max_epochs`` (its decay ends with
-    the run; PyTorch's recursive form continues smoothly from the current rate), ``MultiStepLR`` milestones keep
-    their fractions of the run (a milestone not yet passed moves; one passed stays). Other schedulers are left
-    alone. With several processes (multi-GPU), every rank takes the smallest plan.
+    The schedule follows the new length, ``set_total_epochs(max_epochs, keep_past=True)``: the poly decay ends with
+    the run, continuing smoothly from the current rate; a step not yet passed moves to its fraction of the run, one
+    passed stays. A scheduler that is not an :class:`~scripts.schedules.EpochSchedule` is left alone (logged). With
+    several processes (multi-GPU), every rank takes the smallest plan.
 
-    The clock survives a resume: ``state_dict`` holds the training seconds used up to the moment it is saved, the
-    last epoch estimate and the milestones' fractions (the bundle's resumable checkpoint saves it after every epoch,
-    ``train.json``'s ``resumable``), and a run resumed from that checkpoint spends only what is left of the budget.
+    The clock survives a resume: ``state_dict`` holds the training seconds used up to the moment it is saved and the
+    last epoch estimate (the bundle's resumable checkpoint saves it after every epoch, ``train.json``'s
+    ``resumable``, with the schedule fitted so far), and a run resumed from that checkpoint spends only what is left
+    of the budget.
     Time after the last checkpoint of a killed process is not counted (at most one epoch). A finished run resumed
     with a larger budget trains on when one more epoch fits. A budgeted run is still not bit-exact on resume, since
     its plan depends on measured times.
@@ -80,18 +81,17 @@ class FitEpochsToBudget:
         self.start: float | None = None
         self.first_epoch_end: float | None = None
         self.first_epoch: int | None = None
-        self._fractions: list[float] | None = None  # the milestones' fractions of the run (kept across a resume)
 
     def attach(self, engine: Engine) -> None:
         if self.budget_s is not None:
+            if self.lr_scheduler is not None and not isinstance(self.lr_scheduler, EpochSchedule):
+                engine.logger.warning(f"time budget: {type(self.lr_scheduler).__name__} does not know its length (not "
+                                      "a scripts.schedules.EpochSchedule): the epochs are fitted, its schedule is not.")
             engine.add_event_handler(Events.STARTED, self._started)
             engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def _started(self, engine: Engine) -> None:
         self.start, self.first_epoch_end, self.first_epoch = self.clock(), None, None
-        if isinstance(self.lr_scheduler, MultiStepLR) and self._fractions is None:
-            total = max(1, engine.state.max_epochs or 1)
-            self._fractions = sorted(m / total for m in self.lr_scheduler.milestones.elements())
         done = engine.state.epoch
         if (done and done >= (engine.state.max_epochs or 0) and self.epoch_s is not None
                 and self.used_before_s + self.epoch_s <= self.budget_s):
@@ -111,7 +111,8 @@ class FitEpochsToBudget:
         if idist.get_world_size() > 1:  # every rank stops at the same epoch: the slowest rank's plan
             planned = int(idist.all_reduce(float(planned), op="MIN"))
         engine.state.max_epochs = planned
-        self._fit_schedule(epoch, planned)
+        if isinstance(self.lr_scheduler, EpochSchedule):  # stepped for this epoch already (attached after it)
+            self.lr_scheduler.set_total_epochs(planned, keep_past=True)
         engine.logger.info(f"time budget: {used_s:.0f} of {self.budget_s:.0f} s used after epoch {epoch}, "
                            f"{epoch_s:.1f} s per epoch: {planned} epochs planned")
 
@@ -120,35 +121,22 @@ class FitEpochsToBudget:
         return self.used_before_s + (self.clock() - self.start if self.start is not None else 0.0)
 
     def state_dict(self) -> dict:
-        """What a checkpoint keeps: the training seconds used up to now (a disabled handler keeps what it loaded),
-        the latest epoch estimate and the milestones' fractions of the run (``None`` when unknown)."""
-        return {"used_s": self.used_s(), "epoch_s": self.epoch_s, "fractions": self._fractions}
+        """What a checkpoint keeps: the training seconds used up to now (a disabled handler keeps what it loaded)
+        and the latest epoch estimate (``None`` when unknown)."""
+        return {"used_s": self.used_s(), "epoch_s": self.epoch_s}
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue the clock of the run that saved ``state``.
+        """Continue the clock of the run that saved ``state`` (the step's ``fractions`` that checkpoints of v0.6.10 to
+        v0.7.1 also hold are the schedule's own now, and ignored).
 
         Raises:
-            ValueError: when ``state`` has no non-negative ``used_s``, or a bad ``epoch_s`` or ``fractions``.
+            ValueError: when ``state`` has no non-negative ``used_s``, or a bad ``epoch_s``.
         """
         state = state if isinstance(state, dict) else {}
-        used, epoch_s, fractions = state.get("used_s"), state.get("epoch_s"), state.get("fractions")
+        used, epoch_s = state.get("used_s"), state.get("epoch_s")
         if (not isinstance(used, (int, float)) or not used >= 0
-                or not (epoch_s is None or isinstance(epoch_s, (int, float)) and epoch_s > 0)
-                or not (fractions is None or isinstance(fractions, list)
-                        and all(isinstance(f, (int, float)) for f in fractions))):
-            raise ValueError("a time-budget state needs a non-negative 'used_s', a positive 'epoch_s' or None and "
-                             f"a list of numbers or None as 'fractions', got {state!r}.")
+                or not (epoch_s is None or isinstance(epoch_s, (int, float)) and epoch_s > 0)):
+            raise ValueError("a time-budget state needs a non-negative 'used_s' and a positive 'epoch_s' or None, "
+                             f"got {state!r}.")
         self.used_before_s = float(used)
         self.epoch_s = None if epoch_s is None else float(epoch_s)
-        self._fractions = None if fractions is None else [float(f) for f in fractions]
-
-    def _fit_schedule(self, epoch: int, planned: int) -> None:
-        s = self.lr_scheduler
-        if isinstance(s, PolynomialLR):
-            s.total_iters = planned
-        elif isinstance(s, MultiStepLR) and self._fractions is not None:
-            # the scheduler has been stepped for this epoch: a milestone <= epoch has acted, a later one moves (to
-            # epoch + 1 at the earliest, so that it still acts)
-            current = sorted(s.milestones.elements())
-            s.milestones = Counter(m if m <= epoch else max(epoch + 1, round(f * planned))
-                                   for m, f in zip(current, self._fractions))
