@@ -10,7 +10,7 @@ cannot start in time is recorded as skipped):
    (SCE+IoU) and X-Net (SCE and IoU) at the paper's widths 64..1024 (``benchmarks/train_throughput.py``).
 3. ``inference``: 1024² and 4096² images, overlap-tile vs sliding window vs one whole pass
    (``benchmarks/inference_benchmark.py``, called through its command line).
-4. ``training``: a short run of the paper's protocol (``experiments/paper_protocol.json``, paper widths) for X-Net
+4. ``training``: a short run of the paper's protocol (``experiments/paper/paper_protocol.json``, paper widths) for X-Net
    (SCE and IoU) and U-Net (SCE+IoU) on Drosophila fold 0, each for half of the stage's budget (the config's
    ``time_limit_s``, checked at epoch end; as many epochs as fit), then scored on the 4 whole test sections with
    ``evaluate.json``. The data: ``--datalist``, else ``bundle/data/drosophila/datalist_fold0.json``, else the
@@ -303,8 +303,8 @@ def stage_training(cfg: dict, out: Path, budget_s: float, device: str, smoke: bo
             continue
         run_dir = out / "training" / experiment
         spec = {
-            "configs": [str(CONFIGS / "train.json"), str(CONFIGS / "experiments" / f"{experiment}.json"),
-                        str(CONFIGS / "experiments" / "paper_protocol.json")],
+            "configs": [str(CONFIGS / "train.json"), str(CONFIGS / "experiments" / "paper" / f"{experiment}.json"),
+                        str(CONFIGS / "experiments" / "paper" / "paper_protocol.json")],
             "evaluate_config": str(CONFIGS / "evaluate.json"),
             "overrides": {
                 "datalist_file": str(datalist_path), "bundle_root": str(run_dir), "features": cfg["features"],

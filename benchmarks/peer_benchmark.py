@@ -6,12 +6,16 @@ validation sections) and scored on its 4 whole test sections by the bundle's met
 
 - ``nnunet``: ``benchmarks/nnunet_peer.py all`` with the Python of ``.venv-nnunet`` (``bash tools/nnunet_env.sh``;
   recorded as not run when that environment is missing): its budget trainer sizes the epochs to the budget;
-- ``ours_unet``: the shipped model's recipe, ``train.json`` + ``experiments/unet_sce_iou.json`` +
-  ``experiments/section_patches.json`` + ``experiments/poly_lr.json``;
-- ``monai_basic_unet``: ``train.json`` + ``experiments/monai_basic_unet.json`` (BasicUNet + DiceCELoss + Adam, the
-  same augmentation, train.json's step schedule; MONAI's sliding window at validation and test time) +
-  ``experiments/section_patches.json`` (random patches from whole images, as Model Zoo bundles sample);
-- ``ours_xnet``: the same recipe with ``experiments/xnet_sce_and_iou.json`` (the config's default network).
+- ``ours_shipped``: the shipped model's recipe, ``train.json`` + ``recipes/shipped.json`` (U-Net SCE+IoU without
+  class weights, section patches, poly decay);
+- ``ours_unet``: the shipped recipe before v0.7.0 (class-weighted cross entropy; the peer table's "ours" row),
+  ``train.json`` + ``experiments/paper/unet_sce_iou.json`` + ``experiments/recipe/section_patches.json`` +
+  ``experiments/recipe/poly_lr.json``;
+- ``monai_basic_unet``: ``train.json`` + ``experiments/peers/monai_basic_unet.json`` (BasicUNet + DiceCELoss + Adam,
+  the same augmentation, train.json's step schedule; MONAI's sliding window at validation and test time) +
+  ``experiments/recipe/section_patches.json`` (random patches from whole images, as Model Zoo bundles sample);
+- ``ours_xnet``: ``ours_unet``'s recipe with ``experiments/paper/xnet_sce_and_iou.json`` (the config's default
+  network).
 
 The bundle entries fit their epochs to the budget as nnU-Net's budget trainer does: ``--time_budget_s`` = the
 budget (the bundle's ``FitEpochsToBudget`` times the epochs and, after each one, sets the number of epochs and the
@@ -32,8 +36,9 @@ Writes ``OUT/peers.json`` and ``OUT/peers.md`` (default ``runs/peers``) after ev
 entries of an earlier run with the same budget and datalist that are done, and reruns the others from scratch.
 A file ``OUT/PAUSE`` holds the run before its next entry until it is removed (for other work on the machine).
 
-Recipe A/B runs (issue #14, section 1) use the same machinery: ``--arm 'NAME=EXP[,EXP...] [--key value ...]'`` adds
-a bundle entry (experiment files on top of ``train.json``, then command-line overrides), ``--minutes NAME=M`` its
+Recipe A/B runs use the same machinery: ``--arm 'NAME=EXP[,EXP...] [--key value ...]'`` adds a bundle entry
+(override files on top of ``train.json``, named by file name: ``recipes/EXP.json`` or
+``experiments/<group>/EXP.json``; then command-line overrides), ``--minutes NAME=M`` its
 minutes per epoch (default: the U-Net's), and ``--eval_key validation_sections`` scores the validation sections
 (decisions are made on the validation split; the test sections are for the final numbers). The best validation
 mIoU of each bundle run's own validation is reported too.
@@ -75,9 +80,12 @@ CONFIGS = REPO / "bundle" / "configs"
 #: name -> (label, experiment files on top of train.json), in the order they run
 ENTRIES = {
     "nnunet": ("nnU-Net v2 2D (1 GB plan, budget trainer)", None),
-    "ours_unet": ("Ours: U-Net (SCE+IoU), the shipped recipe", ("unet_sce_iou", "section_patches", "poly_lr")),
+    "ours_shipped": ("Ours: the shipped recipe (recipes/shipped.json: U-Net SCE+IoU, no class weights)", ("shipped",)),
+    "ours_unet": ("Ours: U-Net (SCE+IoU, class-weighted), section patches + poly (shipped before v0.7.0)",
+                  ("unet_sce_iou", "section_patches", "poly_lr")),
     "monai_basic_unet": ("MONAI recipe: BasicUNet + DiceCE + Adam", ("monai_basic_unet", "section_patches")),
-    "ours_xnet": ("Ours: X-Net (SCE and IoU), same recipe", ("xnet_sce_and_iou", "section_patches", "poly_lr")),
+    "ours_xnet": ("Ours: X-Net (SCE and IoU, class-weighted), section patches + poly",
+                  ("xnet_sce_and_iou", "section_patches", "poly_lr")),
 }
 #: minutes per epoch (192 patches, batch 8, validation on the 4 whole sections) on the 2-core development CPU: the
 #: U-Net 16..256 measured (the shipped model's run, epochs 30-90: 60 epochs in 50.1 min); X-Net and BasicUNet
@@ -85,7 +93,18 @@ ENTRIES = {
 #: channels-last, Adam, 2 threads), plus their validation. They only size the first epoch's schedule and the
 #: table's "planned" column: the bundle's FitEpochsToBudget refits the epochs and the schedule to the budget after
 #: every epoch, as nnU-Net's budget trainer does.
-MINUTES_PER_EPOCH = {"ours_unet": 0.84, "ours_xnet": 2.7, "monai_basic_unet": 3.3}
+MINUTES_PER_EPOCH = {"ours_shipped": 0.84, "ours_unet": 0.84, "ours_xnet": 2.7, "monai_basic_unet": 3.3}
+
+
+def config_file(name: str) -> Path:
+    """The override file called ``name``: ``recipes/<name>.json`` or ``experiments/<group>/<name>.json`` (file names
+    are unique across the groups)."""
+    candidates = [CONFIGS / "recipes" / f"{name}.json", *sorted((CONFIGS / "experiments").glob(f"*/{name}.json"))]
+    found = [p for p in candidates if p.is_file()]
+    if len(found) != 1:
+        raise ValueError(f"{name}: expected one bundle/configs/recipes/{name}.json or "
+                         f"bundle/configs/experiments/<group>/{name}.json, found {len(found)}.")
+    return found[0]
 
 
 def planned_epochs(budget_min: float, minutes_per_epoch: float) -> int:
@@ -103,8 +122,10 @@ def parse_arm(spec: str) -> tuple[str, tuple[str, ...], list[str]]:
         raise ValueError(f"--arm {spec!r}: expected NAME=EXP[,EXP...] with a new NAME of letters, digits and _.")
     experiments = tuple(e for e in exps.split(",") if e)
     for e in experiments:
-        if not (CONFIGS / "experiments" / f"{e}.json").is_file():
-            raise ValueError(f"--arm {spec!r}: no bundle/configs/experiments/{e}.json.")
+        try:
+            config_file(e)
+        except ValueError as err:
+            raise ValueError(f"--arm {spec!r}: {err}") from None
     if len(overrides) % 2:
         raise ValueError(f"--arm {spec!r}: overrides come in pairs (--key value).")
     owned = {"--epochs", "--time_budget_s", "--time_limit_s", "--bundle_root", "--datalist_file"}
@@ -118,7 +139,7 @@ def bundle_commands(name: str, args: argparse.Namespace, epochs: int) -> tuple[l
     """Training and evaluation command lines of one bundle entry, and its metrics file."""
     root = Path(args.out) / name
     _, experiments, overrides = args.entries[name]
-    configs = [str(CONFIGS / "train.json")] + [str(CONFIGS / "experiments" / f"{e}.json") for e in experiments]
+    configs = [str(CONFIGS / "train.json")] + [str(config_file(e)) for e in experiments]
     common = ["--datalist_file", args.datalist, "--bundle_root", str(root),
               "--features", json.dumps(args.features), "--cache_workers", "1"]
     # equal time: the epochs are a first guess that the budget fit corrects; equal epochs: exactly these epochs
@@ -278,9 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", default=None, help=f"entries to run, in this order (default: "
                     f"{' '.join(ENTRIES)}, or the --arm entries when there are any)")
     ap.add_argument("--arm", action="append", default=[], metavar="'NAME=EXP[,EXP...] [--key value ...]'",
-                    help="an extra bundle entry (a recipe A/B): experiment files of configs/experiments on top of "
-                    "train.json, then command-line overrides of train.json, e.g. 'crops_step=unet_sce_iou' or "
-                    "'sgd=unet_sce_iou,section_patches,poly_lr --optimizer#_target_ torch.optim.SGD'")
+                    help="an extra bundle entry (a recipe A/B): override files (by name, from configs/recipes or "
+                    "configs/experiments/<group>) on top of train.json, then command-line overrides of train.json, "
+                    "e.g. 'crops_step=unet_sce_iou' or 'sgd=unet_sce_iou,section_patches,poly_lr "
+                    "--optimizer#_target_ torch.optim.SGD'")
     ap.add_argument("--minutes", nargs="*", default=[], metavar="NAME=M", help="minutes per epoch of an entry (an "
                     "arm defaults to the U-Net's)")
     ap.add_argument("--eval_key", default="testing_sections", help="datalist key scored after training "

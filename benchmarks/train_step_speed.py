@@ -41,7 +41,7 @@ def build(experiment: str | None, features: list[int], work_dir: str):
     """The config's network (untrained) and loss."""
     files = [str(REPO / "bundle" / "configs" / "train.json")]
     if experiment:
-        files.append(str(REPO / "bundle" / "configs" / "experiments" / f"{experiment}.json"))
+        files.append(str(REPO / "bundle" / "configs" / "experiments" / "paper" / f"{experiment}.json"))
     parser = ConfigParser()
     parser.read_config(files)
     parser["bundle_root"] = work_dir  # never the repository's bundle (it holds a shipped model)
@@ -76,7 +76,7 @@ def batch(size: int, batch_size: int, num_classes: int, channels_last: bool) -> 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--experiment", default="unet_sce_iou", help="override file of configs/experiments ('' = none)")
+    ap.add_argument("--experiment", default="unet_sce_iou", help="override file of configs/experiments/paper ('' = none)")
     ap.add_argument("--features", type=int, nargs="+", default=[16, 32, 64, 128, 256])
     ap.add_argument("--size", type=int, default=256, help="patch size (train.json's patch_size)")
     ap.add_argument("--batch_size", type=int, default=8)

@@ -12,7 +12,7 @@ Both pipelines are built from ``bundle/configs/train.json`` (so the benchmark me
 Same network, loss, optimizer and batch size, run through MONAI's ``SupervisedTrainer`` one after the other in one
 process, with automatic mixed precision on a GPU. The first epoch of each is a warm-up and not timed. Prints
 samples/s for each and the ratio. The network and loss are train.json's (X-Net, SCE and IoU) unless
-``--experiment`` names an override file of ``bundle/configs/experiments/`` (e.g. ``unet_sce_iou``).
+``--experiment`` names an override file of ``bundle/configs/experiments/paper/`` (e.g. ``unet_sce_iou``) or a path.
 
 Example::
 
@@ -47,7 +47,7 @@ def build_parser(args: argparse.Namespace, device: str) -> ConfigParser:
     files = [str(REPO / "bundle" / "configs" / "train.json")]
     if args.experiment:
         exp = Path(args.experiment)
-        files.append(str(exp if exp.suffix == ".json" else REPO / "bundle" / "configs" / "experiments" / f"{exp}.json"))
+        files.append(str(exp if exp.suffix == ".json" else REPO / "bundle" / "configs" / "experiments" / "paper" / f"{exp}.json"))
     parser.read_config(files)
     parser["bundle_root"] = args.work_dir
     parser["device"] = f"$torch.device('{device}')"
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers (uncached)")
     ap.add_argument("--cache-workers", type=int, default=2)
     ap.add_argument("--experiment", default=None,
-                    help="experiment override file: a name in bundle/configs/experiments (unet_sce_iou) or a path")
+                    help="experiment override file: a name in bundle/configs/experiments/paper (unet_sce_iou) or a path")
     ap.add_argument("--datalist", default=None, help="datalist JSON (e.g. a Drosophila fold) instead of synthetic data")
     ap.add_argument("--work-dir", default=None, help="where synthetic data is written (default: a temp dir)")
     ap.add_argument("--json", default=None, help="write the results to this JSON file")

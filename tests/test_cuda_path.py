@@ -189,7 +189,8 @@ def test_training_pad_mirrors_in_torch_for_any_image_size():
 
 
 # --------------------------------------------------------------------------------------------- loss on the device
-@pytest.mark.parametrize("experiment", [None, "xnet_sce_and_dice.json", "unet_border_ce.json", "unet_dice_ce.json"])
+@pytest.mark.parametrize("experiment", [None, "paper/xnet_sce_and_dice.json", "losses/unet_border_ce.json",
+                                        "losses/unet_dice_ce.json"])
 def test_configured_loss_is_on_the_network_device(experiment):
     # "meta": a device that is not the CPU and needs no GPU; every buffer must have followed .to(@device)
     files = ["train.json"] + ([f"experiments/{experiment}"] if experiment else [])
@@ -198,7 +199,7 @@ def test_configured_loss_is_on_the_network_device(experiment):
     network = p.get_parsed_content("network")
     assert next(network.parameters()).device.type == "meta"
     buffers = dict(loss.named_buffers())
-    if experiment in (None, "xnet_sce_and_dice.json"):
+    if experiment in (None, "paper/xnet_sce_and_dice.json"):
         assert any("class_weight" in k for k in buffers), "the SCE class weights should be buffers"
     assert all(b.device.type == "meta" for b in buffers.values()), {k: b.device for k, b in buffers.items()}
 

@@ -63,7 +63,7 @@ def test_folds_split_by_section(prepared):
         # groups of 4 consecutive sections: test = group k, validation = group (k + 1) % 5
         assert sections["testing"] == set(range(4 * k, 4 * k + 4))
         assert sections["validation"] == set(range(4 * ((k + 1) % 5), 4 * ((k + 1) % 5) + 4))
-        for key in KEYS:  # the whole sections of each split (random patches: experiments/section_patches.json)
+        for key in KEYS:  # the whole sections of each split (random patches: experiments/recipe/section_patches.json)
             assert sorted(_section(i) for i in dl[f"{key}_sections"]) == sorted(sections[key])
             assert all(i["image"].startswith("sections/images/") for i in dl[f"{key}_sections"])
         assert len(dl["unlabelled"]) == 20 and "label" not in dl["unlabelled"][0]

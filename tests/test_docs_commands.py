@@ -1,6 +1,7 @@
-"""The documented commands stay honest: the fenced ``bash`` commands of README.md and the user manual are extracted,
-every file they name must exist in the repository, and the cheap ones run as written (``verify_metadata``
-offline with the shipped schema; ``ckpt_export`` with a tiny model as the only change).
+"""The documented commands stay honest: the fenced ``bash`` commands of README.md, the user manual, the experiments
+record and the benchmarks' README are extracted, every file they name must exist in the repository, and the cheap
+ones of the manual run as written (``verify_metadata`` offline with the shipped schema; ``ckpt_export`` with a tiny
+model as the only change).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from bundle_runner import REPO
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated")
 
-DOCS = [REPO / "README.md", REPO / "bundle" / "docs" / "README.md"]
+DOCS = [REPO / "README.md", REPO / "bundle" / "docs" / "README.md", REPO / "bundle" / "docs" / "experiments.md",
+        REPO / "benchmarks" / "README.md"]
 #: Programs a documented command may start with.
 PROGRAMS = ("python", "python3", ".venv/bin/python", "bash", "source", "monailabel", "curl", "export", "cd", "torchrun", "sha256sum", "mkdir")
 #: Repository files named in commands: configs, tools, schemas.

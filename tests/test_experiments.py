@@ -1,6 +1,8 @@
-"""Every experiment override file (one row of the paper's tables or of the loss studies) trains a couple of
-iterations and evaluates, through ``monai.bundle.run`` -- the function behind ``python -m monai.bundle run`` --
-called in-process so that the 15 configs cost seconds, not minutes of interpreter start-ups.
+"""Every override file -- ``configs/experiments/<group>/`` (``paper/``: the X-Net paper's Table 2 rows and schedule,
+``losses/``: the loss studies, ``recipe/``: the training-recipe axes, ``peers/``: MONAI's standard recipe) and
+``configs/recipes/`` (the shipped model's recipe) -- trains a couple of iterations and evaluates, through
+``monai.bundle.run`` -- the function behind ``python -m monai.bundle run`` -- called in-process so that each config
+costs seconds, not an interpreter start-up.
 
 Each run checks what could go wrong in its config: the network the file names is the one built, the loss it wires
 takes that network's output (a tuple for X-Net/Double U-Net in training), the weights stay finite, the checkpoint is
@@ -21,7 +23,8 @@ from bundle_runner import CONFIGS
 
 pytestmark = pytest.mark.slow
 
-EXPERIMENTS = sorted((CONFIGS / "experiments").glob("*.json"))
+EXPERIMENTS = sorted((CONFIGS / "experiments").glob("*/*.json"))
+CONFIG_FILES = EXPERIMENTS + sorted((CONFIGS / "recipes").glob("*.json"))
 NETWORK_OF = {
     "unet": "UNet", "xnet": "XNet", "double_unet": "DoubleUNet", "ensemble_unet": "EnsembleUNet", "basic_unet": "BasicUNet"
 }
@@ -37,22 +40,23 @@ TINY = {
 }
 
 
-def test_all_paper_rows_and_loss_studies_have_a_config():
-    names = {p.stem for p in EXPERIMENTS}
+def test_experiments_are_grouped_by_axis():
+    """The paper's rows in ``paper/``, the loss studies in ``losses/``, every file in a group, and one file per name
+    (``benchmarks/peer_benchmark.py --arm`` names them without their group)."""
+    groups: dict[str, set[str]] = {}
+    for path in EXPERIMENTS:
+        groups.setdefault(path.parent.name, set()).add(path.stem)
     paper = {"unet_sce_dice", "unet_sce_iou", "double_unet_sce_iou", "ensemble_unet_sce_iou", "xnet_sce_plus_dice",
              "xnet_sce_plus_iou", "xnet_sce_and_dice", "xnet_sce_and_iou"}
     studies = {"unet_dice", "unet_iou", "unet_focal", "unet_tversky", "unet_kappa", "unet_dice_ce", "unet_border_ce"}
-    assert paper | studies <= names
+    assert paper | {"paper_protocol"} <= groups["paper"] and studies <= groups["losses"]
+    assert {"section_patches", "poly_lr", "no_class_weights"} <= groups["recipe"]
+    assert not list((CONFIGS / "experiments").glob("*.json")), "every experiment file belongs to a group folder"
+    names = [p.stem for p in CONFIG_FILES]
+    assert len(names) == len(set(names)), "an override file name is used twice"
 
 
-def test_default_train_config_is_xnet_sce_and_iou():
-    default = ConfigParser(ConfigParser.load_config_files(str(CONFIGS / "train.json")))
-    exp = json.loads((CONFIGS / "experiments" / "xnet_sce_and_iou.json").read_text())
-    assert default["network_def"].replace("::", "#") == exp["network_def"] == "@networks#xnet"
-    assert default["loss"] == exp["loss"]
-
-
-@pytest.mark.parametrize("experiment", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
+@pytest.mark.parametrize("experiment", CONFIG_FILES, ids=[f"{p.parent.name}/{p.stem}" for p in CONFIG_FILES])
 def test_experiment_trains_and_evaluates(experiment: Path, synthetic_dataset, tmp_path):
     files = [str(CONFIGS / "train.json"), str(experiment)]
     overrides = {**TINY, "bundle_root": str(tmp_path), "datalist_file": str(synthetic_dataset)}
@@ -67,8 +71,8 @@ def test_experiment_trains_and_evaluates(experiment: Path, synthetic_dataset, tm
     workflow.run()
     workflow.finalize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
-    # 4 training images, batch 2, 1 epoch; section_patches: 4 images x 4 repeats, 2 // 4 -> 1 image (4 patches) a step
-    assert trainer.state.iteration == (16 if experiment.stem == "section_patches" else 2)
+    # 4 training images, batch 2, 1 epoch; section patches: 4 images x 4 repeats, 2 // 4 -> 1 image (4 patches) a step
+    assert trainer.state.iteration == (16 if parser["train_key"] == "training_sections" else 2)
     loss = trainer.state.output[0]["loss"]  # the last iteration's loss (the output is decollated per sample)
     assert math.isfinite(float(loss)) and float(loss) > 0, f"{experiment.stem}: training loss {loss}"
     ckpt = tmp_path / "models" / "model.pt"

@@ -40,7 +40,7 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="forks the train
 
 #: bundle_runner's tiny settings without its synthetic-data keys (these tests bring their own data), three epochs
 OVERRIDES = {**{k: v for k, v in TINY.items() if not k.startswith("synthetic#")}, "epochs": 3}
-TRAIN = [str(CONFIGS / "train.json"), str(CONFIGS / "experiments" / "unet_sce_iou.json")]
+TRAIN = [str(CONFIGS / "train.json"), str(CONFIGS / "experiments" / "paper" / "unet_sce_iou.json")]
 
 
 def _install_ticks(kill_at: int | None, record: list[str]) -> None:

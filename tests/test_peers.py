@@ -1,6 +1,6 @@
 """The peer benchmark's own code, without nnU-Net installed: the conversion of a prepared fold to nnU-Net's raw
 format, the scoring of a prediction folder with our metric code, the budget trainer's arithmetic, and the driver's
-commands. (The MONAI recipe, ``experiments/monai_basic_unet.json``, trains and evaluates one tiny epoch in
+commands. (The MONAI recipe, ``experiments/peers/monai_basic_unet.json``, trains and evaluates one tiny epoch in
 tests/test_experiments.py with every other experiment file.)
 """
 
@@ -148,17 +148,23 @@ def test_peer_driver_commands(capsys, tmp_path):
         driver.planned_epochs(0, 1.0)
     assert driver.main(["--dry_run", "--budget_min", "45", "--out", str(tmp_path), "--epochs", "ours_xnet=9"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 7  # one nnU-Net line, then train + evaluate for the three bundle entries
+    assert len(lines) == 9  # one nnU-Net line, then train + evaluate for the four bundle entries
     assert "nnunet_peer.py all" in lines[0] and "--budget_min 45.0" in lines[0]
-    # ours: the shipped model's recipe (patches from whole sections, poly decay), epochs fitted to the budget at
-    # run time from a first guess of 45 / 0.84 -> 53, the budget as a guard, no early stopping
-    for part in ("experiments/unet_sce_iou.json", "experiments/section_patches.json", "experiments/poly_lr.json",
-                 "--epochs 53 ", "--time_budget_s 2700 ", "--time_limit_s 2700 ", "--early_stop_patience 1000000 "):
+    # ours: the shipped model's recipe file, epochs fitted to the budget at run time from a first guess of
+    # 45 / 0.84 -> 53 (the command line's --epochs wins over the recipe's 90), the budget as a guard, no early stopping
+    for part in ("configs/train.json", "configs/recipes/shipped.json", "--epochs 53 ", "--time_budget_s 2700 ",
+                 "--time_limit_s 2700 ", "--early_stop_patience 1000000 "):
         assert part in lines[1], part
-    assert "--test_key testing_sections" in lines[2] and "evaluate.json" in lines[2]
-    assert "experiments/monai_basic_unet.json" in lines[3] and "poly_lr" not in lines[3]
-    assert "--time_budget_s 2700 " in lines[3]
-    assert "experiments/xnet_sce_and_iou.json" in lines[5] and "--epochs 9 " in lines[5]
+    assert "experiments/" not in lines[1]
+    assert "--test_key testing_sections" in lines[2] and "recipes/shipped.json" in lines[2] and "evaluate.json" in lines[2]
+    # the shipped recipe before v0.7.0 (class weights), whose numbers the peer table reports
+    for part in ("experiments/paper/unet_sce_iou.json", "experiments/recipe/section_patches.json",
+                 "experiments/recipe/poly_lr.json", "--epochs 53 "):
+        assert part in lines[3], part
+    assert "no_class_weights" not in lines[3]
+    assert "experiments/peers/monai_basic_unet.json" in lines[5] and "poly_lr" not in lines[5]
+    assert "--time_budget_s 2700 " in lines[5]
+    assert "experiments/paper/xnet_sce_and_iou.json" in lines[7] and "--epochs 9 " in lines[7]
 
 
 def test_peer_driver_resume(tmp_path):
@@ -243,7 +249,8 @@ def test_peer_driver_arms_for_recipe_ab(capsys, tmp_path):
                         "--minutes", "bs16=2.0", "--eval_key", "validation_sections"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4  # only the arms run when there are arms: train + evaluate each
-    assert "experiments/unet_sce_iou.json" in lines[0] and "section_patches" not in lines[0]
+    assert "experiments/paper/unet_sce_iou.json" in lines[0] and "section_patches" not in lines[0]
+    assert "experiments/recipe/section_patches.json" in lines[2]
     assert "--epochs 53" in lines[0] and "--test_key validation_sections" in lines[1]
     assert "eval_validation_sections" in lines[1]
     # the overrides reach training and evaluation; the arm's own minutes per epoch size its epochs

@@ -193,7 +193,7 @@ def test_inference_for_another_class_count_fails_before_loading(tmp_path):
 def test_valid_padding_unet_trains_on_patches(tmp_path):
     # the trainer mirror pads each patch (MirrorPaddedInferer) so the valid U-Net's output covers its label
     overrides = {**TINY, "epochs": 1, "bundle_root": str(tmp_path), "padding": "valid"}
-    proc = run_bundle(config_arg("train.json", "experiments/unet_sce_iou.json"), "training", overrides)
+    proc = run_bundle(config_arg("train.json", "experiments/paper/unet_sce_iou.json"), "training", overrides)
     assert (tmp_path / "models" / "model.pt").is_file()
     assert "val_mean_iou" in proc.stdout + proc.stderr
 
@@ -217,7 +217,7 @@ def test_training_images_of_different_sizes(tmp_path):
     # one size works, of two sizes is refused before training with the fix
     datalist = _mixed_size_dataset(tmp_path / "data", [(64, 64), (64, 64)])
     overrides = {**TINY, "epochs": 1, "bundle_root": str(tmp_path / "run"), "datalist_file": str(datalist)}
-    run_bundle(config_arg("train.json", "experiments/unet_sce_iou.json"), "training", overrides)
+    run_bundle(config_arg("train.json", "experiments/paper/unet_sce_iou.json"), "training", overrides)
     assert (tmp_path / "run" / "models" / "model.pt").is_file()
     datalist = _mixed_size_dataset(tmp_path / "data2", [(64, 64), (48, 80)])
     proc = run_bundle(config_arg("train.json"), "training", {**overrides, "datalist_file": str(datalist),

@@ -3,7 +3,7 @@
 Usage (from the repository root, in any environment with MONAI)::
 
     python tools/monailabel_app.py --app apps/monaibundle --name cellseg_xnet [--bundle bundle]
-        [--merge bundle/configs/experiments/unet_sce_iou.json]
+        [--merge bundle/configs/experiments/paper/unet_sce_iou.json]
 
 Copies into ``<app>/model/<name>/``: ``configs/``, ``scripts/`` (without caches), ``docs/``, ``LICENSE`` and
 ``models/model.pt`` only: the model you trained, else the pretrained weights shipped in

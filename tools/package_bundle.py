@@ -11,7 +11,7 @@ The archive follows the MONAI bundle layout, everything under one top folder nam
 ``monai.bundle.download(name=<name>, url=...)`` extracts it to ``<bundle_dir>/<name>/``::
 
     <name>/LICENSE
-    <name>/configs/...          every file (metadata.json, train/evaluate/inference.json, experiments/, ...)
+    <name>/configs/...          every file (metadata.json, train/evaluate/inference.json, experiments/, recipes/, ...)
     <name>/docs/...             every file
     <name>/scripts/...          the Python package, without __pycache__/*.pyc
     <name>/models/model.pt      only model.pt and model.ts, when present (no resumable checkpoints), and the

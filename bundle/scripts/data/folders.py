@@ -158,7 +158,7 @@ def prepare_folders(
     Images are converted to ``uint8`` (see :func:`scripts.data.io.to_uint8`), grey or RGB kept as is. The split
     is by source image, drawn with ``seed`` (same inputs and seed, same split); all crops of an image go to the
     same split, and ``training_sections``, ``validation_sections`` and ``testing_sections`` list the whole images of
-    each split (random patches are drawn from them with ``experiments/section_patches.json``).
+    each split (random patches are drawn from them with ``experiments/recipe/section_patches.json``).
 
     Args:
         images: folder of 2D images (PNG, JPEG, TIFF, NIfTI; grey or RGB).

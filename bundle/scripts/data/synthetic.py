@@ -275,7 +275,7 @@ def generate_dataset(
             write_png(out / "labels" / name, label)
             items.append({"image": f"images/{name}", "label": f"labels/{name}"})
         datalist[key] = items
-        datalist[f"{key}_sections"] = items  # whole images, for experiments/section_patches.json
+        datalist[f"{key}_sections"] = items  # whole images, for experiments/recipe/section_patches.json
     datalist_path = write_json(out / "datalist.json", datalist)
     # the manifest goes last: its presence means the dataset is complete
     write_json(out / "manifest.json", params)
