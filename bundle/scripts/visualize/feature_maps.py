@@ -235,7 +235,8 @@ class FeatureMapCapture:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.remove)  # also after a failed forward pass
 
     def remove(self, _engine: Engine | None = None) -> None:
-        """Remove the hooks (idempotent)."""
+        """Remove the hooks (idempotent). Done at ``FORWARD_COMPLETED``, and at ``ITERATION_COMPLETED`` after a failed
+        forward pass; a run that stops with an exception inside the pass leaves them until this is called."""
         if self._hook is not None:
             self._hook.remove()
             self._handle.remove()
@@ -277,6 +278,7 @@ class FeatureMapCapture:
         output[self.pred_key] = MetaTensor(logits).copy_meta_from(pred, copy_attr=False) if isinstance(
             pred, MetaTensor) else logits
         output[self.output_key] = plain[:, channels:].float()
+
 
 def feature_map_to_rgb(feature_map: np.ndarray, cmap: str = "jet") -> np.ndarray:
     """Normalise a 2D feature map to 0..1 (its own min..max; constant -> 0) and colour it, blue (low) -> red (high).
