@@ -51,7 +51,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
 from scripts.data import NUM_CLASSES, make_sample

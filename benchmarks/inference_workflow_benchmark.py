@@ -10,7 +10,8 @@ labels, so the pictures include the ground truth) and the same model (``--ckpt``
 Per run: the seconds of each section from the run's ``inference_report.json`` (prediction and writing, pictures
 included; loading overlaps the network) and the process's wall time (start-up and model loading included). Reported
 per checkout: the median seconds per section over all runs, leaving out each run's first section (it also pays the
-memory probe and first allocations, reported apart), the median wall time, and the ratio before / after. The outputs
+memory probe and first allocations, reported apart), the median wall time, and the ratio before / after; the 1-minute
+load average at the start and the end says how busy the machine was. The outputs
 of the two checkouts are compared byte for byte (label maps, probability maps, every picture; not the HTML gallery
 and the report, which hold paths and times).
 
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.images < 2 or args.repeats < 1:
         ap.error("--images must be >= 2 (the first section of a run is reported apart) and --repeats >= 1")
     roots = {"before": Path(args.before).resolve(), "after": Path(args.after).resolve()}
+    load_at_start = os.getloadavg()
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="inference_workflow_"))
     datalist = write_sections(work / "sections", args.size, args.images)
     runs: dict[str, list[dict]] = {"before": [], "after": []}
@@ -129,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "inference_report.json, median over runs leaving out each run's first section",
         "size": args.size, "images": args.images, "repeats": args.repeats, "threads": args.threads,
         "ckpt": args.ckpt, "overrides": args.set, "cpu_count": os.cpu_count(),
+        "load_average_1min": {"start": load_at_start[0], "end": os.getloadavg()[0]},
         "roots": {k: str(v) for k, v in roots.items()},
         "before": summarise(runs["before"]), "after": summarise(runs["after"]),
         "files_compared": len(before.keys() | after.keys()), "files_differing": differ,
