@@ -77,7 +77,7 @@ def score_images(
             is stored as ``after_<name>``.
         num_classes: K.
         membrane_class: the class whose continuity the Rand error measures.
-        writer: optional picture writer, fed every image.
+        writer: optional picture writer, fed every image with the first refinement's maps.
 
     Returns:
         :meth:`RefinementEvaluation.aggregate` of the first refiner, plus ``after_<name>`` per other refiner (the
@@ -91,8 +91,10 @@ def score_images(
         for name, evaluation in evaluations.items():
             per_image = evaluation.update(prob, label)
             logger.info("%s [%s]: %s", Path(item["image"]).name, name, {k: round(v, 4) for k, v in per_image.items()})
-        if writer is not None:
-            writer.write(image, prob, label, name=item["image"])
+        if writer is not None:  # the maps of the first refinement
+            refined, confidence, difficult = next(iter(refiners.values()))(prob, return_maps=True)
+            writer.write(image, prob, label, name=item["image"], confidence=confidence, difficult=difficult,
+                         refined=refined)
     first, *others = evaluations
     results = evaluations[first].aggregate()
     for name in others:
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
         "keep_others" if keep else "fallback": DifficultPixelRefine(**refine_kwargs, keep_other_classes=keep)
         for keep in KEEP_OTHERS[args.keep_others]
     }
-    writer = PictureWriter(args.pictures, refiner=next(iter(refiners.values()))) if args.pictures else None
+    writer = PictureWriter(args.pictures) if args.pictures else None
 
     def predict(item: dict) -> tuple[torch.Tensor, torch.Tensor]:
         data = preprocessing({"image": item["image"]})

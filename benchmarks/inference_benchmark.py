@@ -51,19 +51,13 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
 from scripts.data import NUM_CLASSES, make_sample
 from scripts.data.io import read_image
-from scripts.inferers import (
-    OverlapTileInferer,
-    channels_last_weights,
-    default_memory_budget_mb,
-    mirror_pad,
-    resolve_memory_format,
-)
+from scripts.inferers import OverlapTileInferer, channels_last_weights, default_memory_budget_mb, resolve_memory_format
 from scripts.networks import UNet
+from scripts.transforms import mirror_pad
 
 
 

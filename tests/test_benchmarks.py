@@ -194,3 +194,16 @@ def test_gpu_suite_without_cuda_records_it(tmp_path):
     assert load("gpu_suite").main(["--out", str(tmp_path)]) == 0
     s = json.loads((tmp_path / "gpu_suite.json").read_text())["stages"]
     assert {v["status"] for v in s.values()} == {"no CUDA"}
+
+
+def test_inference_workflow_benchmark_compares_two_checkouts(tmp_path):
+    """The same checkout on both sides: both timed, the ratio is that of the recorded medians, no output differs."""
+    out = tmp_path / "workflow.json"
+    r = load("inference_workflow_benchmark").main(["--before", str(REPO), "--size", "64", "--images", "2",
+                                                   "--repeats", "1", "--work-dir", str(tmp_path), "--json", str(out)])
+    assert json.loads(out.read_text()) == r
+    for side in ("before", "after"):
+        assert len(r[side]["runs"]) == 1 and len(r[side]["runs"][0]["seconds"]) == 2
+        assert r[side]["seconds_per_section"] == r[side]["runs"][0]["seconds"][1] > 0
+    assert r["ratio_before_over_after"] == pytest.approx(r["before"]["seconds_per_section"] / r["after"]["seconds_per_section"])
+    assert r["files_compared"] == 2 * 9 + 1 and r["files_differing"] == []  # seg, prob, 7 pictures per image; legend

@@ -329,19 +329,22 @@ def test_cuda_training_step_makes_no_host_to_device_copy(tmp_path):
 
 @pytest.mark.cuda
 @needs_cuda
-def test_cuda_feature_map_pass_uses_the_engines_autocast(tmp_path):
+def test_cuda_feature_map_capture_is_the_engines_own_pass(tmp_path):
     from monai.engines import SupervisedEvaluator
 
-    from scripts.visualize import PictureWriter, last_feature_modules
+    from scripts.visualize import FeatureMapCapture, PictureWriter
 
     seen = []
     net = UNet(spatial_dims=2, in_channels=1, out_channels=5, features=(4, 8, 16)).cuda()
     net.head.register_forward_pre_hook(lambda m, inp: seen.append((torch.is_autocast_enabled("cuda"), m.training)))
-    writer = PictureWriter(tmp_path, feature_maps=True, network=net, feature_module=last_feature_modules(net),
-                           softmax=True)
+    writer = PictureWriter(tmp_path)
     data = [{"image": torch.rand(1, 1, 64, 64)}]
     evaluator = SupervisedEvaluator(device=torch.device("cuda"), val_data_loader=data, network=net, amp=True,
-                                    val_handlers=[writer], decollate=False)
+                                    val_handlers=[FeatureMapCapture(), writer], decollate=False)
     evaluator.run()
-    assert seen == [(True, False), (True, False)], seen  # the engine's pass, then the picture pass
+    assert seen == [(True, False)], seen  # one pass: the engine's, under its autocast, in eval mode
+    features = evaluator.state.output["features"]
+    assert features.device.type == "cuda" and features.dtype == torch.float32 and features.shape == (1, 1, 64, 64)
+    assert evaluator.state.output["pred"].shape == (1, 5, 64, 64)
+    assert "features" in writer.rows[0][1]
     assert net.training, "the network's mode must be restored"

@@ -8,7 +8,7 @@ training mode (which renormalises with the batch statistics and moves the runnin
 - the network's ``state_dict`` (parameters *and* buffers: running mean/var, ``num_batches_tracked``) is
   bit-identical before and after a full ``run inference`` with every picture option on, and a full
   ``run evaluating``;
-- the label and probability maps are identical with pictures (and the feature-map pass) on and off;
+- the label and probability maps are identical with pictures (and the feature-map capture) on and off;
 - they are identical when the images come in the reverse order.
 """
 
@@ -95,7 +95,7 @@ def with_pictures(bundle_root):
 def test_inference_with_every_picture_option_leaves_the_network_unchanged(bundle_root, with_pictures):
     _, state = bundle_root
     net, out = with_pictures
-    assert len(list((out / "pictures").glob("*/features.png"))) == NUM_TEST, "the feature-map pass must have run"
+    assert len(list((out / "pictures").glob("*/features.png"))) == NUM_TEST, "the feature maps must have been captured"
     assert len(list(out.glob("*_refined.png"))) == NUM_TEST and len(list(out.glob("*_prob.tif"))) == NUM_TEST
     _assert_same_state(net, state, "run inference (pictures, feature maps, refinement, probabilities)")
     assert not net.training, "inference.json's network must stay in eval mode for the whole run"
@@ -141,16 +141,18 @@ def test_evaluation_leaves_the_network_unchanged(bundle_root):
     assert not net.training, "evaluate.json's network must stay in eval mode for the whole run"
 
 
-def test_feature_map_pass_restores_the_mode_and_keeps_the_state(tmp_path):
-    """The writer alone, handed a network in training mode (what a fresh config network is)."""
+def test_feature_map_capture_keeps_the_mode_and_the_state_and_removes_its_hooks(tmp_path):
+    """The capture alone, on a network in training mode (what a fresh config network is): it runs no pass of its
+    own, so it neither switches the mode nor touches the state, and no hook outlives the forward pass."""
     from scripts.networks import UNet
-    from scripts.visualize import PictureWriter, last_feature_modules
+    from scripts.visualize import FeatureMapCapture
 
     net = UNet(spatial_dims=2, in_channels=1, out_channels=5, features=TINY["features"], batch_norm=True).train()
     state = {k: v.clone() for k, v in net.state_dict().items()}
-    writer = PictureWriter(tmp_path, feature_maps=True, network=net, feature_module=last_feature_modules(net),
-                           softmax=True, reverse_indexing=False)
-    image = torch.rand(1, 64, 64)
-    writer.write(image, torch.randn(5, 64, 64), name="a.png")
-    assert net.training, "the network's mode must be restored after the picture pass"
-    _assert_same_state(net, state, "the feature-map picture")
+    capture = FeatureMapCapture(net)
+    capture._start()
+    assert net.training and net.head._forward_hooks, "hooked for the forward pass"
+    capture.remove()
+    assert net.training, "the capture must not change the network's mode"
+    _assert_same_state(net, state, "the feature-map capture")
+    assert not any(m._forward_hooks for m in net.modules()), "no hook may stay on the network"

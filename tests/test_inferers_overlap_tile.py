@@ -1,4 +1,4 @@
-"""Tests for scripts.inferers.OverlapTileInferer (overlap-tile inference) and mirror_pad."""
+"""Tests for scripts.inferers.OverlapTileInferer (overlap-tile inference) and scripts.transforms.mirror_pad."""
 
 from __future__ import annotations
 
@@ -13,10 +13,17 @@ from monai.data.meta_tensor import MetaTensor
 from monai.engines import SupervisedEvaluator
 from monai.inferers import Inferer
 
-from scripts.inferers import OverlapTileInferer, estimate_activation_bytes, mirror_pad
+from scripts.inferers import OverlapTileInferer, estimate_activation_bytes
 from scripts.networks import UNet, XNet
+from scripts.transforms import mirror_pad
 
 torch.set_num_threads(1)
+
+#: Channels-last against contiguous weights on the CPU (``memory_format``): oneDNN may sum the convolutions in another
+#: order, so the layouts agree to float rounding only (on these depth-2 nets, logits up to ~5.5: bit for bit with
+#: torch 2.13, within 1e-4 with torch 2.14.1, issue 28; the comparisons with ``whole_image`` below, a contiguous pass,
+#: use the same bound). The same layout on the same backend is compared exactly.
+LAYOUT_TOL = {"rtol": 0.0, "atol": 1e-4}
 
 
 def make_net(padding):
@@ -207,14 +214,17 @@ def test_wrapper_dtypes_and_metatensor():
     net = make_net("valid")
     x = image(1, 1, 30, 20)
     with torch.no_grad():
-        ref = OverlapTileInferer(roi_size=16)(x, net)
+        ref = OverlapTileInferer(roi_size=16)(x, net)  # CPU, plain module: channels-last weights
+        # a DataParallel network runs contiguous ("auto" leaves wrappers alone): compared with the contiguous pass
+        contiguous = OverlapTileInferer(roi_size=16, memory_format="contiguous")(x, net)
         wrapped = OverlapTileInferer(roi_size=16)(x, nn.DataParallel(net))
         out64 = OverlapTileInferer(roi_size=16)(x.double(), net.double())
         meta = OverlapTileInferer(roi_size=16)(MetaTensor(x, meta={"filename_or_obj": "a.tif"}), net.float())
-    assert torch.equal(wrapped, ref)
+    assert torch.equal(wrapped, contiguous)  # the same layout and kernels: exactly
+    torch.testing.assert_close(wrapped, ref, **LAYOUT_TOL)
     assert out64.dtype == torch.float32 and torch.allclose(out64, ref, atol=1e-5)
     assert isinstance(meta, MetaTensor) and meta.meta["filename_or_obj"] == "a.tif"
-    assert torch.equal(meta.as_tensor(), ref)
+    assert torch.equal(meta.as_tensor(), ref)  # the same layout (channels-last) and kernels: exactly
 
 
 def test_progress_bar(capsys):
@@ -411,18 +421,20 @@ def test_channels_last_equals_contiguous_and_leaves_the_network_alone(padding):
         cl = OverlapTileInferer(memory_format="channels_last", roi_size=16)(x, net)
         auto = OverlapTileInferer(roi_size=16)(x, net)  # CPU: channels-last
         plain = OverlapTileInferer(memory_format="contiguous", roi_size=16)(x, net)
-    assert torch.equal(cl, auto)
-    assert torch.allclose(cl, plain, atol=1e-5)
+    assert torch.equal(cl, auto)  # both channels-last
+    torch.testing.assert_close(cl, plain, **LAYOUT_TOL)
     for key, value in net.state_dict().items():
         assert torch.equal(value, state[key]) and value.stride() == state[key].stride(), key
 
 
 def test_auto_geometry_is_searched_once_per_image_size(monkeypatch):
+    from scripts.inferers import memory
+
     net = make_net("same")
     tiler = OverlapTileInferer(memory_budget_mb=64)
     calls = []
-    layout = OverlapTileInferer._layout
-    monkeypatch.setattr(OverlapTileInferer, "_layout", staticmethod(lambda *a: calls.append(1) or layout(*a)))
+    layout = memory.tile_layout
+    monkeypatch.setattr(memory, "tile_layout", lambda *a: calls.append(1) or layout(*a))
     first = tiler.geometry(net, (300, 200))
     searched = len(calls)
     assert searched > 1 and tiler.geometry(net, (300, 200)) == first and len(calls) == searched  # cached

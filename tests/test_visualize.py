@@ -1,4 +1,5 @@
-"""Tests for the pictures: overlays, confidence/difficult maps, feature maps, gallery, curves, PictureWriter."""
+"""Tests for the pictures: overlays, confidence/difficult maps, feature maps (FeatureMapCapture), gallery, curves,
+PictureWriter."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from PIL import Image
 from scripts.data.classes import CLASS_COLORS, CLASS_NAMES, NUM_CLASSES, class_palette
 from scripts.transforms import DifficultPixelRefine
 from scripts.visualize import (
+    FeatureMapCapture,
     FeatureMapHook,
-    MeanFeatureMap,
     PictureWriter,
+    channel_mean,
     confidence_to_rgb,
     difficult_to_grey,
     feature_map_to_rgb,
@@ -94,9 +96,9 @@ def test_legend_has_one_swatch_per_class():
         lambda: legend_image(("a", "b"), CLASS_COLORS),
         lambda: confidence_to_rgb(np.ones((2, 2)), num_classes=1),
         lambda: confidence_to_rgb(np.ones((2, 2)), cmap="no-such-map"),
-        lambda: PictureWriter("x", feature_maps=True),
-        lambda: PictureWriter("x", refiner=DifficultPixelRefine(softmax=True)),
         lambda: FeatureMapHook(tiny_net(), "no_such_module"),
+        lambda: FeatureMapCapture(tiny_net(), "no_such_module"),
+        lambda: FeatureMapCapture(capture="both"),
     ],
 )
 def test_bad_arguments(call):
@@ -131,8 +133,10 @@ def test_writer_pictures_sizes_and_colours(tmp_path):
     difficult = np.zeros((H, W), bool)
     difficult[tuple(zip(*low))] = True
     label = np.where(LEFT, 1, 0)[None]
-    writer = PictureWriter(tmp_path, reverse_indexing=False, refiner=DifficultPixelRefine(priorities=(1, 3), fallback=0))
-    pics = writer.write(IMAGE[None], prob, label, name="/data/img 1.tif")
+    refined, confidence, mask = DifficultPixelRefine(priorities=(1, 3), fallback=0)(prob, return_maps=True)
+    writer = PictureWriter(tmp_path, reverse_indexing=False)
+    pics = writer.write(IMAGE[None], prob, label, name="/data/img 1.tif", confidence=confidence, difficult=mask,
+                        refined=refined)
     assert set(pics) == {"input", "label", "overlay", "confidence", "difficult", "refined"}
     for rel in pics.values():
         assert rel.startswith("img_1/")
@@ -155,8 +159,8 @@ def test_writer_reads_monai_loadimage_in_file_orientation(tmp_path):
     image = EnsureChannelFirst()(LoadImage(image_only=True)(tmp_path / "asym.png"))
     assert tuple(image.shape) == (1, W, H)  # MONAI's reverse indexing: (C, W, H)
     logits = torch.as_tensor(logits_left_membrane()).transpose(1, 2)  # the network's output in the same layout
-    writer = PictureWriter(tmp_path / "out", confidence=False, difficult=False, refined=False)
-    pics = writer.write(image, logits, name=image.meta["filename_or_obj"])
+    writer = PictureWriter(tmp_path / "out")
+    pics = writer.write(image, logits, name=image.meta["filename_or_obj"])  # no maps given: input and overlay only
     assert pics == {"input": "asym/input.png", "overlay": "asym/overlay.png"}
     np.testing.assert_array_equal(read(tmp_path / "out" / pics["input"]), GREY)
     overlay = read(tmp_path / "out" / pics["overlay"])
@@ -183,8 +187,7 @@ def test_writer_other_class_counts(tmp_path, num_classes):
     names = [f"class{i}" for i in range(num_classes)]
     prob = np.full((num_classes, H, W), 0.1 / (num_classes - 1), np.float32)
     prob[num_classes - 1] = 0.9
-    writer = PictureWriter(tmp_path, reverse_indexing=False, class_names=names,
-                           refiner=DifficultPixelRefine(priorities=1, fallback=0))
+    writer = PictureWriter(tmp_path, reverse_indexing=False, class_names=names)
     pics = writer.write(IMAGE[None], prob, np.full((1, H, W), num_classes - 1), name="a.png")
     last = np.full((H, W), num_classes - 1)
     np.testing.assert_array_equal(
@@ -196,15 +199,17 @@ def test_writer_other_class_counts(tmp_path, num_classes):
         PictureWriter(tmp_path, class_names=names, class_colors=CLASS_COLORS)
 
 
-def test_writer_one_channel_prediction(tmp_path):
+def test_writer_label_map_prediction(tmp_path):
+    """The prediction as inference.json's postprocessing leaves it: an arg-max label map, (1, H, W) or squeezed."""
     labels = np.where(LEFT, 1, 0)[None].astype(np.float32)
-    pics = PictureWriter(tmp_path, confidence=False, difficult=False, refined=False, reverse_indexing=False).write(
-        IMAGE[None], labels
-    )
-    assert pics["overlay"] == "image_0000/overlay.png"
+    writer = PictureWriter(tmp_path, reverse_indexing=False)
+    pics = writer.write(IMAGE[None], labels)
+    assert pics == {"input": "image_0000/input.png", "overlay": "image_0000/overlay.png"}
     np.testing.assert_array_equal(read(tmp_path / pics["overlay"]), overlay_labels(IMAGE, LEFT.astype(int)))
-    with pytest.raises(ValueError, match="one channel"):
-        PictureWriter(tmp_path, reverse_indexing=False).write(IMAGE[None], labels)
+    squeezed = writer.write(IMAGE[None], torch.as_tensor(labels[0], dtype=torch.uint8), name="b.png")
+    np.testing.assert_array_equal(read(tmp_path / squeezed["overlay"]), overlay_labels(IMAGE, LEFT.astype(int)))
+    with pytest.raises(ValueError, match="same spatial size"):
+        writer.write(IMAGE[None], labels, features=np.zeros((1, W, H)))
 
 
 # ---------------------------------------------------------------- feature maps
@@ -219,12 +224,14 @@ def test_feature_hook_leaves_output_unchanged_and_is_removed():
         handle = net.final_conv.register_forward_hook(lambda m, i, o: captured.update(x=i[0]))
         during = net(x)
         handle.remove()
-        wrapped = MeanFeatureMap(net, "final_conv")
-        fm = wrapped(x)
+        with FeatureMapHook(net, "final_conv") as hook:
+            hooked = net(x)
         after = net(x)
     torch.testing.assert_close(during, before, rtol=0, atol=0)
+    torch.testing.assert_close(hooked, before, rtol=0, atol=0)
     torch.testing.assert_close(after, before, rtol=0, atol=0)
     assert len(net.final_conv._forward_hooks) == 0
+    fm = channel_mean([hook.features["final_conv"]], x.shape[2:])
     assert fm.shape == (2, 1, 16, 32)
     torch.testing.assert_close(fm, captured["x"].mean(dim=1, keepdim=True))
 
@@ -237,23 +244,89 @@ def test_feature_map_colours_blue_to_red():
     assert rgb[0, 0, 2] > rgb[0, 0, 0] and rgb[1, 0, 0] > rgb[1, 0, 2]
 
 
-def test_writer_feature_maps_through_inferer(tmp_path):
+class SecondPass(torch.nn.Module):
+    """The feature-map picture as v0.7.1 computed it: a second pass through the inferer of a network whose output
+    is the channel mean of the hooked features (the reference for :class:`FeatureMapCapture`)."""
+
+    def __init__(self, network, names):
+        super().__init__()
+        self.module, self.names = network, names
+
+    def forward(self, x):
+        with FeatureMapHook(self.module, self.names) as hook:
+            out = self.module(x)
+        return channel_mean([hook.features[n] for n in self.names], out.shape[2:])
+
+
+def evaluate(net, inferer, handlers, data, post=None):
+    from monai.engines import SupervisedEvaluator
+
+    evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=data, network=net, inferer=inferer,
+                                    val_handlers=handlers, postprocessing=post, decollate=False)
+    evaluator.run()
+    return evaluator.state.output
+
+
+@pytest.mark.parametrize("inferer_name", ["overlap_tile", "sliding_window"])
+def test_feature_capture_equals_a_second_pass_and_leaves_the_prediction_alone(inferer_name):
+    """One pass: the captured map equals the second pass v0.7.1 made through the same inferer, tile by tile (several
+    tiles here), and the prediction equals the network's alone, metadata included (same layout: exactly)."""
+    from monai.data import MetaTensor
     from monai.inferers import SlidingWindowInferer
 
-    net = tiny_net()
-    image = torch.rand(1, 48, 32)  # MONAI layout (C, W, H): pictures are 32 x 48
-    writer = PictureWriter(
-        tmp_path, overlay=False, confidence=False, difficult=False, refined=False, feature_maps=True,
-        network=net, inferer=SlidingWindowInferer(roi_size=(32, 32), overlap=0.5), feature_module="final_conv",
-    )
+    from scripts.inferers import OverlapTileInferer
+    from scripts.networks import UNet, XNet
+
+    torch.manual_seed(0)
+    nets = {"overlap_tile": XNet(spatial_dims=2, in_channels=1, out_channels=NUM_CLASSES, features=(4, 8, 8)).eval(),
+            "sliding_window": UNet(spatial_dims=2, in_channels=1, out_channels=NUM_CLASSES, features=(4, 8, 8)).eval()}
+    inferers = {"overlap_tile": OverlapTileInferer(roi_size=16, sw_batch_size=3),
+                "sliding_window": SlidingWindowInferer(roi_size=(32, 32), overlap=0.5, mode="gaussian")}
+    net, inferer = nets[inferer_name], inferers[inferer_name]
+    image = MetaTensor(torch.rand(2, 1, 48, 40), meta={"filename_or_obj": ["a.png", "b.png"]})
+    image.is_batch = True
+    data = [{"image": image, "label": torch.zeros(2, 1, 48, 40)}]
+    plain = evaluate(net, inferer, [], data)
+    captured = evaluate(net, inferer, [FeatureMapCapture()], data)
     with torch.no_grad():
-        pred = net(image[None])[0]
-    pics = writer.write(image, pred)
-    features = read(tmp_path / pics["features"])
-    assert features.shape == (32, 48, 3)
-    jet = np.rint(np.array([colormaps["jet"](v)[:3] for v in (0.0, 1.0)]) * 255)
-    for colour in jet:  # the normalised map reaches both ends of blue -> red
-        assert np.all(features == colour, axis=-1).any()
+        reference = inferer(image, SecondPass(net, ["head1", "head2"] if inferer_name == "overlap_tile" else ["head"]))
+    assert captured["features"].shape == (2, 1, 48, 40) and captured["pred"].shape == (2, NUM_CLASSES, 48, 40)
+    assert torch.equal(captured["features"], torch.as_tensor(reference))
+    assert torch.equal(torch.as_tensor(captured["pred"]), torch.as_tensor(plain["pred"]))
+    assert captured["pred"].meta["filename_or_obj"] == plain["pred"].meta["filename_or_obj"]
+    assert captured["pred"].is_batch == plain["pred"].is_batch
+    assert all(not m._forward_hooks for m in net.modules()), "the hooks must be removed after the forward pass"
+
+
+def test_feature_capture_skips_the_memory_probe():
+    """The overlap-tile inferer's memory probe runs inside the first forward pass; the capture must not change it
+    (else the tiling plan, and so the prediction, could depend on the pictures)."""
+    from scripts.inferers import OverlapTileInferer
+    from scripts.networks import UNet
+
+    torch.manual_seed(0)
+    net = UNet(spatial_dims=2, in_channels=1, out_channels=NUM_CLASSES, features=(4, 8, 8)).eval()
+    data = [{"image": torch.rand(1, 1, 300, 260), "label": torch.zeros(1, 1, 300, 260)}]
+    with_capture, without = OverlapTileInferer(memory_budget_mb=64), OverlapTileInferer(memory_budget_mb=64)
+    out = evaluate(net, with_capture, [FeatureMapCapture()], data)
+    evaluate(net, without, [], data)
+    assert "features" in out
+    assert list(with_capture._planner._probe_cache.values()) == list(without._planner._probe_cache.values())
+    assert with_capture.geometry(net, (300, 260), 1) == without.geometry(net, (300, 260), 1)
+
+
+def test_pictures_without_feature_maps_for_a_torchscript_network(tmp_path, caplog):
+    """A TorchScript module takes no forward hooks: one warning, and every picture but features.png."""
+    from scripts.networks import UNet
+
+    torch.manual_seed(0)
+    net = torch.jit.script(UNet(spatial_dims=2, in_channels=1, out_channels=NUM_CLASSES, features=(4, 8, 8)).eval())
+    data = [{"image": torch.rand(1, 1, 32, 24), "label": torch.zeros(1, 1, 32, 24)}]
+    writer = PictureWriter(tmp_path, reverse_indexing=False)
+    with caplog.at_level("WARNING"):
+        out = evaluate(net, None, [FeatureMapCapture(), writer], data)
+    assert "takes no forward hooks" in caplog.text and "features" not in out
+    assert set(writer.rows[0][1]) == {"input", "overlay", "label"}
 
 
 # ---------------------------------------------------------------- gallery, evaluator
@@ -284,7 +357,9 @@ def test_gallery_links_exist(tmp_path):
 def test_picture_writer_in_supervised_evaluator(tmp_path):
     from monai.data import DataLoader, Dataset
     from monai.engines import SupervisedEvaluator
-    from monai.transforms import AsDiscreted, Compose, CopyItemsd, EnsureChannelFirstd, LoadImaged, ScaleIntensityd
+    from monai.transforms import Activationsd, AsDiscreted, Compose, EnsureChannelFirstd, LoadImaged, ScaleIntensityd
+
+    from scripts.transforms import DifficultPixelRefined
 
     rng = np.random.default_rng(0)
     data = []
@@ -293,13 +368,17 @@ def test_picture_writer_in_supervised_evaluator(tmp_path):
         Image.fromarray(rng.integers(0, NUM_CLASSES, (16, 32), dtype=np.uint8)).save(tmp_path / f"lab{i}.png")
         data.append({"image": str(tmp_path / f"img{i}.png"), "label": str(tmp_path / f"lab{i}.png")})
     pre = Compose([LoadImaged(["image", "label"], image_only=True), EnsureChannelFirstd(["image", "label"]), ScaleIntensityd("image")])
-    post = Compose([CopyItemsd(keys="pred", names="logits"), AsDiscreted(keys="pred", argmax=True)])
+    post = Compose([  # as in inference.json: the maps are computed once, before the arg-max
+        Activationsd(keys="pred", softmax=True),
+        DifficultPixelRefined(keys="pred", refined_keys="refined", confidence_keys="confidence",
+                              difficult_keys="difficult", priorities=(1, 3), fallback=0),
+        AsDiscreted(keys="pred", argmax=True),
+    ])
     out_dir = tmp_path / "pictures"
-    writer = PictureWriter(out_dir, pred_key="logits", softmax=True, feature_maps=True, network=tiny_net(),
-                           feature_module="final_conv")
+    writer = PictureWriter(out_dir)
     evaluator = SupervisedEvaluator(
         device=torch.device("cpu"), val_data_loader=DataLoader(Dataset(data, pre), batch_size=2),
-        network=writer.feature_net.module, postprocessing=post, val_handlers=[writer],
+        network=tiny_net(), postprocessing=post, val_handlers=[FeatureMapCapture(), writer],
     )
     evaluator.run()
     evaluator.run()  # a second run starts a fresh gallery

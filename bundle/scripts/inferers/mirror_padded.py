@@ -19,8 +19,8 @@ from monai.data.meta_tensor import MetaTensor
 from monai.inferers import Inferer
 
 from scripts.checks import check_option
-
-from .overlap_tile import PAD_MODES, mirror_pad, unwrap_network
+from scripts.networks.wrappers import unwrap_network
+from scripts.transforms.mirror_pad import PAD_MODES, mirror_pad
 
 __all__ = ["MirrorPaddedInferer"]
 

@@ -9,4 +9,4 @@ from .difficult_pixels import (
 from .intensity import ScaleIntensityByRule, ScaleIntensityByRuled
 from .save_probabilities import SaveProbabilityMaps, SaveProbabilityMapsd, read_probability_map
 from .border_weights import UNetBorderWeightMap, UNetBorderWeightMapd, border_distances
-from .mirror_pad import MirrorSpatialPad, MirrorSpatialPadd
+from .mirror_pad import PAD_MODES, MirrorSpatialPad, MirrorSpatialPadd, mirror_pad

@@ -1,10 +1,11 @@
-"""Pad an image up to a size by mirroring, in torch, with pads of any width: training patches of small images.
+"""Mirror padding in torch, with pads of any width: :func:`mirror_pad` (the inferers' padding) and
+:class:`MirrorSpatialPad` (training patches of small images).
 
 MONAI's ``SpatialPad`` pads with ``torch.nn.functional.pad`` in the torch modes, whose ``"reflect"`` refuses a pad
 as wide as the image (an image smaller than about half a patch), and falls back to NumPy for the NumPy-only modes
 such as ``"symmetric"`` (on a GPU: a copy to the host and back, with a warning, every call).
 :class:`MirrorSpatialPad` pads like ``SpatialPad(method="symmetric")`` (half the missing pixels before, the rest
-after) with :func:`scripts.inferers.mirror_pad`, which reflects repeatedly, so it stays on the tensor's device for
+after) with :func:`mirror_pad`, which reflects repeatedly, so it stays on the tensor's device for
 any image size. ``"reflect"`` mirrors without repeating the edge pixel (NumPy's ``"reflect"``, the U-Net paper's
 mirroring and the bundle's inference padding); NumPy's ``"symmetric"`` repeats it.
 """
@@ -16,15 +17,56 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_dst_type, convert_to_tensor, fall_back_tuple
 
 from scripts.checks import check_option
-from scripts.inferers.overlap_tile import PAD_MODES, mirror_pad
 
-__all__ = ["MirrorSpatialPad", "MirrorSpatialPadd"]
+__all__ = ["PAD_MODES", "MirrorSpatialPad", "MirrorSpatialPadd", "mirror_pad"]
+
+PAD_MODES = ("reflect", "replicate", "constant")
+
+
+def mirror_pad(image: torch.Tensor, pads: Sequence[tuple[int, int]], mode: str = "reflect") -> torch.Tensor:
+    """Pad the spatial dimensions of ``image``, with pads of any size.
+
+    ``torch.nn.functional.pad`` in ``"reflect"`` mode refuses pads as large as the image; this pads repeatedly, which
+    gives the even (mirror) periodic extension of the image, so a pad may exceed the image size (an image smaller
+    than one tile). A spatial dimension of a single pixel is repeated (its mirror image is itself).
+
+    Args:
+        image: (B, C, *spatial) tensor.
+        pads: one ``(before, after)`` pair of non-negative pad widths per spatial dimension, in order.
+        mode: ``"reflect"`` (mirror without repeating the edge pixel, as in the U-Net paper), ``"replicate"``
+            (repeat the edge pixel) or ``"constant"`` (zeros).
+
+    Returns:
+        The padded tensor, same dtype and device.
+
+    Raises:
+        ValueError: ``mode`` is not one of the above, or ``pads`` does not give one non-negative pair per spatial
+            dimension.
+    """
+    check_option("mode", mode, PAD_MODES)
+    spatial_dims = image.ndim - 2
+    if len(pads) != spatial_dims or any(len(p) != 2 or min(p) < 0 for p in pads):
+        raise ValueError(f"pads must give one (before, after) pair of non-negative ints per spatial dim, got {pads}.")
+    for dim, (before, after) in enumerate(pads):
+        axis = 2 + dim
+        while before > 0 or after > 0:
+            size = image.shape[axis]
+            # reflect can add at most size - 1 pixels per pass; a single pixel can only be replicated
+            step = size - 1 if mode == "reflect" and size > 1 else max(before, after)
+            pass_mode = "replicate" if mode == "reflect" and size == 1 else mode
+            b, a = min(before, step), min(after, step)
+            # F.pad takes (last dim before, last dim after, previous dim before, ...) for all spatial dims
+            torch_pad = [0, 0] * (image.ndim - 1 - axis) + [b, a] + [0, 0] * dim
+            image = F.pad(image, torch_pad, mode=pass_mode) if pass_mode != "constant" else F.pad(image, torch_pad)
+            before, after = before - b, after - a
+    return image
 
 
 class MirrorSpatialPad(Transform):

@@ -2,8 +2,9 @@
 
 from .confidence import colormap_rgb, confidence_to_rgb, difficult_to_grey
 from .feature_maps import (
+    FeatureMapCapture,
     FeatureMapHook,
-    MeanFeatureMap,
+    channel_mean,
     feature_map_to_rgb,
     last_feature_modules,
     pointwise_conv_names,

@@ -1,30 +1,50 @@
 """The X-Net paper's feature-map picture: mean over channels of the last layer's feature maps.
 
 Fujii et al. (X-Net) show, per image, the feature maps that enter the final 1x1 convolution averaged over channels,
-normalised to 0..1 and colour-mapped blue (low) -> red (high). Here the features are captured with a PyTorch
-forward hook on a named module (by default its *input*, i.e. what the final 1x1 conv sees); the network itself is
-not changed, and its output is the same with or without the hook.
+normalised to 0..1 and colour-mapped blue (low) -> red (high). Here the features are captured with PyTorch forward
+hooks on named modules (by default their *input*, i.e. what the final 1x1 conv sees); the network itself is not
+changed.
 
-Tiled inference (sliding window, overlap-tile) calls the network once per tile, so a single hook sees tiles only.
-:class:`MeanFeatureMap` therefore wraps the network as a module whose *output* is the channel-mean feature map;
-run it through the same inferer as the network and the tiles are stitched like logits (the channel mean is linear,
-so stitching the mean equals the mean of the stitched features). It exposes the wrapped network as ``.module``
-(like ``DataParallel``), so inferers that read the network's geometry attributes through ``.module`` (e.g.
-``scripts.inferers.OverlapTileInferer``) see the real network's.
+Tiled inference (overlap-tile, sliding window) calls the network once per tile, so a hook sees tiles only.
+:class:`FeatureMapCapture` therefore hands the channel mean of each tile's features to the inferer as one more output
+channel, which the inferer stitches like the logits (the channel mean is linear, so stitching the mean equals the mean
+of the stitched features), and splits it off again after the evaluator's forward pass: the picture costs no second
+pass, and the prediction is exactly what the network alone gives.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.utils import ensure_tuple
+from monai.data import MetaTensor
+from monai.engines.utils import IterationEvents
+from monai.utils import ensure_tuple, min_version, optional_import
 
+from scripts.inferers.memory import is_probing
+from scripts.networks.wrappers import unwrap_network
 from scripts.visualize.confidence import colormap_rgb
 
-__all__ = ["FeatureMapHook", "MeanFeatureMap", "feature_map_to_rgb", "last_feature_modules", "pointwise_conv_names"]
+Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+else:
+    Engine, _ = optional_import("ignite.engine", "0.4.11", min_version, "Engine")
+
+__all__ = [
+    "FeatureMapCapture",
+    "FeatureMapHook",
+    "channel_mean",
+    "feature_map_to_rgb",
+    "last_feature_modules",
+    "pointwise_conv_names",
+]
+
+logger = logging.getLogger(__name__)
 
 
 def last_feature_modules(network: torch.nn.Module) -> list[str]:
@@ -66,7 +86,8 @@ class FeatureMapHook:
     """Capture the input (or output) of named modules on every forward pass, with forward hooks.
 
     Use as a context manager (the hooks are removed on exit) or call :meth:`remove`. When a module runs several
-    times in one forward pass, the last call is kept.
+    times in one forward pass, the last call is kept. Calls during the overlap-tile inferer's memory probe
+    (:func:`scripts.inferers.is_probing`) are not recorded.
 
     Args:
         network: the model.
@@ -76,6 +97,7 @@ class FeatureMapHook:
 
     Raises:
         ValueError: an unknown module name (the message lists the network's 1x1 convolutions) or ``capture``.
+        RuntimeError: the modules take no forward hooks (TorchScript).
     """
 
     def __init__(self, network: torch.nn.Module, module_names: Sequence[str] | str, capture: str = "input") -> None:
@@ -91,12 +113,19 @@ class FeatureMapHook:
             )
         self.capture = capture
         self.features: dict[str, torch.Tensor] = {}
-        self._handles = [modules[n].register_forward_hook(self._hook(n)) for n in self.module_names]
+        self._handles: list = []
+        try:
+            for n in self.module_names:
+                self._handles.append(modules[n].register_forward_hook(self._hook(n)))
+        except RuntimeError:  # e.g. a TorchScript module: none of the hooks stays
+            self.remove()
+            raise
 
     def _hook(self, name: str):
         def hook(_module, inputs, output):
-            value = inputs[0] if self.capture == "input" else output
-            self.features[name] = value.detach()
+            if not is_probing():  # the overlap-tile inferer's memory probe is not part of the inference
+                value = inputs[0] if self.capture == "input" else output
+                self.features[name] = value.detach()
 
         return hook
 
@@ -113,35 +142,142 @@ class FeatureMapHook:
         self.remove()
 
 
-class MeanFeatureMap(torch.nn.Module):
-    """Wrap a network so that its output is the channel-mean of hooked feature maps, (B, 1, *spatial).
+def channel_mean(features: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+    """The channel mean of feature maps, (B, 1, *size) float32: concatenated along channels (each resized, bilinear, to
+    ``size`` when it differs) and averaged. Not normalised: the 0..1 normalisation comes after stitching, per image
+    (:func:`feature_map_to_rgb`)."""
+    size = tuple(size)
+    feats = [f if tuple(f.shape[2:]) == size else F.interpolate(f, size=size, mode="bilinear") for f in features]
+    return torch.cat(feats, dim=1).float().mean(dim=1, keepdim=True)
 
-    The features of all named modules are concatenated along channels (resized, bilinear, to the network's output
-    size when they differ) and averaged. Not normalised: the 0..1 normalisation must come after stitching, per
-    image (:func:`feature_map_to_rgb`).
+
+class FeatureMapCapture:
+    """Ignite handler: the channel-mean feature map of every image, taken during the evaluator's own forward pass.
+
+    From ``ITERATION_STARTED`` to MONAI's ``FORWARD_COMPLETED`` of each iteration, a :class:`FeatureMapHook` takes
+    what enters the feature modules at every call of the network, and a forward hook on the network appends its
+    :func:`channel_mean` to the network's output as one more channel (in the output's dtype: half precision under
+    CUDA autocast), so the inferer stitches it tile by tile like the prediction (overlap-tile: cropped and abutted;
+    sliding window: blended). At ``FORWARD_COMPLETED`` the channel is split off again:
+    ``engine.state.output[output_key]`` gets the (B, 1, *spatial) map (float32) and ``engine.state.output[pred_key]``
+    the prediction alone (the same values, dtype and metadata as without this handler). The overlap-tile inferer's
+    memory probe is skipped (:func:`scripts.inferers.is_probing`), so its tiling plan does not change either. The
+    network's mode and weights are not touched.
+
+    When the network cannot take hooks (a TorchScript module) or has no module to hook (no 1x1 convolution, with
+    ``feature_module=None``), a warning is logged and nothing is captured: :class:`scripts.visualize.PictureWriter`
+    then writes every picture but ``features.png``.
+
+    Example (inference.json, ``handlers``)::
+
+        {"_target_": "scripts.visualize.FeatureMapCapture", "_disabled_": "$not @feature_maps"}
 
     Args:
-        network: the model; not modified (a hook is registered per call and removed after it).
-        module_names: module(s) whose input (or output) is taken; see :class:`FeatureMapHook`.
-        capture: ``"input"`` (default) or ``"output"``.
+        network: the model; ``None`` (default): the engine's ``network``.
+        feature_module: name(s) of the module(s) whose input is the last layer's feature maps (see
+            :class:`FeatureMapHook`); ``None`` (default): :func:`last_feature_modules`.
+        output_key: where the feature map goes in the engine's output.
+        pred_key: the engine output's prediction (SupervisedEvaluator: ``"pred"``).
+        capture: ``"input"`` (default) or ``"output"`` of the feature modules.
+
+    Raises:
+        ValueError: ``feature_module`` names a module the network does not have, or a bad ``capture``.
     """
 
-    def __init__(self, network: torch.nn.Module, module_names: Sequence[str] | str, capture: str = "input") -> None:
-        super().__init__()
-        FeatureMapHook(network, module_names, capture).remove()  # validate the names now, not at the first call
-        self.module = network
-        self.module_names = module_names
-        self.capture = capture
+    def __init__(
+        self,
+        network: torch.nn.Module | None = None,
+        feature_module: Sequence[str] | str | None = None,
+        output_key: str = "features",
+        pred_key: str = "pred",
+        capture: str = "input",
+    ) -> None:
+        if capture not in ("input", "output"):
+            raise ValueError(f"capture must be 'input' or 'output', got {capture!r}.")
+        self.network, self.feature_module = network, feature_module
+        self.output_key, self.pred_key, self.capture = output_key, pred_key, capture
+        self.module: torch.nn.Module | None = None
+        self.module_names: tuple[str, ...] = ()
+        self._hook: FeatureMapHook | None = None
+        self._handle: Any = None
+        self._channels: int | None = None
+        if network is not None:
+            self._resolve(network)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with FeatureMapHook(self.module, self.module_names, self.capture) as hook:
-            out = self.module(x)
-        if isinstance(out, (tuple, list)):  # deep-supervision outputs: the last is the final prediction
-            out = out[-1]
-        size = out.shape[2:]
-        feats = [hook.features[n] for n in hook.module_names]
-        feats = [f if f.shape[2:] == size else F.interpolate(f, size=size, mode="bilinear") for f in feats]
-        return torch.cat(feats, dim=1).float().mean(dim=1, keepdim=True)
+    def _resolve(self, network: torch.nn.Module) -> None:
+        """Find the modules to hook; on a network that takes no hooks (or has nothing to hook), warn and disable."""
+        self.module, self.module_names = None, ()
+        module = unwrap_network(network)
+        try:
+            module.register_forward_hook(lambda *_: None).remove()
+        except RuntimeError as e:  # TorchScript: "register_forward_hook is not supported on ScriptModules"
+            logger.warning("FeatureMapCapture: no feature-map picture: %s takes no forward hooks (%s).",
+                           type(module).__name__, e)
+            return
+        if self.feature_module is not None:
+            names = tuple(ensure_tuple(self.feature_module))
+        else:
+            try:
+                names = tuple(last_feature_modules(module))
+            except ValueError as e:
+                logger.warning("FeatureMapCapture: no feature-map picture: %s", e)
+                return
+        FeatureMapHook(module, names, self.capture).remove()  # the names exist (ValueError otherwise)
+        self.module, self.module_names = module, names
+
+    def attach(self, engine: Engine) -> None:
+        """Hook the network for each iteration's forward pass (``ITERATION_STARTED`` .. ``FORWARD_COMPLETED``); without
+        a ``network``, take the engine's when it starts."""
+        if self.network is None:
+            engine.add_event_handler(Events.STARTED, lambda e: self._resolve(e.network))
+        engine.add_event_handler(Events.ITERATION_STARTED, self._start)
+        engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._split)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.remove)  # also after a failed forward pass
+
+    def remove(self, _engine: Engine | None = None) -> None:
+        """Remove the hooks (idempotent). Done at ``FORWARD_COMPLETED``, and at ``ITERATION_COMPLETED`` after a failed
+        forward pass; a run that stops with an exception inside the pass leaves them until this is called."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._handle.remove()
+            self._hook = self._handle = None
+
+    def _start(self, _engine: Engine | None = None) -> None:
+        self.remove()
+        self._channels = None
+        if self.module is None:
+            return
+        self._hook = FeatureMapHook(self.module, self.module_names, self.capture)
+        self._handle = self.module.register_forward_hook(self._append)
+
+    def _append(self, _module: torch.nn.Module, _args: Any, output: Any) -> Any:
+        """Forward hook of the network: its output with the channel-mean feature map appended (the last output of
+        a tuple, as the inferers keep it)."""
+        features = self._hook.features if self._hook is not None else {}
+        if is_probing() or any(n not in features for n in self.module_names):
+            return None
+        out = output[-1] if isinstance(output, (tuple, list)) else output
+        fm = channel_mean([features.pop(n) for n in self.module_names], out.shape[2:])
+        self._channels = int(out.shape[1])
+        joined = torch.cat([out, fm.to(out.dtype)], dim=1)  # the prediction's values and dtype untouched
+        return (*output[:-1], joined) if isinstance(output, (tuple, list)) else joined
+
+    def _split(self, engine: Engine) -> None:
+        """Take the appended channel out of the prediction into ``output_key``."""
+        self.remove()
+        output, channels = engine.state.output, self._channels
+        pred = output.get(self.pred_key) if isinstance(output, dict) else None
+        if channels is None or not isinstance(pred, torch.Tensor):
+            return
+        if pred.ndim < 3 or pred.shape[1] != channels + 1:
+            logger.warning("FeatureMapCapture: the inferer returned %s channels, not the network's %d plus the "
+                           "feature map; no feature-map picture.", pred.shape[1] if pred.ndim > 1 else "no", channels)
+            return
+        plain = pred.as_tensor() if isinstance(pred, MetaTensor) else pred
+        logits = plain[:, :channels]
+        output[self.pred_key] = MetaTensor(logits).copy_meta_from(pred, copy_attr=False) if isinstance(
+            pred, MetaTensor) else logits
+        output[self.output_key] = plain[:, channels:].float()
 
 
 def feature_map_to_rgb(feature_map: np.ndarray, cmap: str = "jet") -> np.ndarray:

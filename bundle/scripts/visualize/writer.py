@@ -15,6 +15,10 @@ plus ``output_dir/legend.png`` (class colours and names; the overlays themselves
 keep the image's size) and ``output_dir/index.html``, a gallery linking everything with relative links (every picture
 folder in ``output_dir``, also those of earlier runs).
 
+Each picture is written when its array is in the evaluator's output; the writer computes nothing but colours. The
+difficult-pixel maps come from the postprocessing (:class:`scripts.transforms.DifficultPixelRefined`), the feature
+map from the evaluator's own forward pass (:class:`scripts.visualize.FeatureMapCapture`).
+
 Orientation: MONAI's ``LoadImage`` readers for PNG/TIFF (``PILReader``, ``ITKReader``) use ``reverse_indexing=True``
 and hand the network arrays of shape (C, W, H); ``reverse_indexing=True`` (default, as in MONAI's ``PILWriter``)
 swaps the two spatial axes back so that the pictures look like the image files. Use ``False`` for arrays that are
@@ -27,12 +31,11 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from monai.data import decollate_batch
-from monai.networks.utils import eval_mode
 from monai.utils import min_version, optional_import
 
 from scripts.data.classes import CLASS_NAMES, class_palette
@@ -40,9 +43,8 @@ from scripts.data.fault_tolerant import FAILED_KEY, root_cause
 from scripts.data.io import file_stem, write_png
 from scripts.data.output_names import OUTPUT_NAME_KEY
 from scripts.data.preflight import picture_folder
-from scripts.transforms.difficult_pixels import DifficultPixelRefine
 from scripts.visualize.confidence import confidence_to_rgb, difficult_to_grey
-from scripts.visualize.feature_maps import MeanFeatureMap, feature_map_to_rgb
+from scripts.visualize.feature_maps import feature_map_to_rgb
 from scripts.visualize.gallery import DEFAULT_COLUMNS, write_gallery
 from scripts.visualize.overlay import grey_image, legend_image, overlay_labels
 
@@ -57,127 +59,86 @@ __all__ = ["PictureWriter"]
 logger = logging.getLogger(__name__)
 
 
-def _numpy(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().float().numpy()
-    return np.asarray(x)
-
-
 class PictureWriter:
     """Write per-image pictures and an HTML gallery for an inference run (module docstring: what and where).
 
     Attach to a MONAI ``SupervisedEvaluator`` (``val_handlers``) or call :meth:`write` directly. At every
-    iteration it reads the decollated ``engine.state.output`` items (``engine.state.batch`` is used for keys the
-    output lacks): ``image_key`` (C, *spatial) the network input, ``pred_key`` (C, *spatial) the network output
-    *per class* -- logits with ``softmax=True``, probabilities with ``softmax=False`` (an arg-max map with one channel
-    is accepted for the overlay alone) -- and optionally ``label_key`` (one channel of class indices, or one-hot).
-    Postprocessing runs before handlers, so keep the per-class output under its own key before ``AsDiscreted``
-    (e.g. ``CopyItemsd(keys="pred", names="logits")`` and ``pred_key="logits", softmax=True``). The file name comes
-    from ``image.meta["filename_or_obj"]``. The gallery is written when the engine completes; rows are reset when
-    it starts.
+    iteration it reads the decollated ``engine.state.output`` items, after the postprocessing
+    (``engine.state.batch`` is used for keys the output lacks), in MONAI layout (channel first):
+
+    - ``image_key`` (C, *spatial): the network input (required);
+    - ``pred_key``: the prediction, a label map ((1, *spatial) or (*spatial), e.g. after ``AsDiscreted``) or the
+      per-class output (C, *spatial), whose arg-max is shown;
+    - ``label_key``: the ground truth, (1, *spatial) class indices or (C, *spatial) one-hot;
+    - ``confidence_key``, ``difficult_key``, ``refined_key`` (1, *spatial): the confidence map, the difficult-pixel
+      mask and the refined label map, e.g. from ``DifficultPixelRefined(keys="pred", refined_keys="refined",
+      confidence_keys="confidence", difficult_keys="difficult")`` in the postprocessing;
+    - ``features_key`` (1, *spatial): the channel-mean feature map (:class:`scripts.visualize.FeatureMapCapture`).
+
+    A picture whose key is ``None``, or missing from an item, is not written. The file name comes from
+    ``image.meta["filename_or_obj"]``. The gallery is written when the engine completes; rows are reset when it
+    starts.
 
     Example (bundle config, in the evaluator's ``val_handlers``)::
 
-        {"_target_": "scripts.visualize.PictureWriter", "output_dir": "$@output_dir + '/pictures'",
-         "pred_key": "logits", "softmax": true, "feature_maps": true, "network": "@network",
-         "inferer": "@inferer", "feature_module": "final_conv"}
+        {"_target_": "scripts.visualize.PictureWriter", "output_dir": "$@output_dir + '/pictures'"}
 
     Args:
         output_dir: folder of the run's pictures (created).
-        overlay: write ``overlay.png`` (and ``label.png`` when a label is known).
-        confidence: write ``confidence.png``.
-        difficult: write ``difficult.png``.
-        refined: write ``refined.png``.
-        feature_maps: write ``features.png``; needs ``network`` and ``feature_module`` and costs one more inference
-            pass per image (through ``inferer`` when given). That pass never changes the network: it runs in eval mode
-            under ``torch.no_grad`` (the network's mode is restored afterwards) and under the engine's autocast.
+        image_key, pred_key, label_key, confidence_key, difficult_key, refined_key, features_key: keys in the
+            engine's output (see above).
         gallery: write ``index.html`` and ``legend.png``.
-        image_key, pred_key, label_key: keys in the engine's output (``label_key=None``: no ground truth).
-        softmax: ``pred`` holds logits (apply softmax); ``False``: it holds probabilities.
         reverse_indexing: the arrays are (C, W, H) as MONAI's PIL/ITK readers give them; swap back to (H, W).
-        refiner: the difficult-pixel refinement (the configs pass ``@refinement``: their class priorities and
-            fallback); default ``DifficultPixelRefine()``, which marks difficult pixels (threshold = mean confidence)
-            but refines none (no priority classes). It receives probabilities, so it must have ``softmax=False``.
-        network: the model, for ``feature_maps``.
-        inferer: how to run ``network`` on a whole image for ``feature_maps`` (e.g. the evaluator's inferer, called
-            as ``inferer(image, wrapped_network)``); ``None`` calls the network on the whole image.
-        feature_module: name(s) of the module(s) whose input is the last layer's feature maps (the final 1x1
-            conv); see :class:`scripts.visualize.FeatureMapHook`.
         alpha: colour weight of the overlays, 0..1. Default 0.5.
-        class_names: legend names, one per class. Default ``CLASS_NAMES``.
+        class_names: legend names, one per class; their number also sets the confidence scale (``1 / C`` = black).
+            Default ``CLASS_NAMES``.
         class_colors: overlay colours, one RGB triple per class; ``None`` (default): ``class_palette(len(class_names))``
             (the bundle's ``CLASS_COLORS``, extended with generated hues for more than five classes).
         confidence_cmap: colormap of ``confidence.png``. Default 'inferno' (black = uniform 1/C, yellow = 1).
         feature_cmap: colormap of ``features.png``. Default 'jet' (blue -> red).
         title: the gallery's title.
-        amp: run the feature-map pass under ``torch.autocast("cuda", **amp_kwargs)``. ``None`` (default): as the
-            engine the writer is attached to does (its ``amp`` and ``amp_kwargs``), so the picture is computed like
-            the prediction; ``False`` when called without an engine.
-        amp_kwargs: keyword arguments of ``torch.autocast`` for ``amp=True`` (``None``: the engine's, or none).
         isolate_errors: when writing one image's pictures fails, log it, mark that output item as failed
             (``item["failed"] = reason``, which :class:`scripts.handlers.InferenceReport` records) and go on, instead
             of stopping the run. Items already marked failed are always skipped.
 
     Raises:
-        ValueError: ``feature_maps`` without ``network``/``feature_module``, a refiner with ``softmax=True``, or
-            ``class_colors`` of another length than ``class_names``.
+        ValueError: ``class_colors`` of another length than ``class_names``.
     """
 
     def __init__(
         self,
         output_dir: str | os.PathLike,
-        overlay: bool = True,
-        confidence: bool = True,
-        difficult: bool = True,
-        refined: bool = True,
-        feature_maps: bool = False,
-        gallery: bool = True,
         image_key: str = "image",
-        pred_key: str = "pred",
+        pred_key: str | None = "pred",
         label_key: str | None = "label",
-        softmax: bool = False,
+        confidence_key: str | None = "confidence",
+        difficult_key: str | None = "difficult",
+        refined_key: str | None = "refined",
+        features_key: str | None = "features",
+        gallery: bool = True,
         reverse_indexing: bool = True,
-        refiner: DifficultPixelRefine | None = None,
-        network: torch.nn.Module | None = None,
-        inferer: Callable[..., torch.Tensor] | None = None,
-        feature_module: Sequence[str] | str | None = None,
         alpha: float = 0.5,
         class_names: Sequence[str] = CLASS_NAMES,
         class_colors: Sequence[Sequence[int]] | None = None,
         confidence_cmap: str = "inferno",
         feature_cmap: str = "jet",
         title: str = "Segmentation pictures",
-        amp: bool | None = None,
-        amp_kwargs: dict | None = None,
         isolate_errors: bool = False,
     ) -> None:
-        if refiner is not None and refiner.softmax:
-            raise ValueError("the PictureWriter passes probabilities to the refiner: give it softmax=False "
-                             "(and set the writer's softmax=True when pred holds logits).")
-        self.feature_net: MeanFeatureMap | None = None
-        if feature_maps:
-            if network is None or feature_module is None:
-                raise ValueError("feature_maps=True needs the network and the feature_module name (the module whose "
-                                 "input is the last layer's feature maps, e.g. the final 1x1 conv).")
-            self.feature_net = MeanFeatureMap(network, feature_module)
         if class_colors is None:
             class_colors = class_palette(len(class_names))
         if len(class_names) != len(class_colors):
             raise ValueError(f"got {len(class_names)} class names but {len(class_colors)} colours.")
         self.output_dir = Path(output_dir)
-        self.overlay, self.confidence, self.difficult, self.refined = overlay, confidence, difficult, refined
+        self.image_key = image_key
+        self.keys = {"pred": pred_key, "label": label_key, "confidence": confidence_key, "difficult": difficult_key,
+                     "refined": refined_key, "features": features_key}
         self.gallery = gallery
-        self.image_key, self.pred_key, self.label_key = image_key, pred_key, label_key
-        self.softmax = softmax
         self.reverse_indexing = reverse_indexing
-        self.refiner = refiner or DifficultPixelRefine()
-        self.inferer = inferer
         self.alpha = alpha
         self.class_names, self.class_colors = tuple(class_names), tuple(class_colors)
         self.confidence_cmap, self.feature_cmap = confidence_cmap, feature_cmap
         self.title = title
-        self.amp, self.amp_kwargs = amp, amp_kwargs
-        self._engine_amp: tuple[bool, dict] = (False, {})
         self.isolate_errors = isolate_errors
         self.rows: list[tuple[str, dict[str, str]]] = []
 
@@ -190,10 +151,8 @@ class PictureWriter:
             engine.add_event_handler(Events.COMPLETED, self.completed)
 
     def reset(self, _engine: Engine | None = None) -> None:
-        """Forget the rows of a previous run; take the autocast settings of the engine (see ``amp``)."""
+        """Forget the rows of a previous run."""
         self.rows = []
-        if _engine is not None:
-            self._engine_amp = (bool(getattr(_engine, "amp", False)), dict(getattr(_engine, "amp_kwargs", None) or {}))
 
     def iteration_completed(self, engine: Engine) -> None:
         """Write the pictures of every image of the iteration's batch."""
@@ -210,13 +169,14 @@ class PictureWriter:
 
             if isinstance(item, dict) and FAILED_KEY in item:  # a file that failed earlier (InferenceReport)
                 continue
-            image, pred = get(self.image_key), get(self.pred_key)
-            if image is None or pred is None:
-                raise KeyError(f"PictureWriter needs '{self.image_key}' and '{self.pred_key}' in the engine's output.")
+            image = get(self.image_key)
+            if image is None:
+                raise KeyError(f"PictureWriter needs '{self.image_key}' in the engine's output.")
             meta = getattr(image, "meta", {}) or {}
             name = meta.get("filename_or_obj")
+            arrays = {kind: get(key) for kind, key in self.keys.items()}
             try:
-                self.write(image, pred, get(self.label_key), name=name, folder=meta.get(OUTPUT_NAME_KEY))
+                self.write(image, name=name, folder=meta.get(OUTPUT_NAME_KEY), **arrays)
             except Exception as e:
                 if not self.isolate_errors or not isinstance(item, dict):
                     raise
@@ -229,8 +189,13 @@ class PictureWriter:
         return self.write_gallery()
 
     # ------------------------------------------------------------------ pictures
-    def _spatial(self, x: np.ndarray) -> np.ndarray:
-        """(C, d0, d1) MONAI layout -> (C, H, W) file orientation."""
+    def _spatial(self, x: Any) -> np.ndarray:
+        """(C, d0, d1) MONAI layout (or (d0, d1): one channel) -> (C, H, W) file orientation, as a numpy array."""
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().float().numpy()
+        x = np.asarray(x)
+        if x.ndim == 2:
+            x = x[None]
         if x.ndim != 3:
             raise ValueError(f"expected a channel-first 2D array (C, H, W), got shape {x.shape}.")
         return np.swapaxes(x, 1, 2) if self.reverse_indexing else x
@@ -248,33 +213,43 @@ class PictureWriter:
     def write(
         self,
         image: Any,
-        pred: Any,
+        pred: Any | None = None,
         label: Any | None = None,
         name: str | os.PathLike | None = None,
         folder: str | None = None,
+        confidence: Any | None = None,
+        difficult: Any | None = None,
+        refined: Any | None = None,
+        features: Any | None = None,
     ) -> dict[str, str]:
-        """Write the enabled pictures of one image.
+        """Write the pictures of one image: ``input.png`` and one picture per array given.
 
         Args:
             image: (C, *spatial) network input (tensor or array), in MONAI layout (see ``reverse_indexing``).
-            pred: (C_out, *spatial) per-class logits/probabilities (see ``softmax``), or a (1, *spatial) label map
-                when only the overlay is wanted.
-            label: optional ground truth, (1, *spatial) class indices or (C_out, *spatial) one-hot.
+            pred: the prediction: a (1, *spatial) or (*spatial) label map, or (C_out, *spatial) per-class output.
+            label: ground truth, (1, *spatial) class indices or (C_out, *spatial) one-hot.
             name: the image's file name; its stem names the picture folder (``image_NNNN`` when ``None``), made
                 unique among this run's folders (``_1``, ``_2``, ...).
             folder: the picture folder's name, taken as it is (non-file-name characters replaced by ``_``); the
                 inference passes its unique output name here. A folder written before is replaced.
+            confidence: (1, *spatial) confidence map ``max_c p(c|x)``.
+            difficult: (1, *spatial) difficult-pixel mask.
+            refined: (1, *spatial) refined label map.
+            features: (1, *spatial) channel-mean feature map.
 
         Returns:
             ``{picture kind: path relative to output_dir}``; also recorded for the gallery.
 
         Raises:
-            ValueError: shapes that disagree, or a one-channel ``pred`` with confidence/difficult/refined enabled.
+            ValueError: an array whose spatial size differs from the image's.
         """
-        img = self._spatial(_numpy(image))
-        out = self._spatial(_numpy(pred))
-        if out.shape[1:] != img.shape[1:]:
-            raise ValueError(f"image {img.shape} and prediction {out.shape} must have the same spatial size.")
+        img = self._spatial(image)
+        arrays = {"pred": pred, "label": label, "confidence": confidence, "difficult": difficult,
+                  "refined": refined, "features": features}
+        arrays = {kind: self._spatial(a) for kind, a in arrays.items() if a is not None}
+        for kind, a in arrays.items():
+            if a.shape[1:] != img.shape[1:]:
+                raise ValueError(f"image {img.shape} and {kind} {a.shape} must have the same spatial size.")
         folder = self._unique_name(name, folder)
         self.rows = [row for row in self.rows if row[0] != folder]
         pictures: dict[str, str] = {}
@@ -284,54 +259,25 @@ class PictureWriter:
             write_png(self.output_dir / rel, array)
             pictures[kind] = rel
 
+        def labels(a: np.ndarray) -> np.ndarray:
+            return a.argmax(axis=0) if a.shape[0] > 1 else np.rint(a[0]).astype(np.int64)
+
         save("input", grey_image(img))
-        if out.shape[0] > 1:
-            prob = out.astype(np.float64)
-            if self.softmax:
-                prob = np.exp(prob - prob.max(axis=0, keepdims=True))
-                prob /= prob.sum(axis=0, keepdims=True)
-            labels = prob.argmax(axis=0)
-        elif self.confidence or self.difficult or self.refined:
-            raise ValueError(
-                f"'{self.pred_key}' has one channel (an arg-max label map?): confidence, difficult pixels and "
-                "refinement need the per-class output; keep it under its own key before AsDiscreted, or disable them."
-            )
-        else:
-            labels = np.rint(out[0]).astype(np.int64)
-        if self.overlay:
-            save("overlay", overlay_labels(img, labels, self.class_colors, self.alpha))
-            if label is not None:
-                lab = self._spatial(_numpy(label))
-                lab = lab.argmax(axis=0) if lab.shape[0] > 1 else np.rint(lab[0]).astype(np.int64)
-                save("label", overlay_labels(img, lab, self.class_colors, self.alpha))
-        if self.confidence or self.difficult or self.refined:
-            refined, conf, diff = self.refiner(prob, return_maps=True)
-            if self.confidence:
-                save("confidence", confidence_to_rgb(conf[0], num_classes=prob.shape[0], cmap=self.confidence_cmap))
-            if self.difficult:
-                save("difficult", difficult_to_grey(diff[0]))
-            if self.refined:
-                save("refined", overlay_labels(img, refined[0].astype(np.int64), self.class_colors, self.alpha))
-        if self.feature_net is not None:
-            save("features", feature_map_to_rgb(self._spatial(self._features(image))[0], self.feature_cmap))
+        if "pred" in arrays:
+            save("overlay", overlay_labels(img, labels(arrays["pred"]), self.class_colors, self.alpha))
+        if "label" in arrays:
+            save("label", overlay_labels(img, labels(arrays["label"]), self.class_colors, self.alpha))
+        if "confidence" in arrays:
+            save("confidence", confidence_to_rgb(arrays["confidence"][0], num_classes=len(self.class_names),
+                                                 cmap=self.confidence_cmap))
+        if "difficult" in arrays:
+            save("difficult", difficult_to_grey(arrays["difficult"][0]))
+        if "refined" in arrays:
+            save("refined", overlay_labels(img, labels(arrays["refined"]), self.class_colors, self.alpha))
+        if "features" in arrays:
+            save("features", feature_map_to_rgb(arrays["features"][0], self.feature_cmap))
         self.rows.append((folder, pictures))
         return pictures
-
-    def _features(self, image: Any) -> np.ndarray:
-        """(1, *spatial) channel-mean feature map of the whole image, in MONAI layout.
-
-        An extra forward pass: in eval mode (BatchNorm uses its running statistics and does not update them, dropout
-        is off) under ``torch.no_grad``, with the network's previous mode restored afterwards, and under the same
-        autocast as the engine's own pass (``amp``).
-        """
-        net = self.feature_net
-        device = next(net.module.parameters()).device
-        x = torch.as_tensor(_numpy(image), dtype=torch.float32, device=device)[None]
-        amp = self._engine_amp[0] if self.amp is None else self.amp
-        amp_kwargs = self._engine_amp[1] if self.amp_kwargs is None else self.amp_kwargs
-        with eval_mode(net.module), torch.autocast("cuda", enabled=amp, **amp_kwargs):
-            fm = self.inferer(x, net) if self.inferer is not None else net(x)
-        return _numpy(fm)[0]
 
     def folder_rows(self) -> list[tuple[str, dict[str, str]]]:
         """Gallery rows of every picture folder in ``output_dir`` (this run's and earlier runs'), sorted by name."""
