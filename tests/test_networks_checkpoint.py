@@ -32,7 +32,7 @@ def test_network_from_checkpoint_builds_the_saved_network(tmp_path, caplog):
     trained = XNet(2, 1, 3, [4, 8, 16], padding="valid", batch_norm=True)
     weights = save(tmp_path / "model.pt", trained)
     default = XNet(2, 1, 3, [8, 16, 32], padding="same")
-    with caplog.at_level(logging.INFO):  # INFO: the config's defaults, not the user's overrides
+    with caplog.at_level(logging.INFO, logger="scripts.networks.checkpoint"):  # INFO: the config's defaults, not the user's overrides
         net = network_from_checkpoint(tmp_path / "model.pt", default)
     assert type(net) is XNet and net.init_args == trained.init_args
     assert all(torch.equal(net.state_dict()[k], v) for k, v in weights.items()), "it holds the saved weights"
