@@ -12,7 +12,9 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
+import monai
 import numpy as np
 import pytest
 import torch
@@ -99,9 +101,11 @@ def _inference_parser(root, **overrides):
     return parser
 
 
-def test_other_padding_is_not_silent(trained, caplog):
+def test_other_padding_is_not_silent(trained, caplog, monkeypatch):
     """``--padding valid`` on a model trained ``same``: the trained network is built, with one warning naming the
     ignored value; an explicit other network stops in one line naming the differing keys."""
+    bundle_cli = [str(Path(monai.__file__).parent / "bundle" / "__main__.py"), "run", "inference", "--padding", "valid"]
+    monkeypatch.setattr("sys.argv", bundle_cli)  # as given on the command line (a config default would log at INFO)
     with caplog.at_level("WARNING"):
         net = _inference_parser(trained, padding="valid").get_parsed_content("network_def")
     assert net.padding == "same" and net.init_args["features"] == TRAINED_FEATURES
