@@ -40,7 +40,7 @@ class FaultTolerantDataset(Dataset):
     :class:`scripts.transforms.SaveProbabilityMapsd` and :class:`scripts.visualize.PictureWriter` read it).
 
     Args:
-        data: the items, e.g. ``InferencePlan.items``.
+        data: the items, e.g. the run's :class:`scripts.workflows.InferencePlan` (a sequence of its items).
         transform: the preprocessing.
         image_key: key of the image path / loaded image.
     """

@@ -15,6 +15,7 @@ Under ``torchrun`` (``multi_gpu_*.json``) the run folder is prepared by global r
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -157,4 +158,7 @@ class InferencePreflight:
         if self.refinement is not None:
             self.refinement.check_num_classes(self.num_classes, hint=REFINEMENT_HINT)
         set_backends(seed=0, deterministic=self.deterministic, allow_tf32=self.allow_tf32)
-        return self.plan.prepare().log()
+        plan = self.plan.prepare().log()
+        if not len(plan):  # every input refused or finished: the evaluator has nothing to do, MONAI skips its run
+            warnings.filterwarnings("ignore", message="`dataloader` is empty", module="monai.engines.workflow")
+        return plan
