@@ -221,12 +221,11 @@ def test_set_backends_switches(restore_backends):
 @pytest.mark.parametrize("files", [["train.json"], ["train.json", "evaluate.json"], ["inference.json"],
                                    ["train.json", "multi_gpu_train.json"],
                                    ["train.json", "evaluate.json", "multi_gpu_evaluate.json"]])
-def test_every_workflow_applies_the_switches(files, restore_backends):
-    p = parser(*files, deterministic=False, allow_tf32=False)
-    steps = [s for s in p["initialize"] if "set_backends" in s or "set_determinism" in s]
-    assert len(steps) == 1 and "set_determinism" not in steps[0], steps
-    p["probe"] = steps[0].replace("dist.get_rank()", "0")  # the step alone: no process group here
-    p.get_parsed_content("probe")
+def test_every_workflow_applies_the_switches(files, restore_backends, tmp_path):
+    """Each workflow seeds and sets the backends once, in its pre-flight (``initialize``), from its own settings."""
+    p = parser(*files, deterministic=False, allow_tf32=False, bundle_root=str(tmp_path), ckpt_path=None)
+    assert "$@preflight.run()" in p["initialize"] and not any("set_backends" in s for s in p["initialize"])
+    p.get_parsed_content("preflight").run()  # tiny data in tmp_path; no process group here: rank 0
     assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
     assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
 

@@ -47,7 +47,7 @@ def _install_ticks(kill_at: int | None, record: list[str]) -> None:
     """Count ticks (see the module docstring); SIGKILL this process at tick number ``kill_at``."""
     import ignite.engine
 
-    import scripts.handlers.checkpoints as checkpoints
+    import scripts.checkpoint_files as checkpoint_files
 
     def tick(label: str) -> None:
         record.append(label)
@@ -85,8 +85,8 @@ def _install_ticks(kill_at: int | None, record: list[str]) -> None:
             tick("write:replace")
             os.replace(src, dst)
 
-    checkpoints.torch = Torch()
-    checkpoints.os = Os()
+    checkpoint_files.torch = Torch()
+    checkpoint_files.os = Os()
     unlink = Path.unlink
 
     def unlink_tick(self, *args, **kwargs):

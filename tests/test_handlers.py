@@ -10,7 +10,8 @@ from ignite.engine import Engine
 from monai.data import MetaTensor
 from monai.handlers import IgniteMetricHandler, from_engine
 
-from scripts.handlers import SegmentationReport, StopOnNonFiniteLoss, latest_checkpoint
+from scripts.checkpoint_files import atomic_save, latest_checkpoint
+from scripts.handlers import SegmentationReport, StopOnNonFiniteLoss
 from scripts.metrics import SegmentationConfusionMatrix
 
 
@@ -94,8 +95,9 @@ from monai.engines import SupervisedTrainer
 
 from scripts.errors import DataLoadingError, DivergenceError, RunFolderError, user_error_in
 from scripts.handlers import (AtomicDiskSaver, CheckpointSaver, EarlyStopHandler, FailOnEmptyEpoch, RandomStates,
-                              ResumeCheckpointLoader, atomic_save, prepare_run_folder)
+                              ResumeCheckpointLoader)
 from scripts.schedules import PolySchedule, StepSchedule
+from scripts.workflows import prepare_run_folder
 
 
 class _Box:
@@ -224,7 +226,7 @@ def test_guard_state_is_checkpointable():
 
 def test_random_states_round_trip_covers_nested_transform_generators():
     from monai.transforms import Compose, Rand2DElasticd, RandFlipd, RandGaussianNoised
-    from scripts.handlers import transform_generators
+    from scripts.handlers.random_states import transform_generators
 
     compose = Compose([RandFlipd("image", prob=0.5), Rand2DElasticd("image", spacing=(8, 8), magnitude_range=(1, 2), prob=1.0),
                        RandGaussianNoised("image", prob=1.0)])
@@ -399,7 +401,7 @@ def test_train_json_resumes_with_the_configured_epochs_unless_a_budget_is_on(tmp
         parser = ConfigParser(ConfigParser.load_config_files(str(CONFIGS / "train.json")))
         parser.update({"epochs": epochs, "network": "$torch.nn.Linear(1, 1)", "device": "cpu", **overrides,
                        "resumable": {"model": "@network", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler",
-                                     "time_budget": "@time_budget"}})
+                                     "time_budget": "@train#handlers#5"}})
         return parser
 
     first = config(4)
@@ -422,7 +424,7 @@ def test_train_json_resumes_with_the_configured_epochs_unless_a_budget_is_on(tmp
     else:
         assert engine.state.epoch == 4 and sched.total_epochs == 4 and sorted(sched.milestones.elements()) == [3]
         assert sched.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
-    assert resumed.get_parsed_content("time_budget").used_before_s == 0.0  # a new clock
+    assert resumed.get_parsed_content("train#handlers#5").used_before_s == 0.0  # a new clock
 
 
 def test_run_folder_refuses_a_second_run_and_archives_with_overwrite(tmp_path):

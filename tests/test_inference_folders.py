@@ -20,8 +20,9 @@ import torch
 from bundle_runner import CONFIGS, config_arg, run_bundle
 from PIL import Image
 
-from scripts.data import plan_inference, read_header, unique_output_names
+from scripts.data import read_header
 from scripts.data.intensity import intensity_scaling
+from scripts.workflows import InferencePlan, unique_output_names
 from scripts.transforms import read_probability_map
 
 FEATURES = [4, 8, 16]
@@ -156,6 +157,8 @@ def test_existing_outputs_are_skipped_then_replaced_with_overwrite(folder_run):
     assert report["counts"] == {"ok": 0, "skipped": 4, "failed": 3, "pending": 0}
     assert all(files[n]["status"] == "skipped" and "--overwrite True" in files[n]["reason"] for n in GOOD)
     assert before == {n: (out / f"{n}_seg.png").stat().st_mtime_ns for n in GOOD}  # untouched
+    # nothing to predict: the evaluator has no iteration, without MONAI's empty-loader warning about distributed runs
+    assert "`dataloader` is empty" not in proc.stdout + proc.stderr
 
     # one file again, with --overwrite: replaced; the gallery lists every image of the folder, not only this run's
     proc = run_bundle(config_arg("inference.json"), None,
@@ -228,19 +231,19 @@ def test_plan_skips_finished_files_but_retries_failed_ones(tmp_path):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(src / "b.png")
     items = [{"image": str(src / n)} for n in ("a.png", "b.png")]
     kw = dict(output_dir=out, pictures=False, save_probabilities=False)
-    assert [r["status"] for r in plan_inference(items, **kw).records] == ["pending", "pending"]
+    assert [r["status"] for r in InferencePlan(items, **kw).prepare().records] == ["pending", "pending"]
     out.mkdir()
     for n in ("a", "b"):
         (out / f"{n}_seg.png").write_bytes(b"x")
     (out / "inference_report.json").write_text(json.dumps({"files": [
         {"input": str(src / "a.png"), "status": "ok"}, {"input": str(src / "b.png"), "status": "failed"}]}))
-    plan = plan_inference(items, **kw)
+    plan = InferencePlan(items, **kw).prepare()
     assert [r["status"] for r in plan.records] == ["skipped", "pending"]  # b failed last time: written again
     assert [i["output_name"] for i in plan.items] == ["b"]
-    assert [r["status"] for r in plan_inference(items, overwrite=True, **kw).records] == ["pending", "pending"]
+    assert [r["status"] for r in InferencePlan(items, overwrite=True, **kw).prepare().records] == ["pending", "pending"]
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src / "c.png")
     with pytest.raises(ValueError, match="3 channel"):  # nothing usable: one error listing the problems
-        plan_inference([{"image": str(src / "c.png")}], **kw)
+        InferencePlan([{"image": str(src / "c.png")}], **kw).prepare()
 
 
 def test_scaling_transform_is_the_training_scaling_for_8_bit_and_never_clips():

@@ -6,9 +6,9 @@ pick ``cuda:<local rank>``/NCCL whenever CUDA is visible, and on a one-GPU machi
   the training split is shared between the ranks (one iteration per rank and epoch instead of two).
 - ``multi_gpu_evaluate.json``: three test images on two ranks (an odd count: a padding sampler would count one
   twice); the report holds every image once and the same confusion matrix as a single-process evaluation.
-- The override keeps every step of ``train.json``'s ``run``/``finalize``/``initialize`` and its handler lists (the
-  ``rank0_handlers`` on rank 0 only), and ``StopTogether`` stops all ranks at the same epoch when only one of them
-  asks to stop (a time limit run out on one rank).
+- The overrides run their base config's pre-flight rank 0 first and keep its ``run``/``finalize`` and handler lists
+  (the ``rank0_handlers`` on rank 0 only), and ``StopTogether`` stops all ranks at the same epoch when only one of
+  them asks to stop (a time limit run out on one rank).
 """
 
 from __future__ import annotations
@@ -142,32 +142,48 @@ def _parser(files: list[str]):
     return ConfigParser(ConfigParser.load_config_files(files))
 
 
-def test_override_keeps_every_step_of_train_json():
-    """Each expression of train.json's run/finalize/initialize is in multi_gpu_train.json, verbatim or behind a rank-0
-    guard; the handler lists are train.json's, the rank-0 lists on rank 0 only."""
-    train = json.loads((CONFIGS / "train.json").read_text())
-    multi = json.loads((CONFIGS / "multi_gpu_train.json").read_text())
-    for key in ("run", "finalize"):
-        steps = [s for s in multi[key] if "destroy_process_group" not in s]
-        assert len(steps) == len(train[key]), key
-        for mine, theirs in zip(steps, train[key]):
-            assert mine == theirs or mine == f"{theirs} if dist.get_rank() == 0 else None", (mine, theirs)
-    check = [s for s in train["initialize"] if "check_datalist" in s or "check_training_settings" in s]
-    assert len(check) == 2 and all(s in multi["initialize"] for s in check)
-    folder = [s for s in train["initialize"] if "prepare_run_folder" in s]
-    assert len(folder) == 1 and f"{folder[0]} if dist.get_rank() == 0 else None" in multi["initialize"]
-    assert train["train"]["trainer"]["train_handlers"] == "$@train#handlers + @train#rank0_handlers"
-    assert train["validate"]["evaluator"]["val_handlers"] == "$@validate#handlers + @validate#rank0_handlers"
-    assert not any(k.endswith("#_disabled_") for k in multi)
+#: What multi_gpu_*.json run first: join the process group, then the pre-flight of the config they are merged on with
+#: rank 0 ahead of the others (it writes the synthetic data and prepares the run folder while they wait).
+DDP_INITIALIZE = ["$scripts.errors.install_excepthook()", "$scripts.workflows.init_distributed(@dist_backend, @device)",
+                  "$scripts.workflows.wait_for_rank0(@local_rank)", "$@preflight.run()",
+                  "$scripts.workflows.release_others(@local_rank)"]
+
+
+@pytest.mark.parametrize("base, ddp", [(["train.json"], "multi_gpu_train.json"),
+                                       (["train.json", "evaluate.json"], "multi_gpu_evaluate.json")])
+def test_override_runs_the_base_configs_preflight_and_steps(base, ddp):
+    """The DDP overrides repeat none of their base's checks: they run its pre-flight (``@preflight``, not copied)
+    rank 0 first, keep its ``run`` and ``finalize`` (curves drawn by rank 0 alone, scripts.visualize.curves) and end
+    the process group last; multi_gpu_train.json keeps train.json's handler lists, StopTogether appended, the rank-0
+    lists on rank 0 only."""
+    single = _parser([str(CONFIGS / n) for n in base])
+    merged = _parser([str(CONFIGS / n) for n in base + [ddp]])
+    override = json.loads((CONFIGS / ddp).read_text())
+    assert merged["initialize"] == DDP_INITIALIZE and single["initialize"] == [DDP_INITIALIZE[0], DDP_INITIALIZE[3]]
+    assert not any(k.split("#")[0] == "preflight" for k in override), "the pre-flight is the base config's"
+    assert merged["run"] == single["run"]
+    assert merged["finalize"] == single["finalize"] + ["$dist.is_initialized() and dist.destroy_process_group()"]
+    assert merged["validate"]["handlers"] == single["validate"]["handlers"]
+    assert not any(k.endswith("#_disabled_") for k in override)
+    if ddp == "multi_gpu_train.json":
+        handlers = merged["train"]["handlers"]
+        assert handlers[:-1] == single["train"]["handlers"] and handlers[-1] == {"_target_": "scripts.handlers.StopTogether"}
+        assert single["train"]["trainer"]["train_handlers"] == "$@train#handlers + @train#rank0_handlers"
+        assert override["train#trainer#train_handlers"] == (
+            "$@train#handlers + (@train#rank0_handlers if dist.get_rank() == 0 else [])")
 
 
 def _stop_together_worker(rank: int, port: int, stop_on_rank: int, result) -> None:
     import torch.distributed as dist
     from ignite.engine import Engine, Events
 
+    from scripts.handlers import StopTogether
+
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
-        handler = _parser(TRAIN).get_parsed_content("stop_together")
+        parser = _parser(TRAIN)
+        handler = parser.get_parsed_content(f"train#handlers#{len(parser['train']['handlers']) - 1}")
+        assert isinstance(handler, StopTogether)
         engine = Engine(lambda e, b: None)
         if rank == stop_on_rank:  # what a time limit run out on this rank alone does
             engine.add_event_handler(Events.EPOCH_COMPLETED(once=2), lambda e: e.terminate())

@@ -15,7 +15,7 @@ so what the app needs is written into the copy's two files (the source bundle is
   the config's network when there is no ``model.pt`` yet), so that MONAI Label's ``/train`` (``pretrained``, the
   default) continues that model whatever width it has; ``--merge`` files (e.g. the experiment the model was trained
   with, for its loss) are merged first; ``overwrite`` true, since every ``/train`` is a new run in the same folder:
-  the network is built from ``model.pt`` first, then the previous ``models/`` and ``logs/`` move to
+  the network is built from ``model.pt`` first, then the pre-flight moves the previous ``models/`` and ``logs/`` to
   ``archive/<UTC time>/`` (train.json's one-run-per-folder rule);
 - ``inference.json``: ``save_probabilities`` false (MONAI Label returns the label only; otherwise every request,
   uploads included, would leave ``outputs/<name>_prob.tif`` behind). ``network_def`` already builds the network
@@ -31,7 +31,7 @@ import shutil
 import sys
 from pathlib import Path
 
-__all__ = ["INFERENCE_OVERRIDES", "NETWORK_FIRST", "TRAIN_OVERRIDES", "make_app_copy", "main"]
+__all__ = ["INFERENCE_OVERRIDES", "NETWORK_FIRST", "PREFLIGHT", "TRAIN_OVERRIDES", "make_app_copy", "main"]
 
 #: Written into the copy's train.json: continue the model in models/model.pt (MONAI Label's "pretrained").
 TRAIN_OVERRIDES = {
@@ -46,9 +46,11 @@ TRAIN_OVERRIDES = {
     # are moved to archive/<UTC time>/; the network is built from model.pt first (``NETWORK_FIRST``), then archived
     "overwrite": True,
 }
-#: Prepended to the copy's train.json ``initialize``: build the network (from models/model.pt) before the run folder
-#: check moves the previous run to the archive.
+#: Put before the pre-flight in the copy's train.json ``initialize``: build the network (from models/model.pt) before
+#: the pre-flight's run-folder step moves the previous run to the archive.
 NETWORK_FIRST = "$@network"
+#: train.json's ``initialize`` step that runs the pre-flight (``scripts.workflows.TrainingPreflight``).
+PREFLIGHT = "$@preflight.run()"
 #: Written into the copy's inference.json.
 INFERENCE_OVERRIDES = {"save_probabilities": False}
 
@@ -65,27 +67,24 @@ def _merged(files: list[Path], overrides: dict) -> dict:
             value = {**value, "default": current if isinstance(current, str) and current.startswith("@") else value["default"]}
         parser[key] = value
     if "overwrite" in overrides:
-        parser["initialize"] = [NETWORK_FIRST] + [e for e in parser.get("initialize", []) if e != NETWORK_FIRST]
-        _handlers_as_dicts(parser)
+        steps = [e for e in parser.get("initialize", []) if e != NETWORK_FIRST]
+        steps.insert(steps.index(PREFLIGHT) if PREFLIGHT in steps else len(steps), NETWORK_FIRST)
+        parser["initialize"] = steps
+        _stand_in_loader(parser)
     return parser.get()
 
 
-def _handlers_as_dicts(parser) -> None:
-    """Make every ``train#handlers`` item a dict, as MONAI Label's ``BundleTrainTask`` requires (it looks for a
-    ``CheckpointLoader`` item with ``item.get("_target_")``), and add a disabled ``CheckpointLoader`` item.
+def _stand_in_loader(parser) -> None:
+    """Append a disabled ``CheckpointLoader`` to ``train#handlers``.
 
-    - An item that references a handler defined elsewhere (``"@checkpoint_saver"``) is replaced by that definition,
-      and the definition's old place now references the list item, so there is still one instance.
-    - MONAI Label inserts a ``CheckpointLoader`` of ``models/model.pt`` unless the list has one. The copy's network
-      is already built from ``model.pt`` (``network_def``), and that file is moved to ``archive/`` by ``initialize``
-      (``overwrite``) before the trainer starts, so its loader would find no file: a disabled one stands in its place.
+    MONAI Label's ``BundleTrainTask`` inserts a ``CheckpointLoader`` of ``models/model.pt`` at the start of the list
+    unless the list has one (it looks for it by ``_target_``, so every item must be a dict, as train.json's are). The
+    copy's network is already built from ``model.pt`` (``network_def``), and that file is moved to ``archive/`` by the
+    pre-flight (``overwrite``) before the trainer starts, so its loader would find no file; and an item inserted at
+    the start would shift the handlers that train.json's ``resumable`` names by their place in the list. A disabled
+    loader at the end stands in its place.
     """
     handlers = list(parser.get("train#handlers", []))
-    for k, item in enumerate(handlers):
-        if isinstance(item, str) and item.startswith("@"):
-            ref = item[1:]
-            handlers[k] = parser.get(ref)
-            parser[ref] = f"@train#handlers#{k}"
     handlers.append({
         "_target_": "CheckpointLoader",
         "_disabled_": True,

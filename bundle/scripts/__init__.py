@@ -5,9 +5,14 @@ Sub-packages, one concept each:
 - ``scripts.networks``: X-Net, U-Net (same/valid), Double U-Net, Ensemble U-Net.
 - ``scripts.losses``: IoU, kappa, class-weighted softmax CE, U-Net border-weighted CE, multi-output loss.
 - ``scripts.transforms``: U-Net border weight maps, difficult-pixel refinement.
-- ``scripts.data``: synthetic EM-like data, dataset preparation (Drosophila ssTEM, generic folders), integrity checks.
+- ``scripts.data``: synthetic EM-like data, dataset preparation (Drosophila ssTEM, generic folders), image I/O,
+  integrity checks, loading.
 - ``scripts.inferers``: overlap-tile (mirror padded) inference.
-- ``scripts.metrics`` / ``scripts.handlers``: confusion-matrix metrics and the Ignite handlers that report them.
+- ``scripts.metrics`` / ``scripts.handlers``: confusion-matrix metrics and the Ignite handlers of the workflows.
+- ``scripts.workflows``: the workflows' pre-flights, run folder, DDP set-up, and the inference run's plan, output
+  names, fault tolerance and report.
+- ``scripts.backends`` / ``scripts.checkpoint_files``: seeds, cuDNN/TF32 switches, network placement; checkpoint
+  files (atomic writes, the newest resumable one).
 - ``scripts.errors`` / ``scripts.settings``: user errors shown as one message; checks of the training settings.
 - ``scripts.visualize``: overlays, confidence maps, feature maps, training curves, HTML gallery.
 """
@@ -36,9 +41,7 @@ def _bundle_version() -> str:
 #: The bundle's version (``configs/metadata.json``'s ``version``).
 __version__ = _bundle_version()
 
-from .errors import ConfigError, UserError, install_excepthook  # noqa: E402  (standard library only)
-
-install_excepthook()
+from .errors import ConfigError, UserError  # noqa: E402  (standard library only)
 
 
 def __getattr__(name: str):

@@ -1,4 +1,4 @@
-"""Seeds and the GPU speed/reproducibility switches of a workflow run, set once in every config's ``initialize``.
+"""Seeds and GPU speed/reproducibility switches (set by each workflow's pre-flight), and where a network runs.
 
 - ``deterministic`` (config key, default ``true``): :func:`monai.utils.set_determinism` as before --
   ``cudnn.deterministic=True, cudnn.benchmark=False``, reproducible GPU runs. ``false`` keeps the seeds but lets
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from monai.utils import set_determinism
 
-__all__ = ["place_network", "set_backends"]
+__all__ = ["compiled", "place_network", "set_backends"]
 
 
 def set_backends(seed: int | None = 0, deterministic: bool = True, allow_tf32: bool = True) -> None:
@@ -59,3 +59,12 @@ def place_network(network: torch.nn.Module, device: torch.device | str, channels
     if channels_last and not any(p.ndim == 5 for p in network.parameters()):
         network = network.to(memory_format=torch.channels_last)
     return network
+
+
+def compiled(network: torch.nn.Module, enabled: bool = True) -> torch.nn.Module:
+    """``torch.compile(network)`` when ``enabled`` (train.json's ``compile``), else ``network`` itself.
+
+    The compiled module shares ``network``'s parameters: the trainer steps the compiled view while checkpoints and
+    ``model.pt`` save the plain network (no ``_orig_mod.`` prefixes).
+    """
+    return torch.compile(network) if enabled else network

@@ -3,7 +3,9 @@
 A :class:`UserError` raised anywhere in a workflow -- even wrapped by MONAI's ``ConfigExpression`` ("Failed to
 evaluate ...") or by Ignite -- ends ``python -m monai.bundle run`` with its own message as the last thing printed and
 exit status 1, without the traceback. Set the environment variable ``CELLSEG_DEBUG=1`` to get the full traceback.
-The hook is installed when ``scripts`` is imported (every config imports it) and leaves other exceptions alone.
+The hook is installed by the bundle's entry points only -- the first ``initialize`` step of every config
+(``"$scripts.errors.install_excepthook()"``) and the ``python -m scripts...`` command lines -- not by importing
+``scripts``; it leaves other exceptions alone.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Checks of the training settings (config values and command-line overrides) before any work is done.
 
-``check_training_settings(epochs=@epochs, batch_size=@batch_size, ...)`` runs first in ``train.json``'s
-``initialize``: every value of the wrong type or range gets one line naming the key and what it accepts, all in one
-:class:`~scripts.errors.ConfigError`, instead of a raw ``TypeError`` from deep inside MONAI or PyTorch.
+``train.json``'s pre-flight takes its settings through a ``check_training_settings`` component (``"epochs": "@epochs",
+...``), built before anything else of the run: every value of the wrong type or range gets one line naming the key
+and what it accepts, all in one :class:`~scripts.errors.ConfigError`, instead of a raw ``TypeError`` from deep inside
+MONAI or PyTorch.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Data: class map, 2D image I/O, synthetic EM-like data, dataset preparation, integrity checks, and the inference
-pre-flight (checks, intensity rule, unique output names, fault-tolerant loading).
+"""Data: class map, 2D image I/O and headers, datalists, synthetic EM-like data, dataset preparation, integrity
+checks, the intensity rule, and loading that names the file that fails.
 
 Command line: ``python -m scripts.data.prepare {drosophila,folders,synthetic,check} ...``.
 """
@@ -8,12 +8,10 @@ from .classes import CLASS_COLORS, CLASS_NAMES, DROSOPHILA_VALUE_MAP, NUM_CLASSE
 from .datalist import list_images, load_datalist, write_json
 from .drosophila import crop_grid, find_drosophila_sections, map_label_values, prepare_drosophila, section_folds
 from .folders import pair_files, parse_class_map, prepare_folders
-from .fault_tolerant import FAILED_KEY, FaultTolerantDataset, root_cause
+from .header import ImageHeader, read_header
 from .integrity import DatasetError, check_datalist
 from .loading import NamingCompose, ThreadDataLoader, collate_naming_files, item_name
 from .intensity import INTENSITY_RULES, IntensityScaling, intensity_scaling
-from .output_names import OUTPUT_NAME_KEY, output_name_formatter, unique_output_names
-from .preflight import REPORT_NAME, ImageHeader, InferencePlan, plan_inference, read_header
 from .io import SUPPORTED_EXTENSIONS, file_stem, has_alpha, image_extension, read_image, to_uint8, write_png
 from .synthetic import ensure_synthetic_dataset, generate_dataset, make_sample
 
@@ -29,20 +27,11 @@ __all__ = [
     "ThreadDataLoader",
     "collate_naming_files",
     "item_name",
-    "FAILED_KEY",
-    "FaultTolerantDataset",
     "INTENSITY_RULES",
     "ImageHeader",
-    "InferencePlan",
     "IntensityScaling",
-    "OUTPUT_NAME_KEY",
-    "REPORT_NAME",
     "intensity_scaling",
-    "output_name_formatter",
-    "plan_inference",
     "read_header",
-    "root_cause",
-    "unique_output_names",
     "check_datalist",
     "crop_grid",
     "ensure_synthetic_dataset",

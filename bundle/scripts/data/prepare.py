@@ -117,4 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from scripts.errors import install_excepthook
+
+    install_excepthook()
     sys.exit(main())

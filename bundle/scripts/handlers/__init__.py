@@ -1,21 +1,31 @@
-from .checkpoints import (
-    AtomicDiskSaver,
-    CheckpointSaver,
-    NoCheckpointError,
-    ResumeCheckpointLoader,
-    atomic_save,
-    latest_checkpoint,
-    non_finite_entries,
-)
-from .distributed import StopTogether, release_others, wait_for_rank0
+"""Ignite handlers of the bundle's workflows: crash-safe checkpoints and resume, divergence and empty-epoch guards,
+early stopping, time limit and budget, random states, learning-rate and TensorBoard logging, the evaluation report,
+and stopping all DDP ranks together."""
+
+from .checkpoints import AtomicDiskSaver, CheckpointSaver, ResumeCheckpointLoader
 from .early_stop import EarlyStopHandler
 from .empty_epoch import FailOnEmptyEpoch
 from .lr_logger import LearningRateLogger
 from .nan_guard import StopOnNonFiniteLoss
-from .random_states import RandomStates, transform_generators
+from .random_states import RandomStates
 from .report import SegmentationReport
-from .inference_report import InferenceFailed, InferenceReport
-from .run_folder import prepare_run_folder, run_files
+from .stop_together import StopTogether
 from .tensorboard import TensorBoardStatsHandler
 from .time_budget import FitEpochsToBudget
 from .time_limit import TimeLimit
+
+__all__ = [
+    "AtomicDiskSaver",
+    "CheckpointSaver",
+    "EarlyStopHandler",
+    "FailOnEmptyEpoch",
+    "FitEpochsToBudget",
+    "LearningRateLogger",
+    "RandomStates",
+    "ResumeCheckpointLoader",
+    "SegmentationReport",
+    "StopOnNonFiniteLoss",
+    "StopTogether",
+    "TensorBoardStatsHandler",
+    "TimeLimit",
+]

@@ -15,6 +15,7 @@ from monai.engines.utils import IterationEvents
 from monai.handlers import from_engine
 from monai.utils import CommonKeys
 
+from scripts.checkpoint_files import NoCheckpointError, latest_checkpoint
 from scripts.errors import DivergenceError
 
 __all__ = ["StopOnNonFiniteLoss"]
@@ -148,8 +149,6 @@ class StopOnNonFiniteLoss:
         engine.terminate()
         last = None
         if self.ckpt_dir:
-            from .checkpoints import NoCheckpointError, latest_checkpoint
-
             try:
                 last = latest_checkpoint(self.ckpt_dir)
             except NoCheckpointError:

@@ -39,7 +39,7 @@ class ScaleIntensityByRule(Transform):
             if self.rule == "dtype":
                 raise ValueError(
                     "intensity_rule 'dtype' needs the range the pre-flight takes from the file's pixel type "
-                    "(scripts.data.plan_inference); use 'auto', 'model' or 'percentile' without it."
+                    "(scripts.workflows.InferencePlan); use 'auto', 'model' or 'percentile' without it."
                 )
             values = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
             scaling = intensity_scaling(values, self.rule, self.intensity_max, dtype=values.dtype)

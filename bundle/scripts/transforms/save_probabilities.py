@@ -20,7 +20,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
 from scripts.data.io import file_stem
-from scripts.data.output_names import OUTPUT_NAME_KEY
+from scripts.workflows.output_names import OUTPUT_NAME_KEY
 
 __all__ = ["PROBABILITY_DTYPES", "SaveProbabilityMaps", "SaveProbabilityMapsd", "read_probability_map"]
 

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch.distributed as dist
 
 __all__ = ["load_tensorboard_scalars", "load_csv_scalars", "plot_training_curves", "write_training_curves", "main"]
 
@@ -161,8 +162,9 @@ def write_training_curves(
 ) -> Path | None:
     """After training: flush the TensorBoard writers, then plot every scalar under ``logdir`` to ``out`` (PNG).
 
-    Meant for a bundle's ``finalize`` list, e.g.
-    ``"$scripts.visualize.curves.write_training_curves(@log_dir, @curves_file, @train#rank0_handlers + @validate#rank0_handlers)"``.
+    Meant for a bundle's ``finalize`` list, e.g. ``"$scripts.visualize.curves.write_training_curves(@log_dir,
+    @log_dir + '/curves.png', @train#rank0_handlers + @validate#rank0_handlers)"``. In a distributed run only global
+    rank 0 (the one that writes the event files) draws the picture; the others return ``None``.
 
     Args:
         logdir: the TensorBoard log folder of the run.
@@ -175,6 +177,8 @@ def write_training_curves(
         ``Path(out)``, or ``None`` (with a warning, training is not failed for a picture) when there is nothing to
         plot.
     """
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return None
     for h in flush:
         writer = getattr(h, "_writer", h)
         if callable(getattr(writer, "flush", None)):
@@ -206,4 +210,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
+    from scripts.errors import install_excepthook
+
+    install_excepthook()
     main()

@@ -39,10 +39,10 @@ from monai.data import decollate_batch
 from monai.utils import min_version, optional_import
 
 from scripts.data.classes import CLASS_NAMES, class_palette
-from scripts.data.fault_tolerant import FAILED_KEY, root_cause
+from scripts.workflows.fault_tolerant import FAILED_KEY, root_cause
 from scripts.data.io import file_stem, write_png
-from scripts.data.output_names import OUTPUT_NAME_KEY
-from scripts.data.preflight import picture_folder
+from scripts.workflows.inference_plan import picture_folder
+from scripts.workflows.output_names import OUTPUT_NAME_KEY
 from scripts.visualize.confidence import confidence_to_rgb, difficult_to_grey
 from scripts.visualize.feature_maps import feature_map_to_rgb
 from scripts.visualize.gallery import DEFAULT_COLUMNS, write_gallery
@@ -98,7 +98,7 @@ class PictureWriter:
         feature_cmap: colormap of ``features.png``. Default 'jet' (blue -> red).
         title: the gallery's title.
         isolate_errors: when writing one image's pictures fails, log it, mark that output item as failed
-            (``item["failed"] = reason``, which :class:`scripts.handlers.InferenceReport` records) and go on, instead
+            (``item["failed"] = reason``, which :class:`scripts.workflows.InferenceReport` records) and go on, instead
             of stopping the run. Items already marked failed are always skipped.
 
     Raises:

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from .io import file_stem, image_extension
+from scripts.data.io import file_stem, image_extension
 
 __all__ = ["OUTPUT_NAME_KEY", "output_name_formatter", "unique_output_names"]
 
@@ -51,7 +51,7 @@ def unique_output_names(paths: Sequence[str | os.PathLike]) -> list[str]:
 
 def output_name_formatter(metadict: dict[str, Any] | None, saver: Any = None) -> dict[str, Any]:
     """``output_name_formatter`` for MONAI's ``SaveImage(d)``: the file is named after ``metadict["output_name"]``
-    (set by :class:`scripts.data.FaultTolerantDataset` from the pre-flight's names) instead of the input's stem.
+    (set by :class:`scripts.workflows.FaultTolerantDataset` from the pre-flight's names) instead of the input's stem.
 
     Without that key (e.g. MONAI Label, which builds its own items) it behaves like MONAI's default formatter.
 

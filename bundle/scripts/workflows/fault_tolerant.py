@@ -2,7 +2,7 @@
 
 Used by inference.json: a truncated or otherwise undecodable image (which passes the pre-flight's header check) is
 returned as ``{"image": <path>, "output_name": ..., "failed": "<path>: <reason>"}``; the run's
-:class:`scripts.handlers.InferenceReport` (the evaluator's ``iteration_update``) skips such items, records them and
+:class:`scripts.workflows.InferenceReport` (the evaluator's ``iteration_update``) skips such items, records them and
 carries on with the next file.
 """
 
@@ -36,11 +36,11 @@ def root_cause(error: BaseException) -> str:
 class FaultTolerantDataset(Dataset):
     """``monai.data.Dataset`` that turns an item whose transform fails into ``{image_key: path, output_name: ...,
     FAILED_KEY: reason}`` (only strings, so it collates), and copies the item's ``output_name`` into the loaded
-    image's metadata (where ``SaveImaged``'s :func:`scripts.data.output_name_formatter`,
+    image's metadata (where ``SaveImaged``'s :func:`scripts.workflows.output_name_formatter`,
     :class:`scripts.transforms.SaveProbabilityMapsd` and :class:`scripts.visualize.PictureWriter` read it).
 
     Args:
-        data: the items, e.g. ``InferencePlan.items``.
+        data: the items, e.g. the run's :class:`scripts.workflows.InferencePlan` (a sequence of its items).
         transform: the preprocessing.
         image_key: key of the image path / loaded image.
     """

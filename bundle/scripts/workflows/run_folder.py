@@ -1,6 +1,7 @@
 """One run per folder: a new training run refuses a ``bundle_root`` that already holds one, unless told what to do.
 
-``prepare_run_folder`` runs in ``train.json``'s ``initialize`` before any work:
+``prepare_run_folder`` runs in ``train.json``'s pre-flight (:class:`scripts.workflows.TrainingPreflight`) before any
+work:
 
 - ``--resume True``: continue the run in the folder (its newest ``checkpoint_epoch=N.pt``);
 - ``--overwrite True``: start over; the old ``models/`` and ``logs/`` are moved (not deleted) to
@@ -21,11 +22,10 @@ import shutil
 import time
 from pathlib import Path
 
+from scripts.checkpoint_files import TMP_SUFFIX, latest_checkpoint
 from scripts.errors import RunFolderError
 
-from .checkpoints import TMP_SUFFIX, latest_checkpoint
-
-__all__ = ["SHIPPED", "prepare_run_folder", "run_files"]
+__all__ = ["SHIPPED", "checkpoint_to_resume", "prepare_run_folder", "run_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,3 +101,9 @@ def prepare_run_folder(ckpt_dir: str, log_dir: str, resume: bool = False, overwr
     target = _archive(folders, archive_root)
     logger.warning("Moved the previous run's %s to %s.", " and ".join(f.name + "/" for f in folders), target)
     return str(target)
+
+
+def checkpoint_to_resume(ckpt_dir: str, resume: bool) -> str | None:
+    """The checkpoint a run continues from: with ``resume``, the newest ``checkpoint_epoch=N.pt`` in ``ckpt_dir``
+    (:func:`scripts.checkpoint_files.latest_checkpoint`, which raises when there is none); else ``None``."""
+    return latest_checkpoint(ckpt_dir) if resume else None

@@ -7,7 +7,7 @@
   failed with the reason and lets the run go on with the next file;
 - an Ignite handler (``val_handlers``): it times each file and writes the report after every file, so a run that is
   stopped leaves a report of what is done; a restarted run skips the finished files (see
-  :func:`scripts.data.plan_inference`).
+  :class:`scripts.workflows.InferencePlan`).
 
 ``finish()`` (the last expression of inference.json's ``run``) writes the final report, logs a summary, and raises
 :class:`InferenceFailed` when any input failed (in the pre-flight or during the run), after every other file was
@@ -27,9 +27,10 @@ import torch
 from ignite.engine import Engine, Events
 
 from scripts.data.datalist import write_json
-from scripts.data.fault_tolerant import FAILED_KEY, root_cause
-from scripts.data.output_names import OUTPUT_NAME_KEY
-from scripts.data.preflight import REPORT_NAME, InferencePlan
+
+from .fault_tolerant import FAILED_KEY, root_cause
+from .inference_plan import REPORT_NAME, InferencePlan
+from .output_names import OUTPUT_NAME_KEY
 
 __all__ = ["InferenceFailed", "InferenceReport"]
 
@@ -53,12 +54,16 @@ def _names(batch: Any) -> list[str]:
 class InferenceReport:
     """Per-file fault isolation (``iteration_update``) and report (handler) of an inference run.
 
-    Example (inference.json)::
+    Example (inference.json: the report is the last handler, after those that may mark a file as failed)::
 
-        "inference_report": {"_target_": "scripts.handlers.InferenceReport", "plan": "@inference_plan"},
-        "evaluator": {"_target_": "SupervisedEvaluator", ..., "iteration_update": "@inference_report",
-                      "val_handlers": [..., "@inference_report"]},
-        "run": ["$@evaluator.run() if @inference_plan.items else None", "$@inference_report.finish()"]
+        "handlers": [..., {"_target_": "scripts.workflows.InferenceReport", "plan": "@inference_plan"}],
+        "inference_report": "@handlers#4",
+        "evaluator": {"_target_": "SupervisedEvaluator", ..., "val_handlers": "@handlers",
+                      "iteration_update": "@inference_report"},
+        "run": ["$@evaluator.run()", "$@inference_report.finish()"]
+
+    With nothing to predict (every input refused or finished) the evaluator has no iteration (MONAI skips its run,
+    with a warning) and ``finish()`` still writes the report.
 
     Report (JSON): ``output_dir``, ``intensity_rule``, ``overwrite``, ``started``/``finished`` (UTC), ``counts``
     (inputs per status) and ``files``: per input ``input``, ``output_name``, ``status`` (``"ok"``, ``"skipped"``:
@@ -68,7 +73,7 @@ class InferenceReport:
     ``channels``, ``dtype``.
 
     Args:
-        plan: the pre-flight's plan (:func:`scripts.data.plan_inference`).
+        plan: the pre-flight's plan (:class:`scripts.workflows.InferencePlan`).
         filename: the report's file name in the plan's ``output_dir``.
     """
 
@@ -90,7 +95,7 @@ class InferenceReport:
 
     def __call__(self, engine: Engine, batchdata: Any) -> Any:
         """One iteration: MONAI's ``engine._iteration`` for this batch, or a failure record when it raises or when the
-        batch is an item :class:`scripts.data.FaultTolerantDataset` could not load."""
+        batch is an item :class:`scripts.workflows.FaultTolerantDataset` could not load."""
         names = _names(batchdata)
         self._current = names
         if isinstance(batchdata, Mapping) and FAILED_KEY in batchdata:

@@ -1,0 +1,117 @@
+"""The configs as MONAI and MONAI Label read them: the definitions train.json and inference.json share are pinned
+equal, handler lists hold dicts, every import is used, MONAI's property checks pass; importing ``scripts`` leaves
+the interpreter's exception hook alone.
+
+Why the shared keys are copies: MONAI resolves a ``%file.json#key`` macro against the working directory before any
+config code runs and an ``@`` reference cannot leave its file, so no config text reaches the other file from the
+repository root, from ``bundle/`` and from a MONAI Label app alike (MONAI Label reads ``configs/inference.json``
+alone, from the server's working directory). The test below is what keeps the copies one definition.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+from bundle_runner import BUNDLE, CONFIGS
+from monai.bundle import ConfigParser
+
+#: Top-level keys both train.json and inference.json define, with one meaning: the network choice and its
+#: hyper-parameters, the data conventions, the default data, paths and devices. (``overwrite`` and ``inferer`` are
+#: also in both, with other meanings: a training run folder vs. finished outputs; inference's inferers differ.)
+SHARED = ("bundle_root", "ckpt_dir", "data_root", "synthetic", "datalist_file", "device", "amp", "deterministic",
+          "allow_tf32", "in_channels", "num_classes", "class_names", "intensity_max", "patch_size", "features",
+          "padding", "batch_norm", "dropout", "xnet_skip", "networks")
+
+#: The config files as the workflows merge them.
+WORKFLOWS = {
+    "train": ["train.json"],
+    "evaluate": ["train.json", "evaluate.json"],
+    "inference": ["inference.json"],
+    "multi_gpu_train": ["train.json", "multi_gpu_train.json"],
+    "multi_gpu_evaluate": ["train.json", "evaluate.json", "multi_gpu_evaluate.json"],
+}
+
+#: Handler lists of the merged configs (``validate#handlers`` etc. when the workflow has a validator).
+HANDLER_LISTS = ("train#handlers", "train#rank0_handlers", "validate#handlers", "validate#rank0_handlers", "handlers")
+
+
+def _load(name: str) -> dict:
+    return json.loads((CONFIGS / name).read_text())
+
+
+def _merged(files: list[str]) -> ConfigParser:
+    return ConfigParser(ConfigParser.load_config_files([str(CONFIGS / f) for f in files]))
+
+
+def _expressions(config) -> list[str]:
+    if isinstance(config, dict):
+        return [e for v in config.values() for e in _expressions(v)]
+    if isinstance(config, list):
+        return [e for v in config for e in _expressions(v)]
+    return [config] if isinstance(config, str) and config.startswith("$") else []
+
+
+def test_train_and_inference_define_their_shared_keys_alike():
+    train, inference = _load("train.json"), _load("inference.json")
+    different = [k for k in SHARED if train.get(k) != inference.get(k) or k not in train]
+    assert not different, f"train.json and inference.json must define {different} identically (see the docstring)"
+    # inference builds the network train.json trains: the same default, from networks#xnet
+    assert train["network_def"] == inference["network_def"]["default"] == "@networks#xnet"
+
+
+@pytest.mark.parametrize("workflow", sorted(WORKFLOWS))
+def test_handler_lists_hold_component_dicts(workflow):
+    """MONAI's property checks (``h["_target_"]``) and MONAI Label (``h.get("_target_")``) read every item of a
+    handler list as a component; a reference (``"@checkpoint_saver"``) breaks both."""
+    parser = _merged(WORKFLOWS[workflow])
+    lists = [k for k in HANDLER_LISTS if k in parser]
+    assert lists
+    for key in lists:
+        items = parser[key]
+        bad = [h for h in items if not (isinstance(h, dict) and isinstance(h.get("_target_"), str))]
+        assert not bad, f"{workflow}: {key} holds {bad}"
+
+
+@pytest.mark.parametrize("workflow", sorted(WORKFLOWS))
+def test_every_import_is_used(workflow):
+    """Each file's ``imports`` (``+imports`` in an override) are used by the expressions of its workflow."""
+    files = WORKFLOWS[workflow]
+    own = _load(files[-1])
+    used = " ".join(e for k, v in _merged(files).get().items() if k != "imports" for e in _expressions(v))
+    unused = []
+    for statement in own.get("imports", own.get("+imports", [])):
+        module, alias = re.fullmatch(r"\$import ([\w.]+)(?: as (\w+))?", statement).groups()
+        if not re.search(rf"(?<![\w.]){re.escape(alias or module)}\.", used):
+            unused.append(statement)
+    assert not unused, f"{files[-1]}: no expression uses {unused}"
+
+
+@pytest.mark.parametrize("config, workflow_type", [("train.json", "train"), ("inference.json", "infer")])
+def test_monai_property_checks_pass(tmp_path, config, workflow_type):
+    """``ConfigWorkflow.check_properties`` finds every required property and the optional ones where MONAI looks
+    (it reads ``train#handlers`` items as dicts). ``dataset_dir``, required by MONAI but unused by these configs
+    (their data is ``datalist_file``), is given as a setting."""
+    from monai.bundle import ConfigWorkflow
+
+    tiny = {"bundle_root": str(tmp_path), "dataset_dir": str(tmp_path / "data"), "features": [4, 8, 16],
+            "patch_size": [64, 64], "cache_workers": 0, "show_progress": False,
+            "synthetic": {"num_train": 2, "num_val": 1, "num_test": 1, "size": 64, "seed": 0}}
+    workflow = ConfigWorkflow(config_file=str(CONFIGS / config), workflow_type=workflow_type,
+                              meta_file=str(CONFIGS / "metadata.json"), **tiny)
+    workflow.initialize()
+    assert workflow.check_properties() == []
+
+
+def test_importing_scripts_leaves_the_exception_hook_alone():
+    """Only the entry points install the hook that prints a UserError as one message: every config's first
+    ``initialize`` step and the ``python -m scripts...`` command lines."""
+    code = "import sys; hook = sys.excepthook; import scripts, scripts.workflows, scripts.data; print(sys.excepthook is hook)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(BUNDLE)}).stdout
+    assert out.strip() == "True"
+    for workflow, files in WORKFLOWS.items():
+        assert _merged(files)["initialize"][0] == "$scripts.errors.install_excepthook()", workflow
