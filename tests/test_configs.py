@@ -115,3 +115,22 @@ def test_importing_scripts_leaves_the_exception_hook_alone():
     assert out.strip() == "True"
     for workflow, files in WORKFLOWS.items():
         assert _merged(files)["initialize"][0] == "$scripts.errors.install_excepthook()", workflow
+
+
+@pytest.mark.parametrize(
+    "workflow, key, target",
+    [
+        ("inference", "inference_report", "scripts.workflows.InferenceReport"),
+        ("train", "resumable#best_model_saver", "scripts.handlers.CheckpointSaver"),
+        ("train", "resumable#early_stop", "scripts.handlers.EarlyStopHandler"),
+        ("train", "resumable#divergence_guard", "scripts.handlers.StopOnNonFiniteLoss"),
+        ("train", "resumable#time_budget", "scripts.handlers.FitEpochsToBudget"),
+    ],
+)
+def test_references_into_handler_lists_name_the_handler_they_mean(workflow, key, target):
+    """A handler defined in a list and named elsewhere by its place (``@train#handlers#5``) is still that handler
+    after the list changed (an inserted handler shifts the places)."""
+    parser = _merged(WORKFLOWS[workflow])
+    ref = parser[key]
+    assert isinstance(ref, str) and ref.startswith("@"), f"{key} should reference a handler list item, got {ref!r}"
+    assert parser[ref[1:].replace("::", "#")]["_target_"] == target, f"{key} -> {ref} is not {target}"

@@ -97,6 +97,7 @@ class PictureWriter:
         confidence_cmap: colormap of ``confidence.png``. Default 'inferno' (black = uniform 1/C, yellow = 1).
         feature_cmap: colormap of ``features.png``. Default 'jet' (blue -> red).
         title: the gallery's title.
+        source: what the run segments (a folder, file or datalist): its name is added to the title.
         isolate_errors: when writing one image's pictures fails, log it, mark that output item as failed
             (``item["failed"] = reason``, which :class:`scripts.workflows.InferenceReport` records) and go on, instead
             of stopping the run. Items already marked failed are always skipped.
@@ -123,6 +124,7 @@ class PictureWriter:
         confidence_cmap: str = "inferno",
         feature_cmap: str = "jet",
         title: str = "Segmentation pictures",
+        source: str | os.PathLike | None = None,
         isolate_errors: bool = False,
     ) -> None:
         if class_colors is None:
@@ -138,7 +140,7 @@ class PictureWriter:
         self.alpha = alpha
         self.class_names, self.class_colors = tuple(class_names), tuple(class_colors)
         self.confidence_cmap, self.feature_cmap = confidence_cmap, feature_cmap
-        self.title = title
+        self.title = f"{title}: {os.path.basename(str(source))}" if source is not None else title
         self.isolate_errors = isolate_errors
         self.rows: list[tuple[str, dict[str, str]]] = []
 
