@@ -29,6 +29,10 @@ TINY = {
 }
 
 
+#: TINY's keys that inference.json has (its other keys are training settings, refused there as unknown).
+TINY_INFERENCE = {k: v for k, v in TINY.items() if k.startswith("synthetic#") or k in ("features", "patch_size")}
+
+
 def _cli_value(v) -> str:
     """Values as Python Fire parses them (``True``, not ``true``)."""
     return v if isinstance(v, str) else repr(v)

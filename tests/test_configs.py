@@ -114,7 +114,7 @@ def test_importing_scripts_leaves_the_exception_hook_alone():
                          env={"PYTHONPATH": str(BUNDLE)}).stdout
     assert out.strip() == "True"
     for workflow, files in WORKFLOWS.items():
-        assert _merged(files)["initialize"][0] == "$scripts.errors.install_excepthook()", workflow
+        assert _merged(files)["initialize"][0] == "$scripts.start_run()", workflow
 
 
 @pytest.mark.parametrize(

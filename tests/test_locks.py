@@ -57,3 +57,43 @@ def test_the_lock_is_reentrant_within_a_process_and_released_on_request(tmp_path
     again = FolderLock(tmp_path).acquire()
     assert again.held
     again.release()
+
+
+@pytest.mark.parametrize("workflow", ["training", "inference"])
+def test_a_workflow_into_a_folder_another_process_holds_is_refused_before_writing(tmp_path, workflow):
+    """The real workflow (``python -m monai.bundle run``) meets a folder another process holds: exit 1, the holder
+    named as the last line, nothing written into it (training: not even the synthetic data)."""
+    from bundle_runner import TINY, config_arg, run_bundle
+
+    root = tmp_path / "run"
+    root.mkdir()
+    if workflow == "training":
+        locked, config = root, config_arg("train.json")
+        overrides = {**TINY, "bundle_root": str(root), "data_root": str(tmp_path / "data")}
+    else:
+        locked, config = root / "outputs", config_arg("inference.json")
+        overrides = {**{k: v for k, v in TINY.items() if not k.startswith(("epochs", "batch", "val_", "cache",
+                                                                             "show"))},
+                     "bundle_root": str(root), "data_root": str(tmp_path / "data"), "output_dir": str(locked),
+                     "progress": False}
+    holder = _holder(locked)
+    try:
+        proc = run_bundle(config, workflow, overrides, check=False, timeout=240)
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=30)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert f"is in use by another training (pid {holder.pid} on" in last, proc.stderr[-3000:]
+    assert not (root / "models").exists() and sorted(p.name for p in locked.iterdir()) == [".run.lock"]
+    if workflow == "training":  # locked before the datalist is read (or the synthetic data made)
+        assert not (tmp_path / "data").exists()
+
+
+def test_an_output_dir_that_is_a_file_is_refused_in_one_line(tmp_path):
+    from scripts.errors import RunFolderError
+    from scripts.locks import FolderLock
+
+    (tmp_path / "out").write_text("not a folder")
+    with pytest.raises(RunFolderError, match=r"out: cannot write the run's files there .*--output_dir"):
+        FolderLock(tmp_path / "out").acquire()

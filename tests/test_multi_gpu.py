@@ -144,7 +144,7 @@ def _parser(files: list[str]):
 
 #: What multi_gpu_*.json run first: join the process group, then the pre-flight of the config they are merged on with
 #: rank 0 ahead of the others (it writes the synthetic data and prepares the run folder while they wait).
-DDP_INITIALIZE = ["$scripts.errors.install_excepthook()", "$scripts.workflows.init_distributed(@dist_backend, @device)",
+DDP_INITIALIZE = ["$scripts.start_run()", "$scripts.workflows.init_distributed(@dist_backend, @device)",
                   "$scripts.workflows.wait_for_rank0(@local_rank)", "$@preflight.run()",
                   "$scripts.workflows.release_others(@local_rank)"]
 

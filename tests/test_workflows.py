@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bundle_runner import BUNDLE, TINY, config_arg, run_bundle
+from bundle_runner import BUNDLE, TINY, TINY_INFERENCE, config_arg, run_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -104,7 +104,7 @@ def test_inference_writes_label_and_probability_maps(trained, tmp_path):
 def test_inference_options_refined_map_sliding_window_no_pictures(trained, tmp_path):
     root, _ = trained
     out = tmp_path / "out"
-    run_bundle(config_arg("inference.json"), None, {**TINY, "bundle_root": str(root), "output_dir": str(out),
+    run_bundle(config_arg("inference.json"), None, {**TINY_INFERENCE, "bundle_root": str(root), "output_dir": str(out),
                "pictures": False, "save_refined": True, "save_probabilities": False, "label_ext": ".nii.gz",
                "inferer": "@inferers#sliding_window"})
     segs = sorted(out.glob("*_seg.nii.gz"))
@@ -181,7 +181,7 @@ def test_second_run_into_a_folder_refuses_and_overwrite_archives(trained, tmp_pa
 
 def test_inference_for_another_class_count_fails_before_loading(tmp_path):
     # the default refinement names class 3 (mitochondria): a 3-class config must say which keys to set
-    proc = run_bundle(config_arg("inference.json"), None, {**TINY, "bundle_root": str(tmp_path), "num_classes": 3,
+    proc = run_bundle(config_arg("inference.json"), None, {**TINY_INFERENCE, "bundle_root": str(tmp_path), "num_classes": 3,
                       "class_names": ["a", "b", "c"], "output_dir": str(tmp_path / "out")}, check=False)
     assert proc.returncode != 0
     err = proc.stdout + proc.stderr

@@ -13,7 +13,10 @@ Sub-packages, one concept each:
   names, fault tolerance and report.
 - ``scripts.backends`` / ``scripts.checkpoint_files``: seeds, cuDNN/TF32 switches, network placement; checkpoint
   files (atomic writes, the newest resumable one).
+- ``scripts.schedules``: learning-rate schedules that know their length (resume with other ``--epochs``, budgets).
 - ``scripts.errors`` / ``scripts.settings``: user errors shown as one message; checks of the training settings.
+- ``scripts.cli`` / ``scripts.overrides`` / ``scripts.locks``: every workflow's first step (``scripts.start_run``:
+  the error hook, mistyped command-line overrides refused); one run per folder (an exclusive lock).
 - ``scripts.visualize``: overlays, confidence maps, feature maps, training curves, HTML gallery.
 """
 
@@ -41,7 +44,8 @@ def _bundle_version() -> str:
 #: The bundle's version (``configs/metadata.json``'s ``version``).
 __version__ = _bundle_version()
 
-from .errors import ConfigError, UserError  # noqa: E402  (standard library only)
+from .cli import start_run  # noqa: E402  (standard library only)
+from .errors import ConfigError, UserError  # noqa: E402
 
 
 def __getattr__(name: str):

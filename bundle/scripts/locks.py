@@ -48,8 +48,15 @@ class FolderLock:
         """
         import fcntl
 
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # a file of that name, a read-only folder, ...
+            reason = e.strerror or type(e).__name__
+            raise RunFolderError(
+                f"{self.folder}: cannot write the run's files there ({reason}); give a writable folder "
+                f"(--bundle_root for training, --output_dir for inference)."
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -99,12 +106,21 @@ def _describe(holder: dict) -> str:
             f"{holder.get('command', '?')}")
 
 
-def lock_folder(folder: str | os.PathLike, purpose: str = "run") -> FolderLock:
-    """Lock ``folder`` for the rest of this process (idempotent per folder within a process).
+def _rank() -> int:
+    """This process's global rank under ``torch.distributed`` (0 without a process group)."""
+    dist = sys.modules.get("torch.distributed")
+    return dist.get_rank() if dist is not None and dist.is_available() and dist.is_initialized() else 0
+
+
+def lock_folder(folder: str | os.PathLike, purpose: str = "run") -> FolderLock | None:
+    """Lock ``folder`` for the rest of this process (idempotent per folder within a process). Under
+    ``torch.distributed`` global rank 0 holds the lock for the whole run; the other ranks return ``None``.
 
     Raises:
-        RunFolderError: another process holds the folder.
+        RunFolderError: another process holds the folder, or it cannot be written to.
     """
+    if _rank() != 0:
+        return None
     key = str(Path(folder).resolve())
     lock = _HELD.get(key)
     if lock is None or not lock.held:

@@ -125,6 +125,6 @@ def check_overrides(argv: Sequence[str] | None = None) -> None:
         hint = f" Did you mean --{close}?" if close else ""
         lines.append(f"--{key} names no setting of {', '.join(files)}.{hint}")
     raise ConfigError(
-        " ".join(lines) + " Nothing was run. (Settings are the configs' top-level keys, e.g. --epochs, or paths "
-        "into them, e.g. --validate#dataloader#batch_size.)"
+        " ".join(lines) + " Nothing was run. (A setting is a top-level key of the config files, or a path into "
+        "one: --key#subkey.)"
     )

@@ -3,10 +3,11 @@ stops it in seconds with one message (a :class:`~scripts.errors.UserError`) inst
 
 Each config builds one and runs it in ``initialize`` (``"$@preflight.run()"``):
 
-- :class:`TrainingPreflight` (``train.json``): the training settings, the run folder, seeds and backends, the datalist;
+- :class:`TrainingPreflight` (``train.json``): the training settings, the run folder (locked, one run at a time),
+  seeds and backends, the datalist;
 - :class:`EvaluationPreflight` (``evaluate.json``): seeds and backends, the model, the test list;
-- :class:`InferencePreflight` (``inference.json``): the model, the refinement, seeds and backends, then the
-  :class:`~scripts.workflows.InferencePlan` of the inputs.
+- :class:`InferencePreflight` (``inference.json``): the model, the refinement, the output folder's lock, seeds and
+  backends, then the :class:`~scripts.workflows.InferencePlan` of the inputs.
 
 Under ``torchrun`` (``multi_gpu_*.json``) the run folder is prepared by global rank 0 alone, and each process seeds
 ``seed`` plus its rank, so that the ranks draw different augmentations.
@@ -23,6 +24,7 @@ import torch.distributed as dist
 
 from scripts.backends import set_backends
 from scripts.data.integrity import check_datalist
+from scripts.locks import lock_folder
 from scripts.networks import check_model_info
 
 from .inference_plan import InferencePlan
@@ -48,6 +50,9 @@ class TrainingPreflight:
             synthetic data) is made. The pre-flight uses their ``resume``, ``overwrite``, ``seed``,
             ``num_classes``, ``in_channels``, ``intensity_max`` and ``val_batch_size``.
         bundle_root: the run folder; an old run moves to ``<bundle_root>/archive/`` (``--overwrite True``).
+        run_lock: the folder's lock (a ``scripts.locks.lock_folder`` component of ``bundle_root``), listed right
+            after ``settings`` so that it is taken before the datalist or the synthetic data is made; :meth:`run`
+            takes it if not.
         ckpt_dir, log_dir: the run's ``models/`` and ``logs/`` (:func:`scripts.workflows.prepare_run_folder`).
         datalist: the datalist file.
         train_key, val_key: its training and validation lists (the validation list is batched by
@@ -69,6 +74,7 @@ class TrainingPreflight:
         transform: Callable | Sequence[Callable] | None = None,
         deterministic: bool = True,
         allow_tf32: bool = True,
+        run_lock: Any = None,
     ) -> None:
         self.settings = dict(settings)
         self.bundle_root, self.ckpt_dir, self.log_dir = str(bundle_root), str(ckpt_dir), str(log_dir)
@@ -76,9 +82,15 @@ class TrainingPreflight:
         self.deterministic, self.allow_tf32 = deterministic, allow_tf32
 
     def run(self) -> None:
-        """Prepare the run folder (global rank 0), seed and set the backends, check every listed file."""
+        """Lock and prepare the run folder (global rank 0), seed and set the backends, check every listed file.
+
+        Raises:
+            RunFolderError: another run holds ``bundle_root`` (:func:`scripts.locks.lock_folder`), or the folder does
+                not fit the request (:func:`scripts.workflows.prepare_run_folder`).
+        """
         s = self.settings
         if _rank() == 0:
+            lock_folder(self.bundle_root, purpose="training")  # taken when built (run_lock); idempotent
             prepare_run_folder(self.ckpt_dir, self.log_dir, resume=s["resume"], overwrite=s["overwrite"],
                                archive_dir=os.path.join(self.bundle_root, "archive"))
         set_backends(seed=s["seed"] + _rank(), deterministic=self.deterministic, allow_tf32=self.allow_tf32)
@@ -153,10 +165,16 @@ class InferencePreflight:
         self.deterministic, self.allow_tf32 = deterministic, allow_tf32
 
     def run(self) -> InferencePlan:
-        """Check the model and the refinement, seed and set the backends, plan the inputs; returns the plan."""
+        """Check the model and the refinement, lock the output folder, seed and set the backends, plan the inputs;
+        returns the plan.
+
+        Raises:
+            RunFolderError: another run writes into ``output_dir``, or it cannot be written to.
+        """
         check_model_info(self.ckpt_path, class_names=self.class_names, intensity_max=self.intensity_max)
         if self.refinement is not None:
             self.refinement.check_num_classes(self.num_classes, hint=REFINEMENT_HINT)
+        lock_folder(self.plan.output_dir, purpose="inference")  # before the old report is read and anything written
         set_backends(seed=0, deterministic=self.deterministic, allow_tf32=self.allow_tf32)
         plan = self.plan.prepare().log()
         if not len(plan):  # every input refused or finished: the evaluator has nothing to do, MONAI skips its run
