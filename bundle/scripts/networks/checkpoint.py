@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from scripts.errors import UserError
 from scripts.networks.config import build_network, describe_network, is_buildable
 from scripts.networks.model_info import MODEL_INFO_KEY, describe_mismatch
 from scripts.networks.pinned import check_pinned_file
@@ -38,6 +39,8 @@ __all__ = [
     "MODEL_KEY",
     "CheckpointLoadMixin",
     "CheckpointMismatchError",
+    "ModelError",
+    "ModelFileError",
     "check_model_info",
     "check_state_dict",
     "network_from_checkpoint",
@@ -59,19 +62,20 @@ _NETWORK_OVERRIDES = (
 
 
 def _error_bases() -> tuple[type, ...]:
-    """``ValueError``, plus Starlette's ``HTTPException`` where it is installed (a MONAI Label server): FastAPI then
-    answers the client with the message (HTTP 422, ``{"detail": ...}``) instead of a bare 500."""
+    """``UserError`` and ``ValueError``, plus Starlette's ``HTTPException`` where it is installed (a MONAI Label
+    server): FastAPI then answers the client with the message (HTTP 422, ``{"detail": ...}``) instead of a bare 500."""
     try:
         from starlette.exceptions import HTTPException
     except ImportError:
-        return (ValueError,)
-    return (ValueError, HTTPException)
+        return (UserError, ValueError)
+    return (UserError, ValueError, HTTPException)
 
 
-class CheckpointMismatchError(*_error_bases()):  # type: ignore[misc]
-    """The weights do not fit the network (another configuration): one line naming the fix.
+class ModelError(*_error_bases()):  # type: ignore[misc]
+    """A model file that cannot serve the config: one line naming the file and the fix.
 
-    A ``ValueError``; in a MONAI Label server also an HTTP error whose ``detail`` is that line.
+    A :class:`~scripts.errors.UserError` (a bundle run ends with the message alone) and a ``ValueError``; in a MONAI
+    Label server also an HTTP error whose ``detail`` is that line.
     """
 
     status_code = 422
@@ -83,6 +87,14 @@ class CheckpointMismatchError(*_error_bases()):  # type: ignore[misc]
 
     def __str__(self) -> str:
         return str(self.detail)
+
+
+class CheckpointMismatchError(ModelError):
+    """The weights do not fit the network (another configuration)."""
+
+
+class ModelFileError(ModelError):
+    """The model file is missing, truncated or not a checkpoint, or was trained with other data conventions."""
 
 
 def split_checkpoint(checkpoint: Mapping[str, Any]) -> tuple[Mapping[str, Any], dict[str, Any] | None]:
@@ -104,10 +116,13 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[Mapping[str, Any], dict[st
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such checkpoint; train a model first or point ckpt_path to one.") from None
+        raise ModelFileError(
+            f"{path}: no such model file; train one first (train.json), or use the shipped model "
+            "(--ckpt_path bundle/models/pretrained/model.pt), or point --ckpt_path to a model.pt."
+        ) from None
     except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(
+        raise ModelFileError(
             f"{path} cannot be read as a PyTorch checkpoint ({reason}): the file is truncated or is not a model.pt; "
             "copy it again, or point ckpt_path to another checkpoint."
         ) from None
@@ -245,7 +260,7 @@ def check_model_info(path: str | os.PathLike | None, **expected: Any) -> None:
         fixes = " ".join(f"--{k} {_cli(saved[k])}" for k in sorted(saved) if saved[k] != now.get(k))
         if "class_names" in saved and saved["class_names"] != now.get("class_names"):
             fixes += f" --num_classes {len(saved['class_names'])}"
-        raise ValueError(
+        raise ModelFileError(
             f"{path} was trained with other data conventions ({'; '.join(diff)}): override {fixes} (or use a model "
             "trained for this config)."
         )

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from scripts.backends import set_backends
 from scripts.data.integrity import check_datalist
 from scripts.locks import lock_folder
-from scripts.networks import check_model_info
+from scripts.networks import ModelFileError, check_model_info
 
 from .inference_plan import InferencePlan
 from .run_folder import prepare_run_folder
@@ -39,6 +39,15 @@ REFINEMENT_HINT = " Set --refine_priorities and --refine_fallback (inference.jso
 def _rank() -> int:
     """This process's global rank (0 without a process group)."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _require_model(path: str | os.PathLike | None) -> None:
+    """Refuse a missing model file in one line, before the engine would meet it."""
+    if path is not None and not os.path.isfile(path):
+        raise ModelFileError(
+            f"{path}: no such model file; train one first (train.json), or use the shipped model "
+            "(--ckpt_path bundle/models/pretrained/model.pt), or point --ckpt_path to a model.pt."
+        )
 
 
 class TrainingPreflight:
@@ -131,6 +140,7 @@ class EvaluationPreflight:
     def run(self) -> None:
         """Seed and set the backends, check the model's ``model_info`` and the test list."""
         set_backends(seed=self.seed, deterministic=self.deterministic, allow_tf32=self.allow_tf32)
+        _require_model(self.ckpt_path)
         check_model_info(self.ckpt_path, class_names=self.class_names, intensity_max=self.intensity_max)
         check_datalist(self.datalist, self.num_classes, in_channels=self.in_channels, keys=[self.test_key],
                        intensity_max=self.intensity_max)
@@ -171,6 +181,7 @@ class InferencePreflight:
         Raises:
             RunFolderError: another run writes into ``output_dir``, or it cannot be written to.
         """
+        _require_model(self.ckpt_path)
         check_model_info(self.ckpt_path, class_names=self.class_names, intensity_max=self.intensity_max)
         if self.refinement is not None:
             self.refinement.check_num_classes(self.num_classes, hint=REFINEMENT_HINT)

@@ -1,0 +1,39 @@
+"""Model-file errors end a bundle run with one message, printed last, naming the file and the fix (no traceback)."""
+
+from __future__ import annotations
+
+from bundle_runner import REPO, TINY_INFERENCE, config_arg, run_bundle
+
+SHIPPED = REPO / "bundle" / "models" / "pretrained" / "model.pt"
+
+
+def _infer(tmp_path, **overrides):
+    return run_bundle(config_arg("inference.json"), None, {**TINY_INFERENCE, "bundle_root": str(tmp_path / "root"),
+                      "data_root": str(tmp_path / "data"), "output_dir": str(tmp_path / "out"), "progress": False,
+                      **overrides}, check=False, timeout=240)
+
+
+def _last_line(proc):
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_missing_model_names_the_file_and_the_shipped_one(tmp_path):
+    proc = _infer(tmp_path, ckpt_path=str(tmp_path / "nope.pt"))
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and "Failed to evaluate" not in proc.stderr
+    last = _last_line(proc)
+    assert "nope.pt: no such model file" in last and "--ckpt_path bundle/models/pretrained/model.pt" in last
+
+
+def test_a_truncated_model_names_the_file(tmp_path):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(SHIPPED.read_bytes()[:4096])
+    proc = _infer(tmp_path, ckpt_path=str(bad))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{bad} cannot be read as a PyTorch checkpoint" in _last_line(proc)
+
+
+def test_another_network_on_a_model_with_model_info_is_one_line(tmp_path):
+    proc = _infer(tmp_path, ckpt_path=str(SHIPPED), network_def="@networks#xnet")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert _last_line(proc).startswith("ERROR: the weights do not fit the XNet built here")
