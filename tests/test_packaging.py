@@ -235,6 +235,35 @@ def test_byte_reproducible(tmp_path, monkeypatch):
         assert {i.date_time for i in zf.infolist()} == {(2023, 11, 14, 22, 13, 20)}
 
 
+def test_shipped_weights_become_models_model_pt(tmp_path):
+    """Without a trained models/model.pt, the shipped models/pretrained/model.pt is the archive's models/model.pt
+    (where MONAI's load, ckpt_export and the Model Zoo's verify_bundle.py look), pinned under that path; beside a
+    trained one it keeps its own path."""
+    bundle = make_bundle(tmp_path / "b")
+    (bundle / "models" / "model.ts").unlink()
+    (bundle / "models" / "pretrained").mkdir()
+    (bundle / "models" / "model.pt").rename(bundle / "models" / "pretrained" / "model.pt")
+    pin(bundle)
+    result = pb.package_bundle(bundle, tmp_path / "dist")
+    assert [n for n in result.files if "/models/" in n] == [f"{NAME}/models/model.pt"]
+    with zipfile.ZipFile(result.archive) as zf:
+        assert zf.read(f"{NAME}/models/model.pt") == (bundle / "models" / "pretrained" / "model.pt").read_bytes()
+        manifest = json.loads(zf.read(f"{NAME}/{pb.MANIFEST}"))
+    pinned = json.loads((bundle / pb.MANIFEST).read_text())
+    assert pinned["large_files"][0]["path"] == "models/pretrained/model.pt", "the bundle's manifest is not changed"
+    assert manifest == {**pinned, "large_files": [{**pinned["large_files"][0], "path": "models/model.pt"}]}
+
+    write_model(bundle / "models" / "model.pt", seed=3)  # trained here: it is the archive's model.pt
+    set_version(bundle, "0.1.1", "retrained")
+    pin(bundle)
+    result = pb.package_bundle(bundle, tmp_path / "dist")
+    assert [n for n in result.files if "/models/" in n] == [f"{NAME}/models/model.pt",
+                                                            f"{NAME}/models/pretrained/model.pt"]
+    with zipfile.ZipFile(result.archive) as zf:
+        for info in zf.infolist():
+            assert zf.read(info) == (bundle / info.filename.split("/", 1)[1]).read_bytes(), info.filename
+
+
 # --------------------------------------------------------------------------------------------- not-bumped detection
 
 

@@ -14,8 +14,15 @@ The archive follows the MONAI bundle layout, everything under one top folder nam
     <name>/configs/...          every file (metadata.json, train/evaluate/inference.json, experiments/, recipes/, ...)
     <name>/docs/...             every file
     <name>/scripts/...          the Python package, without __pycache__/*.pyc
-    <name>/models/model.pt      only model.pt and model.ts, when present (no resumable checkpoints), and the
-                                shipped weights models/pretrained/model.pt
+    <name>/models/model.pt      the bundle's model, where every MONAI entry point looks for it (``load``,
+                                ``ckpt_export``, the Model Zoo's ``verify_bundle.py``): models/model.pt (.ts) when
+                                the bundle has one (trained here), else the shipped weights models/pretrained/model.pt
+                                (.ts); no resumable checkpoints
+    <name>/models/pretrained/model.pt   the shipped weights, only beside a trained models/model.pt
+
+The archive's ``large_files.json`` pins the model files under their archive paths (``url`` stays empty: the
+weights travel inside the archive, and in the repository, so there is nothing to download; MONAI's
+``download_large_files`` only checks their sha256).
 
 Nothing else: no ``data/``, ``eval/``, ``logs/``, ``outputs/``, ``runs/``, egg-info, hidden files or caches.
 
@@ -87,6 +94,7 @@ __all__ = [
     "is_packaged",
     "list_bundle_files",
     "git_unbumped_changes",
+    "archive_contents",
     "build_archive",
     "package_bundle",
     "main",
@@ -329,7 +337,8 @@ def make_manifest(bundle: Path, version: str, weights: list[str]) -> dict:
     entries = [{"path": rel, "url": "", "hash_val": _sha256_file(Path(bundle) / rel), "hash_type": "sha256"}
                for rel in sorted(weights)]
     return {"_desc_": "written by tools/package_bundle.py: the model files this version ships, by sha256 "
-                      "(check an extracted bundle with `python -m monai.bundle download_large_files`)",
+                      "(check an extracted bundle with `python -m monai.bundle download_large_files`); no url: "
+                      "the weights travel inside the archive and the repository",
             "version": version, "large_files": entries}
 
 
@@ -451,18 +460,34 @@ def _zip_date_time() -> tuple:
     return min(max(t, DEFAULT_DATE_TIME), (2107, 12, 31, 23, 59, 58))
 
 
-def build_archive(bundle: Path, name: str, files: list[str], stream) -> list[str]:
-    """Write the zip of ``files`` (bundle-relative) under the top folder ``name`` to the binary ``stream``;
-    return the member names."""
+def archive_contents(bundle: Path, files: list[str]) -> dict[str, bytes]:
+    """The archive's files (archive path under the top folder -> bytes): ``files`` (bundle-relative) as they are,
+    except that the shipped weights ``models/pretrained/model.pt`` (.ts) become ``models/model.pt`` (.ts) when the
+    bundle has no trained one (the Model Zoo layout, see the module docstring), and ``large_files.json`` then pins
+    them under that path."""
+    moved = {f"models/pretrained/{m}": f"models/{m}" for m in MODEL_FILES
+             if f"models/pretrained/{m}" in files and f"models/{m}" not in files}
+    contents = {moved.get(rel, rel): (bundle / rel).read_bytes() for rel in files}
+    if moved and MANIFEST in contents:
+        manifest = json.loads(contents[MANIFEST])
+        for entry in manifest.get("large_files", []):
+            entry["path"] = moved.get(entry["path"], entry["path"])
+        contents[MANIFEST] = (json.dumps(manifest, indent=4) + "\n").encode("utf-8")
+    return contents
+
+
+def build_archive(name: str, contents: dict[str, bytes], stream) -> list[str]:
+    """Write the zip of ``contents`` (:func:`archive_contents`) under the top folder ``name`` to the binary
+    ``stream``; return the member names."""
     date_time = _zip_date_time()
     members = []
     with zipfile.ZipFile(stream, "w") as zf:
-        for rel in sorted(files):
+        for rel in sorted(contents):
             info = zipfile.ZipInfo(f"{name}/{rel}", date_time=date_time)
             info.create_system = 3  # unix, so that external_attr holds the permission bits
             info.external_attr = (0o100000 | FILE_MODE) << 16
             info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, (bundle / rel).read_bytes(), compresslevel=9)
+            zf.writestr(info, contents[rel], compresslevel=9)
             members.append(info.filename)
     return members
 
@@ -532,16 +557,17 @@ def package_bundle(
             (bundle / MANIFEST).write_text(json.dumps(new_manifest, indent=4) + "\n", encoding="utf-8")
             files = list_bundle_files(bundle)
     archive = out / f"{name}_v{version}.zip"
+    contents = archive_contents(bundle, files)
     if check_only:
         buffer = io.BytesIO()
-        members = build_archive(bundle, name, files, buffer)
+        members = build_archive(name, contents, buffer)
         digest = hashlib.sha256(buffer.getvalue()).hexdigest()
     else:
         out.mkdir(parents=True, exist_ok=True)
         tmp = out / f".{archive.name}.tmp"
         try:
             with open(tmp, "wb") as f:
-                members = build_archive(bundle, name, files, f)
+                members = build_archive(name, contents, f)
             digest = _sha256_file(tmp)
         except BaseException:
             tmp.unlink(missing_ok=True)

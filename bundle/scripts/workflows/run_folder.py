@@ -9,7 +9,10 @@ work:
 - neither, and ``models/`` holds ``model.pt`` or a ``checkpoint_epoch=N.pt``: refused, in one line naming both.
 
 The weights shipped with the bundle (``models/pretrained/``) are neither a run nor archived: training writes
-``models/model.pt`` beside them and never touches them.
+``models/model.pt`` beside them and never touches them. In an extracted archive the shipped weights are
+``models/model.pt`` (the Model Zoo layout, pinned by ``large_files.json``): a new run there is refused with a message
+saying so (``monai.bundle.load``'s default ``workflow_type="train"`` gets the same refusal, since it runs
+``train.json``'s pre-flight).
 
 Event files left in ``logs/`` by a run that ended before writing any model are archived the same way (they would
 otherwise be plotted with the new run). Temporary files left by a kill during a checkpoint write are deleted.
@@ -24,6 +27,7 @@ from pathlib import Path
 
 from scripts.checkpoint_files import TMP_SUFFIX, latest_checkpoint
 from scripts.errors import RunFolderError
+from scripts.networks.pinned import check_pinned_file
 
 __all__ = ["SHIPPED", "checkpoint_to_resume", "prepare_run_folder", "run_files"]
 
@@ -91,6 +95,13 @@ def prepare_run_folder(ckpt_dir: str, log_dir: str, resume: bool = False, overwr
     found = run_files(ckpt)
     events = sorted(logs.glob("events.out.tfevents.*")) if logs.is_dir() else []
     if found and not overwrite:
+        if [p.name for p in found] == ["model.pt"] and check_pinned_file(found[0]) == "match":
+            raise RunFolderError(
+                f"{found[0]} is the model this bundle ships (large_files.json pins it), not a training run: to use "
+                "it, run configs/inference.json or monai.bundle.load(..., workflow_type='inference') (train.json "
+                "builds a new, untrained network); to train, pass --bundle_root <another folder>, or --overwrite True "
+                f"(moves it to {archive_root}/)."
+            )
         raise RunFolderError(
             f"{ckpt} already holds a training run ({', '.join(p.name for p in found[:3])}); continue it with "
             f"--resume True, or start over with --overwrite True (moves the old models/ and logs/ to {archive_root}/)."
