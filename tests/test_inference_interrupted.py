@@ -189,3 +189,32 @@ def test_names_that_share_a_plain_file_name_get_their_own_pictures(history):
     folders = sorted(f for f in state["folders"] if "input.png" in state["folders"][f])
     assert len(folders) == 4, folders  # one picture folder per label map
     assert state["gallery"] == folders  # and one gallery entry per input
+
+
+# ------------------------------------------------------------------------------------------------ in-process
+def test_atomic_writes_and_leftovers(tmp_path):
+    from scripts.atomic import atomic_folder, atomic_path, remove_leftovers
+
+    target = tmp_path / "x_seg.png"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".") and tmp.name.endswith(".png")
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed")
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["x_seg.png"]
+    folder = tmp_path / "pictures" / "x"
+    folder.mkdir(parents=True)
+    (folder / "stale.png").write_bytes(b"old")
+    with atomic_folder(folder) as tmp:
+        (tmp / "input.png").write_bytes(b"new")
+    assert sorted(p.name for p in folder.iterdir()) == ["input.png"]
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["x"]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = [f".x_seg.png.{dead.stdout.strip()}.partial.png", f".a.{dead.stdout.strip()}.partial",
+            f".index.html.{dead.stdout.strip()}.tmp"]
+    alive = f".y_seg.png.{os.getppid()}.partial.png"  # a running process's file is left alone
+    for name in [*left, alive, ".hidden_by_the_user.png"]:
+        (tmp_path / name).mkdir() if name.endswith(".partial") else (tmp_path / name).write_bytes(b"")
+    assert sorted(p.name for p in remove_leftovers(tmp_path)) == sorted(left)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".hidden_by_the_user.png", alive, "pictures",
+                                                                 "x_seg.png"])

@@ -13,6 +13,7 @@ Sub-packages, one concept each:
   names, fault tolerance and report.
 - ``scripts.backends`` / ``scripts.checkpoint_files``: seeds, cuDNN/TF32 switches, network placement; checkpoint
   files (atomic writes, the newest resumable one).
+- ``scripts.atomic``: crash-safe inference outputs (a temporary name beside the target, renamed into place).
 - ``scripts.errors`` / ``scripts.settings``: user errors shown as one message; checks of the training settings.
 - ``scripts.visualize``: overlays, confidence maps, feature maps, training curves, HTML gallery.
 """

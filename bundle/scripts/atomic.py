@@ -4,7 +4,8 @@ place, so that a killed process (``kill -9``, ``SIGTERM``) leaves the old output
 Temporary names are hidden and marked: ``.<name>.<pid>.partial<ext>`` (``<ext>``: the target's extension, so that
 writers that pick the format by extension, such as MONAI's ``PILWriter``/``ITKWriter``, write the right one), and
 ``.<name>.<pid>.old`` for a folder being replaced. :func:`remove_leftovers` deletes those of processes that no longer
-run (a killed run's); nothing else reads them.
+run (a killed run's), and the ``.<name>.<pid>.tmp`` files of :func:`scripts.data.io.write_png` and
+:func:`scripts.data.write_json` too; nothing else reads them.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from pathlib import Path
 
 __all__ = ["atomic_folder", "atomic_path", "remove_leftovers", "temporary_path"]
 
-#: A temporary name of this module: ``.<name>.<pid>.partial[<ext>]`` or ``.<name>.<pid>.old``.
-_TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)\.(partial(\.[^.]+)*|old)$")
+#: A temporary name: ``.<name>.<pid>.partial[<ext>]``, ``.<name>.<pid>.old`` or ``.<name>.<pid>.tmp``.
+_TEMPORARY = re.compile(r"^\..+\.(?P<pid>\d+)\.(partial(\.[^.]+)*|old|tmp)$")
 
 
 def _extension(name: str) -> str:
@@ -88,8 +89,8 @@ def _running(pid: int) -> bool:
 
 
 def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files and folders (of this module's names) in ``folder`` left by processes that no
-    longer run; return them."""
+    """Delete the temporary files and folders (the names above) in ``folder`` left by processes that no longer run;
+    return them."""
     folder = Path(folder)
     removed = []
     if folder.is_dir():

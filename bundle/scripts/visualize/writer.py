@@ -265,7 +265,7 @@ class PictureWriter:
         self.rows.append((folder, pictures))
         return pictures
 
-    def _write_pictures(self, tmp: Path, folder: str, img: np.ndarray, arrays: dict[str, np.ndarray]) -> dict[str, str]:
+    def _write_pictures(self, tmp: Path, folder: str, img: np.ndarray, arrays: dict) -> dict[str, str]:
         """Write one image's pictures into ``tmp`` (renamed to ``folder`` afterwards); return their paths."""
         pictures: dict[str, str] = {}
 

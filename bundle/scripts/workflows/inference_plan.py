@@ -7,9 +7,10 @@ number of channels, and can be scaled as the model expects (:mod:`scripts.data.i
 unique output name (:mod:`scripts.workflows.output_names`) and skips inputs that are done (unless ``overwrite``):
 the report of an earlier run in ``output_dir`` lists them as finished by the same model (its sha256) and their
 outputs exist. Every output is written under a temporary name and renamed into place (:mod:`scripts.atomic`), so
-that an interrupted file is never mistaken for a finished one; the leftovers of a killed run are removed here. Problems do not stop the run: each refused file is listed, with its reason and the fix, in one log
-message, and in ``inference_report.json``; only when no file at all can be predicted does it raise (one message
-listing every problem). A file whose pixels turn out to be unreadable later (a truncated PNG passes the header check)
+that an interrupted file is never mistaken for a finished one; the leftovers of a killed run are removed here.
+Problems do not stop the run: each refused file is listed, with its reason and the fix, in one log message, and in
+``inference_report.json``; only when no file at all can be predicted does it raise (one message listing every
+problem). A file whose pixels turn out to be unreadable later (a truncated PNG passes the header check)
 is isolated at run time (:class:`scripts.workflows.FaultTolerantDataset`, :class:`scripts.workflows.InferenceReport`).
 """
 
@@ -25,12 +26,12 @@ from urllib.parse import quote
 
 import numpy as np
 
+from scripts.atomic import remove_leftovers
 from scripts.checks import check_positive_int
 from scripts.data.header import read_header
 from scripts.data.integrity import DatasetError
 from scripts.data.intensity import check_intensity_rule, intensity_scaling
 from scripts.data.io import read_image
-from scripts.atomic import remove_leftovers
 from scripts.networks.pinned import file_sha256
 
 from .output_names import OUTPUT_NAME_KEY, unique_output_names
@@ -164,9 +165,10 @@ class InferencePlan(Sequence):
             before = previous.get(path, {})
             if not self.overwrite and self._done(before, outputs):
                 record.update(status="skipped", stage="pre-flight",
-                              reason="outputs exist from an earlier run; --overwrite True replaces them")
+                              reason="done by an earlier run with this model; --overwrite True replaces its outputs")
                 continue
-            if not self.overwrite and before.get("status") in DONE and before.get("model_sha256") != self.model_sha256:
+            recorded = before.get("model_sha256", self.model_sha256)  # a report of v0.7.1 records none
+            if not self.overwrite and before.get("status") in DONE and recorded != self.model_sha256:
                 self.other_model.append(path)
             header = read_header(path)
             if header.problem:
