@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
             batch_norm=args.batch_norm,
         )
     if args.ckpt:
-        nets["same"].load_state_dict(torch.load(args.ckpt, map_location="cpu"))
+        nets["same"].load_state_dict(torch.load(args.ckpt, map_location="cpu", weights_only=True))
         weights = f"checkpoint {args.ckpt}"
     else:
         weights = "random (He init, seed 0)"

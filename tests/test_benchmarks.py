@@ -207,3 +207,25 @@ def test_inference_workflow_benchmark_compares_two_checkouts(tmp_path):
         assert r[side]["seconds_per_section"] == r[side]["runs"][0]["seconds"][1] > 0
     assert r["ratio_before_over_after"] == pytest.approx(r["before"]["seconds_per_section"] / r["after"]["seconds_per_section"])
     assert r["files_compared"] == 2 * 9 + 1 and r["files_differing"] == []  # seg, prob, 7 pictures per image; legend
+
+
+def test_every_torch_load_says_weights_only():
+    """Each ``torch.load`` of the benchmarks, the bundle's scripts and the tools passes ``weights_only=True`` (only
+    tensors and plain values are unpickled, whatever torch's default), except nnU-Net's own training checkpoint in
+    nnunet_peer.py, which holds pickled Python objects and is one the benchmark made itself."""
+    import ast
+
+    allowed_false = {"benchmarks/nnunet_peer.py"}
+    calls = []
+    for folder in ("benchmarks", "bundle/scripts", "tools"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                func = getattr(node, "func", None)
+                if isinstance(node, ast.Call) and isinstance(func, ast.Attribute) and func.attr == "load" and \
+                        isinstance(func.value, ast.Name) and func.value.id == "torch":
+                    kw = {k.arg: k.value for k in node.keywords}
+                    value = getattr(kw.get("weights_only"), "value", None)
+                    rel = path.relative_to(REPO).as_posix()
+                    calls.append((rel, node.lineno, value is True or (value is False and rel in allowed_false)))
+    assert any(rel == "benchmarks/inference_benchmark.py" for rel, _, _ in calls)
+    assert [c for c in calls if not c[2]] == []

@@ -14,6 +14,7 @@ Sub-packages, one concept each:
 - ``scripts.backends`` / ``scripts.checkpoint_files``: seeds, cuDNN/TF32 switches, network placement; checkpoint
   files (atomic writes, the newest resumable one).
 - ``scripts.schedules``: learning-rate schedules that know their length (resume with other ``--epochs``, budgets).
+- ``scripts.atomic``: crash-safe inference outputs (a temporary name beside the target, renamed into place).
 - ``scripts.errors`` / ``scripts.settings``: user errors shown as one message; checks of the training settings.
 - ``scripts.cli`` / ``scripts.overrides`` / ``scripts.locks``: every workflow's first step (``scripts.start_run``:
   the error hook, mistyped command-line overrides refused); one run per folder (an exclusive lock).

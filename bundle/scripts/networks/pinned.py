@@ -17,7 +17,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["check_pinned_file", "pinned_hash"]
+__all__ = ["check_pinned_file", "file_sha256", "pinned_hash"]
 
 #: The pins' file, at the bundle root.
 MANIFEST = "large_files.json"
@@ -53,6 +53,12 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:  # size and mtime_ns: t
     return digest.hexdigest()
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file, computed once per (path, size, modification time) in a process."""
+    stat = os.stat(path)
+    return _sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
 def check_pinned_file(path: str | os.PathLike) -> str:
     """Compare ``path`` with its pinned sha256 and log the outcome (a warning naming both hashes and the fix when
     they differ): ``"match"``, ``"differs"``, or ``"unpinned"`` when no manifest lists it. Never raises for a
@@ -61,8 +67,7 @@ def check_pinned_file(path: str | os.PathLike) -> str:
     if pin is None:
         return "unpinned"
     manifest, expected = pin
-    stat = os.stat(path)
-    found = _sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    found = file_sha256(path)
     if found == expected:
         logger.info("%s matches its pinned sha256 (%s).", path, manifest)
         return "match"

@@ -1,4 +1,5 @@
 
+from .atomic_save_image import AtomicSaveImaged, atomic_writer
 from .difficult_pixels import (
     DifficultPixelRefine,
     DifficultPixelRefined,

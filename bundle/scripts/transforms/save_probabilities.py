@@ -19,6 +19,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
+from scripts.atomic import atomic_path
 from scripts.data.io import file_stem
 from scripts.workflows.output_names import OUTPUT_NAME_KEY
 
@@ -45,7 +46,7 @@ def read_probability_map(path: str | Path) -> np.ndarray:
 
 class SaveProbabilityMaps(Transform):
     """Saves a (C, *spatial) probability tensor as ``<output_dir>/<name><postfix>.tif`` (C pages, ``dtype`` storage,
-    zlib compressed; see the module docstring). ``<name>`` is the image's ``output_name`` metadata (the inference
+    zlib compressed; see the module docstring), under a temporary name renamed into place (:mod:`scripts.atomic`). ``<name>`` is the image's ``output_name`` metadata (the inference
     pre-flight's unique name) when present, else the input file's stem.
 
     MONAI's readers return 2D images transposed with respect to the file ((W, H), ``reverse_indexing``); the same
@@ -109,9 +110,8 @@ class SaveProbabilityMaps(Transform):
         else:
             arr = np.rint(np.clip(arr, 0.0, 1.0) * one).astype(self.dtype)
             metadata["Info"] = f"probability = value / {one}"
-        tifffile.imwrite(
-            self.output_dir / f"{stem}{self.postfix}.tif", arr, imagej=True, metadata=metadata, compression="zlib"
-        )
+        with atomic_path(self.output_dir / f"{stem}{self.postfix}.tif") as tmp:  # never a partial map (a killed run)
+            tifffile.imwrite(tmp, arr, imagej=True, metadata=metadata, compression="zlib")
         return prob
 
 

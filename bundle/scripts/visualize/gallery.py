@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
+from scripts.atomic import atomic_path
+
 __all__ = ["DEFAULT_COLUMNS", "write_gallery"]
 
 #: (key, column header) in display order; a row's picture for ``key`` is shown under the header.
@@ -50,7 +52,7 @@ def write_gallery(
     legend: str | os.PathLike | None = None,
     filename: str = "index.html",
 ) -> Path:
-    """Write ``output_dir/filename``, a table with one row per image and one column per picture kind.
+    """Write ``output_dir/filename`` (atomically), a table with one row per image and one column per picture kind.
 
     Columns without any picture are left out; a missing picture in a row is an empty cell. Each picture links to
     the full-size PNG.
@@ -94,5 +96,6 @@ def write_gallery(
     parts.append("</table></body></html>")
     output_dir.mkdir(parents=True, exist_ok=True)
     out = output_dir / filename
-    out.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    with atomic_path(out) as tmp:
+        tmp.write_text("\n".join(parts) + "\n", encoding="utf-8")
     return out

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ import torch
 from monai.data import decollate_batch
 from monai.utils import min_version, optional_import
 
+from scripts.atomic import atomic_folder
 from scripts.data.classes import CLASS_NAMES, class_palette
 from scripts.workflows.fault_tolerant import FAILED_KEY, root_cause
 from scripts.data.io import file_stem, write_png
@@ -205,7 +207,9 @@ class PictureWriter:
     def _unique_name(self, name: str | os.PathLike | None, folder: str | None = None) -> str:
         if folder:  # a name that is unique already (the inference pre-flight's output name)
             return picture_folder(folder)
-        base = picture_folder(file_stem(name)) if name else f"image_{len(self.rows):04d}"
+        base = f"image_{len(self.rows):04d}"
+        if name:  # the stem as a plain file name, never a hidden one (the gallery skips those: temporary folders)
+            base = re.sub(r"[^A-Za-z0-9._-]+", "_", file_stem(name)).lstrip(".") or base
         taken = {n for n, _ in self.rows}
         unique, k = base, 1
         while unique in taken:
@@ -232,8 +236,10 @@ class PictureWriter:
             label: ground truth, (1, *spatial) class indices or (C_out, *spatial) one-hot.
             name: the image's file name; its stem names the picture folder (``image_NNNN`` when ``None``), made
                 unique among this run's folders (``_1``, ``_2``, ...).
-            folder: the picture folder's name, taken as it is (non-file-name characters replaced by ``_``); the
-                inference passes its unique output name here. A folder written before is replaced.
+            folder: the picture folder's name, taken as it is (:func:`scripts.workflows.picture_folder`: characters
+                other than letters, digits, ``._-~`` percent-encoded); the inference passes its unique output name
+                here. A folder written before is replaced as a whole: the pictures are written into a temporary
+                folder renamed into place (:mod:`scripts.atomic`), so a killed run leaves all of them or none.
             confidence: (1, *spatial) confidence map ``max_c p(c|x)``.
             difficult: (1, *spatial) difficult-pixel mask.
             refined: (1, *spatial) refined label map.
@@ -254,12 +260,18 @@ class PictureWriter:
                 raise ValueError(f"image {img.shape} and {kind} {a.shape} must have the same spatial size.")
         folder = self._unique_name(name, folder)
         self.rows = [row for row in self.rows if row[0] != folder]
+        with atomic_folder(self.output_dir / folder) as tmp:  # all pictures or none (a killed run)
+            pictures = self._write_pictures(tmp, folder, img, arrays)
+        self.rows.append((folder, pictures))
+        return pictures
+
+    def _write_pictures(self, tmp: Path, folder: str, img: np.ndarray, arrays: dict) -> dict[str, str]:
+        """Write one image's pictures into ``tmp`` (renamed to ``folder`` afterwards); return their paths."""
         pictures: dict[str, str] = {}
 
         def save(kind: str, array: np.ndarray) -> None:
-            rel = f"{folder}/{kind}.png"
-            write_png(self.output_dir / rel, array)
-            pictures[kind] = rel
+            write_png(tmp / f"{kind}.png", array)
+            pictures[kind] = f"{folder}/{kind}.png"
 
         def labels(a: np.ndarray) -> np.ndarray:
             return a.argmax(axis=0) if a.shape[0] > 1 else np.rint(a[0]).astype(np.int64)
@@ -278,7 +290,6 @@ class PictureWriter:
             save("refined", overlay_labels(img, labels(arrays["refined"]), self.class_colors, self.alpha))
         if "features" in arrays:
             save("features", feature_map_to_rgb(arrays["features"][0], self.feature_cmap))
-        self.rows.append((folder, pictures))
         return pictures
 
     def folder_rows(self) -> list[tuple[str, dict[str, str]]]:
@@ -286,7 +297,7 @@ class PictureWriter:
         rows = dict(self.rows)
         if self.output_dir.is_dir():
             for sub in self.output_dir.iterdir():
-                if sub.is_dir() and sub.name not in rows:
+                if sub.is_dir() and sub.name not in rows and not sub.name.startswith("."):  # not a temporary one
                     found = {k: f"{sub.name}/{k}.png" for k, _ in DEFAULT_COLUMNS if (sub / f"{k}.png").is_file()}
                     if found:
                         rows[sub.name] = found

@@ -4,10 +4,13 @@
 each input cheaply (:func:`scripts.data.read_header`: size, channels, pages, pixel type; the pixels only when the
 intensity rule needs them, e.g. for a 16-bit image), and checks that it is readable, one 2D image, has the model's
 number of channels, and can be scaled as the model expects (:mod:`scripts.data.intensity`). It gives every input a
-unique output name (:mod:`scripts.workflows.output_names`) and skips inputs whose outputs already exist (unless
-``overwrite``). Problems do not stop the run: each refused file is listed, with its reason and the fix, in one log
-message, and in ``inference_report.json``; only when no file at all can be predicted does it raise (one message
-listing every problem). A file whose pixels turn out to be unreadable later (a truncated PNG passes the header check)
+unique output name (:mod:`scripts.workflows.output_names`) and skips inputs that are done (unless ``overwrite``):
+the report of an earlier run in ``output_dir`` lists them as finished by the same model (its sha256) and their
+outputs exist. Every output is written under a temporary name and renamed into place (:mod:`scripts.atomic`), so
+that an interrupted file is never mistaken for a finished one; the leftovers of a killed run are removed here.
+Problems do not stop the run: each refused file is listed, with its reason and the fix, in one log message, and in
+``inference_report.json``; only when no file at all can be predicted does it raise (one message listing every
+problem). A file whose pixels turn out to be unreadable later (a truncated PNG passes the header check)
 is isolated at run time (:class:`scripts.workflows.FaultTolerantDataset`, :class:`scripts.workflows.InferenceReport`).
 """
 
@@ -16,18 +19,20 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
+from scripts.atomic import remove_leftovers
 from scripts.checks import check_positive_int
 from scripts.data.header import read_header
 from scripts.data.integrity import DatasetError
 from scripts.data.intensity import check_intensity_rule, intensity_scaling
 from scripts.data.io import read_image
+from scripts.networks.pinned import file_sha256
 
 from .output_names import OUTPUT_NAME_KEY, unique_output_names
 
@@ -38,19 +43,28 @@ logger = logging.getLogger(__name__)
 #: File name of the machine-readable report in ``output_dir``.
 REPORT_NAME = "inference_report.json"
 
+#: Report statuses of a file whose outputs are complete.
+DONE = ("ok", "skipped")
+
 
 def picture_folder(name: str) -> str:
-    """The picture folder :class:`scripts.visualize.PictureWriter` uses for output name ``name``."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    """The picture folder :class:`scripts.visualize.PictureWriter` uses for output name ``name``: the name with every
+    character other than ASCII letters, digits and ``._-~`` percent-encoded (``a b`` -> ``a%20b``, ``a?b`` ->
+    ``a%3Fb``), and a leading dot too (no hidden folder). Distinct names give distinct folders, as they give
+    distinct label maps."""
+    folder = quote(name, safe="")
+    return "%2E" + folder[1:] if folder.startswith(".") else folder
 
 
 class InferencePlan(Sequence):
     """The plan of an inference run: built from the run's settings, filled by :meth:`prepare`; then the sequence of
     the items to predict (the dataset's ``data``) with one record per input (the report's rows).
 
-    A file is skipped when all its outputs exist (label map, and the probability map, refined map and picture folder
-    that are switched on) and the report of an earlier run in ``output_dir``, if any, does not list it as failed;
-    otherwise its outputs are (re)written. With ``overwrite`` nothing is skipped.
+    A file is done, and skipped, only when the report of an earlier run in ``output_dir`` lists it as ``"ok"`` (or
+    ``"skipped"``) with the sha256 of this run's model, and every output this run writes exists (label map, and the
+    probability map, refined map and picture folder that are switched on). Otherwise -- no report,
+    ``"pending"`` (the run was killed), ``"failed"``, another model, an output missing -- its outputs are (re)written.
+    With ``overwrite`` nothing is skipped.
 
     Args:
         datalist: ``[{"image": path, ...}, ...]`` (``scripts.data.list_images``).
@@ -61,13 +75,17 @@ class InferencePlan(Sequence):
         label_ext: extension of the label maps (``.png``, ``.tif``, ``.nii.gz``).
         save_probabilities, save_refined, pictures: which outputs the run writes.
         overwrite: replace existing outputs instead of skipping their inputs.
+        model: the model file (``ckpt_path``); its sha256 is recorded per output (``None``: no file, random weights).
 
     Attributes:
         items: the dataset items to predict: the input items with ``output_name`` and ``intensity_range``
             (``[low, high]``, when the pre-flight decided it) added.
         records: one record per input, in input order: ``input``, ``output_name``, ``status`` (``"pending"`` for
             items, ``"skipped"`` for existing outputs, ``"failed"`` for refused inputs), ``stage``, ``reason``,
-            ``outputs``, ``intensity``, ``size``, ``channels``, ``dtype``.
+            ``outputs``, ``intensity``, ``size``, ``channels``, ``dtype``, ``model_sha256``.
+        earlier: the earlier report's records of other inputs (kept in the report, so that a run on a few files
+            does not make the others look unfinished).
+        model_sha256: the model's sha256 (``None`` without a model file).
     """
 
     def __init__(
@@ -82,6 +100,7 @@ class InferencePlan(Sequence):
         save_refined: bool = False,
         pictures: bool = True,
         overwrite: bool = False,
+        model: str | os.PathLike | None = None,
     ) -> None:
         self.datalist = list(datalist)
         self.output_dir = str(Path(output_dir))
@@ -93,8 +112,12 @@ class InferencePlan(Sequence):
         self.save_refined = save_refined
         self.pictures = pictures
         self.overwrite = bool(overwrite)
+        self.model = model
+        self.model_sha256: str | None = None
         self.items: list[dict] = []
         self.records: list[dict] = []
+        self.earlier: list[dict] = []
+        self.other_model: list[str] = []
 
     def __len__(self) -> int:
         return len(self.items)
@@ -115,10 +138,17 @@ class InferencePlan(Sequence):
         check_intensity_rule(self.intensity_rule)
         check_positive_int("in_channels", self.in_channels)
         out = Path(self.output_dir)
-        previous = {} if self.overwrite else _previous_statuses(out)
-        self.items, self.records = [], []
+        for folder in (out, out / "pictures"):
+            remove_leftovers(folder)
+        self.model_sha256 = file_sha256(self.model) if self.model and os.path.isfile(self.model) else None
+        previous = _previous_records(out)
+        self.items, self.records, self.other_model = [], [], []
         paths = [str(item["image"]) for item in self.datalist]
-        for item, path, name in zip(self.datalist, paths, unique_output_names(paths)):
+        names = unique_output_names(paths)
+        inputs, taken = set(paths), {n.casefold() for n in names}
+        self.earlier = [r for p, r in previous.items()
+                        if p not in inputs and str(r.get(OUTPUT_NAME_KEY, "")).casefold() not in taken]
+        for item, path, name in zip(self.datalist, paths, names):
             outputs = [f"{name}_seg{self.label_ext}"]
             if self.save_probabilities:
                 outputs.append(f"{name}_prob.tif")
@@ -129,12 +159,17 @@ class InferencePlan(Sequence):
             record: dict[str, Any] = {
                 "input": path, "output_name": name, "status": "pending", "stage": None, "reason": None,
                 "outputs": outputs, "intensity": None, "size": None, "channels": None, "dtype": None, "seconds": None,
+                "model_sha256": self.model_sha256,
             }
             self.records.append(record)
-            if not self.overwrite and all((out / o).exists() for o in outputs) and previous.get(path) != "failed":
+            before = previous.get(path, {})
+            if not self.overwrite and self._done(before, outputs):
                 record.update(status="skipped", stage="pre-flight",
-                              reason="outputs exist from an earlier run; --overwrite True replaces them")
+                              reason="done by an earlier run with this model; --overwrite True replaces its outputs")
                 continue
+            recorded = before.get("model_sha256", self.model_sha256)  # a report of v0.7.1 records none
+            if not self.overwrite and before.get("status") in DONE and recorded != self.model_sha256:
+                self.other_model.append(path)
             header = read_header(path)
             if header.problem:
                 record.update(status="failed", stage="pre-flight", reason=header.problem)
@@ -169,6 +204,11 @@ class InferencePlan(Sequence):
             raise DatasetError(self.problems() or ["no input image"], "inference input")
         return self
 
+    def _done(self, before: dict, outputs: list[str]) -> bool:
+        """Whether an earlier run finished this file with this model and every output (see the class docstring)."""
+        return (before.get("status") in DONE and before.get("model_sha256") == self.model_sha256
+                and all((Path(self.output_dir) / o).exists() for o in outputs))
+
     def problems(self) -> list[str]:
         """The refused inputs' reasons."""
         return [r["reason"] for r in self.records if r["status"] == "failed"]
@@ -181,6 +221,11 @@ class InferencePlan(Sequence):
             len(self.records), counts["pending"], counts["skipped"],
             "" if self.overwrite else "; --overwrite True replaces them", counts["failed"], self.intensity_rule,
         )
+        if self.other_model:
+            logger.warning(
+                "pre-flight: %d input(s) were predicted by another model (not sha256 %s) and are predicted again: %s",
+                len(self.other_model), self.model_sha256, ", ".join(Path(p).name for p in self.other_model[:20]),
+            )
         problems = self.problems()
         if problems:
             logger.error(
@@ -196,11 +241,13 @@ class InferencePlan(Sequence):
         return self
 
 
-def _previous_statuses(output_dir: Path) -> dict[str, str]:
-    """input path -> status in the report of an earlier run in ``output_dir`` (empty when there is none)."""
+def _previous_records(output_dir: Path) -> dict[str, dict]:
+    """input path -> record in the report of an earlier run in ``output_dir`` (its ``files``, then its
+    ``earlier_files``; empty when there is none or it cannot be read)."""
     try:
         report = json.loads((output_dir / REPORT_NAME).read_text())
-        return {str(f["input"]): str(f["status"]) for f in report.get("files", [])}
+        records = [*report.get("files", []), *report.get("earlier_files", [])]
+        return {str(r["input"]): r for r in reversed(records) if isinstance(r, dict)}
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return {}
 

@@ -65,12 +65,14 @@ class InferenceReport:
     With nothing to predict (every input refused or finished) the evaluator has no iteration (MONAI skips its run,
     with a warning) and ``finish()`` still writes the report.
 
-    Report (JSON): ``output_dir``, ``intensity_rule``, ``overwrite``, ``started``/``finished`` (UTC), ``counts``
-    (inputs per status) and ``files``: per input ``input``, ``output_name``, ``status`` (``"ok"``, ``"skipped"``:
-    its outputs existed, ``"failed"``, or ``"pending"`` while the run goes on), ``stage`` (``"pre-flight"`` or
+    Report (JSON, written atomically): ``output_dir``, ``intensity_rule``, ``overwrite``, ``model_sha256`` (the
+    model file's, ``null`` without one), ``started``/``finished`` (UTC), ``counts`` (inputs per status), ``files``:
+    per input ``input``, ``output_name``, ``status`` (``"ok"``, ``"skipped"``: done by an earlier run, ``"failed"``,
+    or ``"pending"`` while the run goes on -- and for good when it is killed), ``stage`` (``"pre-flight"`` or
     ``"run"``), ``reason``, ``seconds`` (prediction and writing; loading overlaps the network), ``outputs`` (paths
     relative to ``output_dir``), ``intensity`` (``rule`` applied and value ``range`` mapped to 0..1), ``size``,
-    ``channels``, ``dtype``.
+    ``channels``, ``dtype``, ``model_sha256`` (the model that made its outputs); and ``earlier_files``: the records
+    of inputs of earlier runs into the folder that this run does not have (so that they stay done).
 
     Args:
         plan: the pre-flight's plan (:class:`scripts.workflows.InferencePlan`).
@@ -160,10 +162,12 @@ class InferenceReport:
                 "output_dir": self.plan.output_dir,
                 "intensity_rule": self.plan.intensity_rule,
                 "overwrite": self.plan.overwrite,
+                "model_sha256": self.plan.model_sha256,
                 "started": self.started,
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds") if finished else None,
                 "counts": self.counts(),
                 "files": self.plan.records,
+                "earlier_files": self.plan.earlier,
             },
         )
 

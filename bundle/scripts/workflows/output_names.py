@@ -1,6 +1,7 @@
 """Unique output names for inference: one name per input file, so no result overwrites another.
 
-An input's outputs are ``<name>_seg<ext>``, ``<name>_prob.tif``, ``<name>_refined<ext>`` and ``pictures/<name>/``.
+An input's outputs are ``<name>_seg<ext>``, ``<name>_prob.tif``, ``<name>_refined<ext>`` and ``pictures/<folder>/``
+(``<folder>``: ``<name>`` percent-encoded where it is not a plain file name, :func:`scripts.workflows.picture_folder`).
 The name is the file name without its image extension (``a.nii.gz`` -> ``a``), unless several inputs share it
 (case-insensitively, as on macOS/Windows disks): then each of them gets its extension appended, dots as
 underscores (``x.png`` -> ``x_png``, ``x.tif`` -> ``x_tif``, ``x.nii.gz`` -> ``x_nii_gz``), and a name that is
