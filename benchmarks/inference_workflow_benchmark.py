@@ -42,7 +42,7 @@ from PIL import Image  # noqa: E402
 from scripts.data import make_sample  # noqa: E402
 
 #: files written by a run that hold paths or times, not results
-NOT_COMPARED = ("index.html", "inference_report.json")
+NOT_COMPARED = ("index.html", "inference_report.json")  # and hidden files (the run lock)
 
 
 def write_sections(folder: Path, size: int, count: int) -> Path:
@@ -82,7 +82,7 @@ def digests(folder: Path) -> dict[str, str]:
     """sha256 of every result file under ``folder``, by relative path."""
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in NOT_COMPARED
+        for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in NOT_COMPARED and not p.name.startswith(".")
     }
 
 
