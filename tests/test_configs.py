@@ -100,6 +100,8 @@ def test_monai_property_checks_pass(tmp_path, config, workflow_type):
     tiny = {"bundle_root": str(tmp_path), "dataset_dir": str(tmp_path / "data"), "features": [4, 8, 16],
             "patch_size": [64, 64], "cache_workers": 0, "show_progress": False,
             "synthetic": {"num_train": 2, "num_val": 1, "num_test": 1, "size": 64, "seed": 0}}
+    if workflow_type == "infer":  # a model to infer with: the shipped one (tmp_path holds none)
+        tiny["pretrained_path"] = str(BUNDLE / "models" / "pretrained" / "model.pt")
     workflow = ConfigWorkflow(config_file=str(CONFIGS / config), workflow_type=workflow_type,
                               meta_file=str(CONFIGS / "metadata.json"), **tiny)
     workflow.initialize()

@@ -179,6 +179,20 @@ def test_second_run_into_a_folder_refuses_and_overwrite_archives(trained, tmp_pa
     assert len({name.split(".")[-2] for name in new}) == 1, "TensorBoard shows one run (one process's event files)"
 
 
+def test_an_overwrite_run_that_fails_before_its_first_step_leaves_the_old_run_in_place(trained, tmp_path):
+    """``--overwrite True`` whose run fails at once (here: X-Net's three losses for a U-Net, the MONAI Label /train
+    failure of v0.7.1): the previous models/ and logs/ stay where they are, nothing is archived."""
+    root, _ = trained
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy)
+    before = {p.name: p.read_bytes() for p in (copy / "models").iterdir()}
+    proc = run_bundle(config_arg("train.json"), "training", {**TINY, "bundle_root": str(copy), "epochs": 1,
+                      "overwrite": True, "network_def": "@networks#unet"}, check=False)
+    assert proc.returncode == 1 and "3 loss(es)" in proc.stderr, proc.stderr[-3000:]
+    assert {p.name: p.read_bytes() for p in (copy / "models").iterdir()} == before, "the old run is intact"
+    assert not (copy / "archive").exists() or not any((copy / "archive").iterdir())
+
+
 def test_inference_for_another_class_count_fails_before_loading(tmp_path):
     # the default refinement names class 3 (mitochondria): a 3-class config must say which keys to set
     proc = run_bundle(config_arg("inference.json"), None, {**TINY_INFERENCE, "bundle_root": str(tmp_path), "num_classes": 3,

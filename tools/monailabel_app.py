@@ -13,10 +13,12 @@ so what the app needs is written into the copy's two files (the source bundle is
 
 - ``train.json``: ``network_def`` builds the network ``models/model.pt`` was trained with (its ``model_info``;
   the config's network when there is no ``model.pt`` yet), so that MONAI Label's ``/train`` (``pretrained``, the
-  default) continues that model whatever width it has; ``--merge`` files (e.g. the experiment the model was trained
-  with, for its loss) are merged first; ``overwrite`` true, since every ``/train`` is a new run in the same folder:
-  the network is built from ``model.pt`` first, then the pre-flight moves the previous ``models/`` and ``logs/`` to
-  ``archive/<UTC time>/`` (train.json's one-run-per-folder rule);
+  default) continues that model whatever width it has; the recipe it was trained with is merged first: for the
+  shipped model ``configs/recipes/shipped.json`` (its loss, sampling and schedule), for a model of yours the
+  ``--merge`` files you give (e.g. the experiment it was trained with, for its loss); ``overwrite`` true, since
+  every ``/train`` is a new run in the same folder: the network is built from ``model.pt`` first, then the previous
+  ``models/`` and ``logs/`` move to ``archive/<UTC time>/`` once the new run's first training step has succeeded (a ``/train`` that fails before
+  leaves the served model in place);
 - ``inference.json``: ``save_probabilities`` false (MONAI Label returns the label only; otherwise every request,
   uploads included, would leave ``outputs/<name>_prob.tif`` behind). ``network_def`` already builds the network
   from ``model.pt``.
@@ -51,6 +53,9 @@ TRAIN_OVERRIDES = {
 NETWORK_FIRST = "$@network"
 #: train.json's ``initialize`` step that runs the pre-flight (``scripts.workflows.TrainingPreflight``).
 PREFLIGHT = "$@preflight.run()"
+#: The shipped model's recipe (configs/ relative), merged into the copy's train.json when the copy serves the
+#: shipped model and no --merge is given: its loss (one output, SCE+IoU without class weights), sampling and schedule.
+SHIPPED_RECIPE = "recipes/shipped.json"
 #: Written into the copy's inference.json.
 INFERENCE_OVERRIDES = {"save_probabilities": False}
 
@@ -125,12 +130,18 @@ def make_app_copy(app: Path, name: str, bundle: Path = Path("bundle"), merge: li
         shutil.copy2(bundle / "LICENSE", dst / "LICENSE")
     (dst / "models").mkdir(parents=True)
     # the model you trained, else the weights shipped with the bundle: MONAI Label serves models/model.pt
+    served = None
     for source in (bundle / "models" / "model.pt", bundle / "models" / "pretrained" / "model.pt"):
         if source.is_file():
             shutil.copy2(source, dst / "models" / "model.pt")
+            served = source
             break
     configs = dst / "configs"
-    train = _merged([configs / "train.json", *[Path(f) for f in merge or []]], TRAIN_OVERRIDES)
+    recipe = []
+    shipped = served is not None and served.parent.name == "pretrained"
+    if shipped and not merge and (configs / SHIPPED_RECIPE).is_file():
+        recipe = [configs / SHIPPED_RECIPE]  # /train continues the shipped model with its own recipe (loss, sampling)
+    train = _merged([configs / "train.json", *recipe, *[Path(f) for f in merge or []]], TRAIN_OVERRIDES)
     ConfigParser.export_config_file(train, str(configs / "train.json"), fmt="json", indent=4)
     inference = _merged([configs / "inference.json"], INFERENCE_OVERRIDES)
     ConfigParser.export_config_file(inference, str(configs / "inference.json"), fmt="json", indent=4)

@@ -1,7 +1,8 @@
 """Ignite handlers of the bundle's workflows: crash-safe checkpoints and resume, divergence and empty-epoch guards,
 early stopping, time limit and budget, random states, learning-rate and TensorBoard logging, the evaluation report,
-and stopping all DDP ranks together."""
+stopping all DDP ranks together, and archiving the previous run once the new one has started."""
 
+from .archive_previous_run import ArchivePreviousRun
 from .checkpoints import AtomicDiskSaver, CheckpointSaver, ResumeCheckpointLoader
 from .early_stop import EarlyStopHandler
 from .empty_epoch import FailOnEmptyEpoch
@@ -15,6 +16,7 @@ from .time_budget import FitEpochsToBudget
 from .time_limit import TimeLimit
 
 __all__ = [
+    "ArchivePreviousRun",
     "AtomicDiskSaver",
     "CheckpointSaver",
     "EarlyStopHandler",

@@ -89,6 +89,8 @@ class TrainingPreflight:
         self.bundle_root, self.ckpt_dir, self.log_dir = str(bundle_root), str(ckpt_dir), str(log_dir)
         self.datalist, self.train_key, self.val_key, self.transform = datalist, train_key, val_key, transform
         self.deterministic, self.allow_tf32 = deterministic, allow_tf32
+        #: the previous run, moved to the archive after the first training step (``--overwrite True``), or None
+        self.pending_archive = None
 
     def run(self) -> None:
         """Lock and prepare the run folder (global rank 0), seed and set the backends, check every listed file.
@@ -100,8 +102,9 @@ class TrainingPreflight:
         s = self.settings
         if _rank() == 0:
             lock_folder(self.bundle_root, purpose="training")  # taken when built (run_lock); idempotent
-            prepare_run_folder(self.ckpt_dir, self.log_dir, resume=s["resume"], overwrite=s["overwrite"],
-                               archive_dir=os.path.join(self.bundle_root, "archive"))
+            self.pending_archive = prepare_run_folder(
+                self.ckpt_dir, self.log_dir, resume=s["resume"], overwrite=s["overwrite"],
+                archive_dir=os.path.join(self.bundle_root, "archive"), defer=True)
         set_backends(seed=s["seed"] + _rank(), deterministic=self.deterministic, allow_tf32=self.allow_tf32)
         check_datalist(self.datalist, s["num_classes"], in_channels=s["in_channels"],
                        keys=[self.train_key, self.val_key], batch_sizes={self.val_key: s["val_batch_size"]},

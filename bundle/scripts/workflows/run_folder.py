@@ -5,7 +5,9 @@ work:
 
 - ``--resume True``: continue the run in the folder (its newest ``checkpoint_epoch=N.pt``);
 - ``--overwrite True``: start over; the old ``models/`` and ``logs/`` are moved (not deleted) to
-  ``<bundle_root>/archive/<UTC time>/``;
+  ``<bundle_root>/archive/<UTC time>/``. The training pre-flight defers the move (``defer=True``) until the new run's
+  first training step has succeeded (:class:`scripts.handlers.ArchivePreviousRun`): a run that fails before that, or
+  is killed, leaves the old one in place (a MONAI Label server keeps serving its ``model.pt``);
 - neither, and ``models/`` holds ``model.pt`` or a ``checkpoint_epoch=N.pt``: refused, in one line naming both.
 
 The weights shipped with the bundle (``models/pretrained/``) are neither a run nor archived: training writes
@@ -29,7 +31,7 @@ from scripts.checkpoint_files import TMP_SUFFIX, latest_checkpoint
 from scripts.errors import RunFolderError
 from scripts.networks.pinned import check_pinned_file
 
-__all__ = ["SHIPPED", "checkpoint_to_resume", "prepare_run_folder", "run_files"]
+__all__ = ["SHIPPED", "PendingArchive", "checkpoint_to_resume", "prepare_run_folder", "run_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,25 +48,38 @@ def run_files(ckpt_dir: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.name == "model.pt" or p.name.startswith("checkpoint_epoch="))
 
 
-def _archive(folders: list[Path], archive_root: Path) -> Path:
-    """Move the contents of each folder to ``archive_root/<UTC time>/<folder name>/``."""
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    target, n = archive_root / stamp, 1
-    while target.exists():
-        n += 1
-        target = archive_root / f"{stamp}_{n}"
-    for folder in folders:
-        if folder.is_dir():
-            (target / folder.name).mkdir(parents=True)
-            for path in folder.iterdir():
-                if path.name in SHIPPED:
-                    continue
-                shutil.move(str(path), str(target / folder.name / path.name))
-    return target
+class PendingArchive:
+    """The previous run's files, to be moved to ``archive_root/<UTC time>/<folder name>/`` by :meth:`commit`.
+
+    The files are listed when it is made, so files a new run writes into the same folders later stay where they are.
+    """
+
+    def __init__(self, folders: list[Path], archive_root: Path) -> None:
+        self.archive_root = archive_root
+        self.files = [(folder, path) for folder in folders if folder.is_dir()
+                      for path in sorted(folder.iterdir()) if path.name not in SHIPPED]
+        self.target: Path | None = None
+
+    def commit(self) -> Path:
+        """Move the listed files (once); returns the archive folder."""
+        if self.target is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+            target, n = self.archive_root / stamp, 1
+            while target.exists():
+                n += 1
+                target = self.archive_root / f"{stamp}_{n}"
+            for folder, path in self.files:
+                (target / folder.name).mkdir(parents=True, exist_ok=True)
+                if path.exists():
+                    shutil.move(str(path), str(target / folder.name / path.name))
+            self.target = target
+            logger.warning("Moved the previous run's %s to %s.",
+                           " and ".join(sorted({f.name + "/" for f, _ in self.files})), target)
+        return self.target
 
 
 def prepare_run_folder(ckpt_dir: str, log_dir: str, resume: bool = False, overwrite: bool = False,
-                       archive_dir: str | None = None) -> str | None:
+                       archive_dir: str | None = None, defer: bool = False) -> str | PendingArchive | None:
     """Make ``ckpt_dir``/``log_dir`` ready for one run, or refuse.
 
     Args:
@@ -73,9 +88,10 @@ def prepare_run_folder(ckpt_dir: str, log_dir: str, resume: bool = False, overwr
         resume: continue the run already there.
         overwrite: start over, moving the old ``models/`` and ``logs/`` to ``archive_dir/<UTC time>/``.
         archive_dir: where old runs go (default: ``<parent of ckpt_dir>/archive``).
+        defer: do not move the old run yet: return a :class:`PendingArchive` whose ``commit()`` moves it.
 
     Returns:
-        The archive folder used, or ``None``.
+        The archive folder used (``defer``: the :class:`PendingArchive`), or ``None`` when there is nothing to move.
 
     Raises:
         RunFolderError: a run is there and neither ``resume`` nor ``overwrite`` is set; both are set; or ``resume``
@@ -108,10 +124,12 @@ def prepare_run_folder(ckpt_dir: str, log_dir: str, resume: bool = False, overwr
         )
     if not found and not events:
         return None
-    folders = [ckpt, logs] if found else [logs]
-    target = _archive(folders, archive_root)
-    logger.warning("Moved the previous run's %s to %s.", " and ".join(f.name + "/" for f in folders), target)
-    return str(target)
+    pending = PendingArchive([ckpt, logs] if found else [logs], archive_root)
+    if defer:
+        logger.info("The previous run in %s moves to %s/ once this run's first training step has succeeded.",
+                    ckpt.parent, archive_root)
+        return pending
+    return str(pending.commit())
 
 
 def checkpoint_to_resume(ckpt_dir: str, resume: bool) -> str | None:
