@@ -104,8 +104,9 @@ def _state(out) -> dict:
         if pictures.is_dir() else {},
         "gallery": re.findall(r'<td class="name">([^<]+)</td>', (pictures / "index.html").read_text())
         if (pictures / "index.html").exists() else [],
+        # hidden files left behind, but the run lock (scripts.locks: kept on purpose, reused by the next run)
         "hidden": sorted(p.name for p in [*out.iterdir(), *(pictures.iterdir() if pictures.is_dir() else [])]
-                         if p.name.startswith(".")),
+                         if p.name.startswith(".") and p.name != ".run.lock"),
     }
 
 

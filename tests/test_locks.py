@@ -75,7 +75,7 @@ def test_a_workflow_into_a_folder_another_process_holds_is_refused_before_writin
         overrides = {**{k: v for k, v in TINY.items() if not k.startswith(("epochs", "batch", "val_", "cache",
                                                                              "show"))},
                      "bundle_root": str(root), "data_root": str(tmp_path / "data"), "output_dir": str(locked),
-                     "progress": False}
+                     "progress": False, "ckpt_path": str(REPO / "bundle" / "models" / "pretrained" / "model.pt")}
     holder = _holder(locked)
     try:
         proc = run_bundle(config, workflow, overrides, check=False, timeout=240)

@@ -178,16 +178,16 @@ class InferencePreflight:
         self.deterministic, self.allow_tf32 = deterministic, allow_tf32
 
     def run(self) -> InferencePlan:
-        """Check the model and the refinement, lock the output folder, seed and set the backends, plan the inputs;
+        """Check the refinement and the model, lock the output folder, seed and set the backends, plan the inputs;
         returns the plan.
 
         Raises:
             RunFolderError: another run writes into ``output_dir``, or it cannot be written to.
         """
-        _require_model(self.ckpt_path)
-        check_model_info(self.ckpt_path, class_names=self.class_names, intensity_max=self.intensity_max)
         if self.refinement is not None:
             self.refinement.check_num_classes(self.num_classes, hint=REFINEMENT_HINT)
+        _require_model(self.ckpt_path)
+        check_model_info(self.ckpt_path, class_names=self.class_names, intensity_max=self.intensity_max)
         lock_folder(self.plan.output_dir, purpose="inference")  # before the old report is read and anything written
         set_backends(seed=0, deterministic=self.deterministic, allow_tf32=self.allow_tf32)
         plan = self.plan.prepare().log()
