@@ -37,3 +37,15 @@ def test_another_network_on_a_model_with_model_info_is_one_line(tmp_path):
     proc = _infer(tmp_path, ckpt_path=str(SHIPPED), network_def="@networks#xnet")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert _last_line(proc).startswith("ERROR: the weights do not fit the XNet built here")
+
+
+def test_divergence_ends_with_its_message_and_no_traceback(tmp_path):
+    """A user error raised inside the trainer (here: the divergence guard) is not logged with tracebacks by the
+    engines' StatsHandlers (v0.7.1: two tracebacks of 20-30 lines before the message)."""
+    from bundle_runner import TINY
+
+    proc = run_bundle(config_arg("train.json"), "training", {**TINY, "bundle_root": str(tmp_path / "root"),
+                      "data_root": str(tmp_path / "data"), "learning_rate": 1e6}, check=False, timeout=240)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "the training loss exploded" in _last_line(proc) or "non-finite" in _last_line(proc)

@@ -14,6 +14,7 @@ from .stop_together import StopTogether
 from .tensorboard import TensorBoardStatsHandler
 from .time_budget import FitEpochsToBudget
 from .time_limit import TimeLimit
+from .user_errors import QuietUserErrors
 
 __all__ = [
     "ArchivePreviousRun",
@@ -24,6 +25,7 @@ __all__ = [
     "FitEpochsToBudget",
     "LearningRateLogger",
     "RandomStates",
+    "QuietUserErrors",
     "ResumeCheckpointLoader",
     "SegmentationReport",
     "StopOnNonFiniteLoss",

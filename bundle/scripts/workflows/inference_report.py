@@ -57,7 +57,7 @@ class InferenceReport:
     Example (inference.json: the report is the last handler, after those that may mark a file as failed)::
 
         "handlers": [..., {"_target_": "scripts.workflows.InferenceReport", "plan": "@inference_plan"}],
-        "inference_report": "@handlers#4",
+        "inference_report": "@handlers#6",  # its place in the list
         "evaluator": {"_target_": "SupervisedEvaluator", ..., "val_handlers": "@handlers",
                       "iteration_update": "@inference_report"},
         "run": ["$@evaluator.run()", "$@inference_report.finish()"]
