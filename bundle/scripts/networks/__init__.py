@@ -17,6 +17,7 @@ from scripts.networks.checkpoint import (
     check_state_dict,
     network_from_checkpoint,
     read_checkpoint,
+    require_model_file,
     split_checkpoint,
     trained_or_pretrained,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "check_state_dict",
     "network_from_checkpoint",
     "read_checkpoint",
+    "require_model_file",
     "split_checkpoint",
     "trained_or_pretrained",
     "ModelInfo",

@@ -45,6 +45,7 @@ __all__ = [
     "check_state_dict",
     "network_from_checkpoint",
     "read_checkpoint",
+    "require_model_file",
     "split_checkpoint",
     "trained_or_pretrained",
 ]
@@ -108,18 +109,26 @@ def split_checkpoint(checkpoint: Mapping[str, Any]) -> tuple[Mapping[str, Any], 
     return checkpoint, None
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[Mapping[str, Any], dict[str, Any] | None]:
-    """Load ``path`` on the CPU (``weights_only=True``: tensors and plain Python values only) and
-    :func:`split_checkpoint` it."""
-    if os.path.isfile(path):
-        check_pinned_file(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
+def require_model_file(path: str | os.PathLike | None) -> None:
+    """Refuse a missing model file in one line naming the ways out (``None``: no model configured, nothing to check).
+
+    Raises:
+        ModelFileError: ``path`` is not a file.
+    """
+    if path is not None and not os.path.isfile(path):
         raise ModelFileError(
             f"{path}: no such model file; train one first (train.json), or use the shipped model "
             "(--ckpt_path bundle/models/pretrained/model.pt), or point --ckpt_path to a model.pt."
-        ) from None
+        )
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[Mapping[str, Any], dict[str, Any] | None]:
+    """Load ``path`` on the CPU (``weights_only=True``: tensors and plain Python values only) and
+    :func:`split_checkpoint` it."""
+    require_model_file(path)
+    check_pinned_file(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelFileError(

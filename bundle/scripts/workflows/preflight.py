@@ -25,7 +25,7 @@ import torch.distributed as dist
 from scripts.backends import set_backends
 from scripts.data.integrity import check_datalist
 from scripts.locks import lock_folder
-from scripts.networks import ModelFileError, check_model_info
+from scripts.networks import check_model_info, require_model_file
 
 from .inference_plan import InferencePlan
 from .run_folder import prepare_run_folder
@@ -39,15 +39,6 @@ REFINEMENT_HINT = " Set --refine_priorities and --refine_fallback (inference.jso
 def _rank() -> int:
     """This process's global rank (0 without a process group)."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def _require_model(path: str | os.PathLike | None) -> None:
-    """Refuse a missing model file in one line, before the engine would meet it."""
-    if path is not None and not os.path.isfile(path):
-        raise ModelFileError(
-            f"{path}: no such model file; train one first (train.json), or use the shipped model "
-            "(--ckpt_path bundle/models/pretrained/model.pt), or point --ckpt_path to a model.pt."
-        )
 
 
 class TrainingPreflight:
@@ -143,7 +134,7 @@ class EvaluationPreflight:
     def run(self) -> None:
         """Seed and set the backends, check the model's ``model_info`` and the test list."""
         set_backends(seed=self.seed, deterministic=self.deterministic, allow_tf32=self.allow_tf32)
-        _require_model(self.ckpt_path)
+        require_model_file(self.ckpt_path)  # before the engine would meet it
         check_model_info(self.ckpt_path, class_names=self.class_names, intensity_max=self.intensity_max)
         check_datalist(self.datalist, self.num_classes, in_channels=self.in_channels, keys=[self.test_key],
                        intensity_max=self.intensity_max)
@@ -186,7 +177,7 @@ class InferencePreflight:
         """
         if self.refinement is not None:
             self.refinement.check_num_classes(self.num_classes, hint=REFINEMENT_HINT)
-        _require_model(self.ckpt_path)
+        require_model_file(self.ckpt_path)  # before the engine would meet it
         check_model_info(self.ckpt_path, class_names=self.class_names, intensity_max=self.intensity_max)
         lock_folder(self.plan.output_dir, purpose="inference")  # before the old report is read and anything written
         set_backends(seed=0, deterministic=self.deterministic, allow_tf32=self.allow_tf32)
