@@ -8,6 +8,7 @@ tile size are shrunk (a user's session settings), so the network comes from ``mo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -313,3 +314,25 @@ class Server:
                 pass
         finally:
             self._log.close()
+
+
+@contextlib.contextmanager
+def serve_app_copy(root: Path, source: Path, startup_timeout: float):
+    """A real ``monailabel start_server`` on 127.0.0.1 serving the app copy of ``source`` (``make_app_copy``) with
+    a studies folder (``make_studies``), under ``root``; yields the :class:`Server` (``bundle``, ``studies`` and
+    ``shapes`` set) and stops it whatever happens."""
+    root = Path(root)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"),
+               MONAI_LABEL_DATASTORE_FILE_EXT=DATASTORE_EXT, MONAI_LABEL_SESSION_PATH=str(root / "sessions"))
+    app = download_app(sys.executable, root / "apps", env)
+    bundle = make_app_copy(source, app)
+    studies = root / "studies"
+    shapes = make_studies(studies)
+    port = free_port()
+    srv = Server(server_command(sys.executable, app, studies, port), env, root / "server.log", port)
+    try:
+        srv.wait_ready(startup_timeout)
+        srv.bundle, srv.studies, srv.shapes = bundle, studies, shapes
+        yield srv
+    finally:
+        srv.stop()

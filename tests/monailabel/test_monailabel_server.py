@@ -9,8 +9,6 @@ happens (SIGTERM to its process group, SIGKILL after a grace period). Run with t
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 import urllib.parse
 
@@ -24,19 +22,13 @@ pytest.importorskip(
 )
 
 from mlabel_utils import (  # noqa: E402
-    DATASTORE_EXT,
     MODEL_NAME,
     TRAINED_FEATURES,
-    Server,
     class_names,
-    download_app,
-    free_port,
-    load_weights,
     ensure_model_info,
-    make_app_copy,
-    make_studies,
+    load_weights,
     read_image,
-    server_command,
+    serve_app_copy,
 )
 
 pytestmark = [
@@ -53,26 +45,8 @@ TRAIN_TIMEOUT = 300
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, trained_source):
-    root = tmp_path_factory.mktemp("monailabel_server")
-    env = dict(
-        os.environ,
-        PYTHONUNBUFFERED="1",
-        OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"),
-        MONAI_LABEL_DATASTORE_FILE_EXT=DATASTORE_EXT,
-        MONAI_LABEL_SESSION_PATH=str(root / "sessions"),
-    )
-    app = download_app(sys.executable, root / "apps", env)
-    bundle = make_app_copy(trained_source, app)
-    studies = root / "studies"
-    shapes = make_studies(studies)
-    port = free_port()
-    srv = Server(server_command(sys.executable, app, studies, port), env, root / "server.log", port)
-    try:
-        srv.wait_ready(STARTUP_TIMEOUT)
-        srv.bundle, srv.studies, srv.shapes = bundle, studies, shapes
+    with serve_app_copy(tmp_path_factory.mktemp("monailabel_server"), trained_source, STARTUP_TIMEOUT) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_info_lists_model_and_labels(server):

@@ -4,9 +4,7 @@ archived ``models/model.pt``), then ``/infer`` serves the new model."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import sys
 import time
 
 import pytest
@@ -19,16 +17,10 @@ pytest.importorskip(
 
 from mlabel_utils import (  # noqa: E402
     BUNDLE,
-    DATASTORE_EXT,
     MODEL_NAME,
-    Server,
-    download_app,
-    free_port,
     load_weights,
-    make_app_copy,
-    make_studies,
     read_image,
-    server_command,
+    serve_app_copy,
 )
 
 pytestmark = [
@@ -48,20 +40,8 @@ def shipped_server(tmp_path_factory):
         shutil.copytree(BUNDLE / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copy2(BUNDLE / "LICENSE", source / "LICENSE")
     shutil.copytree(BUNDLE / "models" / "pretrained", source / "models" / "pretrained")
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"),
-               MONAI_LABEL_DATASTORE_FILE_EXT=DATASTORE_EXT, MONAI_LABEL_SESSION_PATH=str(root / "sessions"))
-    app = download_app(sys.executable, root / "apps", env)
-    bundle = make_app_copy(source, app)
-    studies = root / "studies"
-    make_studies(studies)
-    port = free_port()
-    srv = Server(server_command(sys.executable, app, studies, port), env, root / "server.log", port)
-    try:
-        srv.wait_ready(STARTUP_TIMEOUT)
-        srv.bundle = bundle
+    with serve_app_copy(root, source, STARTUP_TIMEOUT) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_train_continues_the_shipped_model_then_infer_serves_it(shipped_server):
