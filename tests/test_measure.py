@@ -1,7 +1,8 @@
 """Answers per object (issue 23 §3): the measure step on hand-drawn objects with known counts, areas, perimeters and
 centroids; the object CSV, the instance map, the folder summary; pixel sizes from file metadata; re-runs that skip,
-re-measure changed maps and never replace other settings' measurements silently; and one run through
-``['inference.json', 'measure.json']`` with a tiny model, then ``run measuring`` on its outputs.
+re-measure changed maps and never replace other settings' measurements silently; one run through
+``['inference.json', 'measure.json']`` with a tiny model, then ``run measuring`` on its outputs; the documented
+commands' settings.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from bundle_runner import BUNDLE, CONFIGS, config_arg, run_bundle
+from bundle_runner import BUNDLE, CONFIGS
 from PIL import Image
 
 from scripts.data import read_image, read_pixel_size, write_png
@@ -29,6 +30,7 @@ from scripts.workflows.measurement import MeasurementError, pixel_size_setting, 
 
 NAMES = ["intracellular", "membrane", "glia_extracellular", "mitochondria", "synapse"]
 MITO, SYN = 3, 4
+FEATURES = [4, 8, 16]
 
 
 def _scene():
@@ -87,6 +89,10 @@ def test_connectivity_anisotropic_pixels_and_no_confidence():
     assert [r["area_px"] for r in table.rows] == [16, 1, 1, 36]  # the corner-touching pair: two objects
     assert table.rows[0]["area_um2"] == pytest.approx(16 * 4.0 * 5.0 * 1e-6)
     assert all(r["perimeter_um"] is None and r["mean_confidence"] is None for r in table.rows)  # not square pixels
+    kept = measure_objects(labels, {SYN: "synapse"}, min_area_px=20)  # the 16 px square and the pair are left out
+    assert [(r["id"], r["area_px"], r["centroid_y"]) for r in kept.rows] == [(1, 36, 52.5)]
+    assert set(np.unique(kept.instances)) == {0, 1} and (kept.instances == 1).sum() == 36
+    assert kept.per_class["synapse"] == {"count": 1, "area_px": 36, "confidence_sum": None}
     none = measure_objects(labels, {2: "glia_extracellular"})
     assert none.rows == [] and none.per_class["glia_extracellular"]["count"] == 0 and not none.instances.any()
 
@@ -115,16 +121,19 @@ def test_summary_counts_fractions_and_density():
          "per_class": {"mitochondria": {"count": 4, "area_px": 250, "confidence_sum": 200.0}}}
     b = {"output_name": "b", "image_area_px": 3000, "pixel_size_nm": [10.0, 10.0],
          "per_class": {"mitochondria": {"count": 2, "area_px": 150, "confidence_sum": 60.0}}}
-    rows = summary_rows([a, b], ["mitochondria"])
-    assert [(r["image"], r["count"], r["area_px"]) for r in rows] == [("a", 4, 250), ("b", 2, 150), (ALL_IMAGES, 6, 400)]
-    ra, _, total = rows
+    rows = summary_rows([a, b], ["mitochondria", "synapse"])
+    assert [(r["image"], r["class"], r["count"], r["area_px"]) for r in rows] == [
+        ("a", "mitochondria", 4, 250), ("a", "synapse", 0, 0), ("b", "mitochondria", 2, 150), ("b", "synapse", 0, 0),
+        (ALL_IMAGES, "mitochondria", 6, 400), (ALL_IMAGES, "synapse", 0, 0)]
+    assert all(r["pixel_size_nm"] == "10" for r in rows) and rows[-1]["mean_confidence"] is None
+    ra, total = rows[0], rows[4]
     # 1000 px of 10 x 10 nm = 0.1 µm²: 4 objects -> 40 per µm²
     assert ra["area_fraction"] == 0.25 and ra["image_area_um2"] == pytest.approx(0.1)
     assert ra["count_per_um2"] == pytest.approx(40) and ra["area_um2"] == pytest.approx(0.025)
     assert ra["mean_confidence"] == pytest.approx(0.8) and ra["pixel_size_nm"] == "10"
     assert total["area_fraction"] == 0.1 and total["count_per_um2"] == pytest.approx(6 / 0.4)
     assert total["mean_confidence"] == pytest.approx(260 / 400)
-    unknown = summary_rows([a, {**b, "pixel_size_nm": None}], ["mitochondria"])
+    unknown = summary_rows([a, {**b, "pixel_size_nm": None}], ["mitochondria"])  # one image's pixel size unknown
     assert unknown[1]["count_per_um2"] is None and unknown[2]["count_per_um2"] is None
     assert unknown[2]["area_fraction"] == 0.1 and unknown[2]["pixel_size_nm"] is None
     assert set(rows[0]) == set(SUMMARY_COLUMNS)
@@ -204,18 +213,20 @@ def test_folder_measurement_skips_remeasures_and_refuses_other_settings(tmp_path
     assert first.finish() == {"ok": 2, "skipped": 0, "failed": 0}
     m = out / "measurements"
     rows = _read_csv(m / "a_objects.csv")
-    assert [(r["class"], r["area_px"]) for r in rows] == [
-        ("mitochondria", "100"), ("mitochondria", str(disc_area)), ("synapse", "16"), ("synapse", "2"), ("synapse", "36")]
+    assert [(r["id"], r["class"], r["area_px"]) for r in rows] == [  # the default min area (10 px) drops the pair
+        ("1", "mitochondria", "100"), ("2", "mitochondria", str(disc_area)), ("3", "synapse", "16"), ("4", "synapse", "36")]
     assert rows[0]["area_um2"] == f"{100 * 0.0046 ** 2:.6g}"  # the pixel size of the input file's metadata
     assert float(rows[0]["mean_confidence"]) == pytest.approx(0.8, abs=1 / 255)  # from the uint8 probability map
-    assert np.array_equal(tifffile.imread(m / "a_instances.tif") > 0, np.isin(labels, [MITO, SYN]))
+    objects = np.isin(labels, [MITO, SYN])
+    objects[30, 10] = objects[31, 11] = False  # the pair
+    assert np.array_equal(tifffile.imread(m / "a_instances.tif") > 0, objects)
     summary = _read_csv(m / "summary.csv")
     assert [(r["image"], r["class"], r["count"]) for r in summary] == [
-        ("a", "mitochondria", "2"), ("a", "synapse", "3"), ("b", "mitochondria", "2"), ("b", "synapse", "3"),
-        (ALL_IMAGES, "mitochondria", "4"), (ALL_IMAGES, "synapse", "6")]
+        ("a", "mitochondria", "2"), ("a", "synapse", "2"), ("b", "mitochondria", "2"), ("b", "synapse", "2"),
+        (ALL_IMAGES, "mitochondria", "4"), (ALL_IMAGES, "synapse", "4")]
     um2 = 64 * 96 * 0.0046 ** 2
     assert float(summary[0]["count_per_um2"]) == pytest.approx(2 / um2, rel=1e-5)
-    assert float(summary[1]["area_fraction"]) == pytest.approx(54 / (64 * 96), rel=1e-5)
+    assert float(summary[1]["area_fraction"]) == pytest.approx(52 / (64 * 96), rel=1e-5)
     report = json.loads((m / "measure_report.json").read_text())
     assert report["files"][0]["pixel_size_source"] == "TIFF resolution" and report["finished"]
 
@@ -226,11 +237,11 @@ def test_folder_measurement_skips_remeasures_and_refuses_other_settings(tmp_path
     changed[2:6, 2:6] = 0
     write_png(out / "b_seg.png", changed)
     assert FolderMeasurement(out, NAMES, ["mitochondria", "synapse"]).run().counts() == {"ok": 1, "skipped": 1, "failed": 0}
-    assert (m / "a_objects.csv").stat().st_mtime_ns == before and len(_read_csv(m / "b_objects.csv")) == 4
-    assert [r["count"] for r in _read_csv(m / "summary.csv")][-1] == "5"  # the summary has every image
+    assert (m / "a_objects.csv").stat().st_mtime_ns == before and len(_read_csv(m / "b_objects.csv")) == 3
+    assert [r["count"] for r in _read_csv(m / "summary.csv")][-1] == "3"  # the summary has every image
 
     # other settings are refused before anything is written, unless --overwrite
-    for other in ({"classes": ["mitochondria"]}, {"pixel_size_nm": 5.0}, {"connectivity": 4}):
+    for other in ({"classes": ["mitochondria"]}, {"pixel_size_nm": 5.0}, {"connectivity": 4}, {"min_area_px": 0}):
         settings = {"classes": ["mitochondria", "synapse"], **other}
         with pytest.raises(ConfigError, match="other settings.*--overwrite True replaces them"):
             FolderMeasurement(out, NAMES, **settings).check()
@@ -242,6 +253,9 @@ def test_folder_measurement_skips_remeasures_and_refuses_other_settings(tmp_path
 
 def test_folder_measurement_errors(tmp_path):
     labels, confidence, _ = _scene()
+    for bad in ({"min_area_px": -1}, {"min_area_px": 2.5}, {"connectivity": 6}):
+        with pytest.raises(ConfigError, match="--measure_(min_area_px|connectivity) must be"):
+            FolderMeasurement(tmp_path / "empty", NAMES, **bad).check()
     with pytest.raises(MeasurementError, match="no readable inference_report.json"):
         FolderMeasurement(tmp_path / "empty", NAMES).run()
     out = _output_folder(tmp_path, labels, confidence, class_names=["background", "a", "b", "c", "d"])
@@ -263,56 +277,61 @@ def test_folder_measurement_errors(tmp_path):
 
 # ---------------------------------------------------------------------- through the configs
 def test_inference_with_measure_json_then_measuring_the_outputs(tmp_path):
-    from monai.bundle import ConfigParser, ConfigWorkflow
+    """``run inference`` with ``['inference.json', 'measure.json']`` on a tiny model, then ``run measuring`` on its
+    outputs, through ``monai.bundle.create_workflow`` -- what ``python -m monai.bundle run`` does -- in-process (as
+    tests/test_experiments.py), so that it costs no interpreter start-up."""
+    from monai.bundle import create_workflow
 
-    parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "inference.json"))
-    parser["features"], parser["ckpt_path"] = [4, 8, 16], None
+    from scripts.networks import XNet
+
     torch.manual_seed(0)
-    (tmp_path / "models").mkdir()
-    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "models" / "model.pt")
+    (tmp_path / "models").mkdir()  # inference.json's network (networks#xnet) at the tiny width, no model_info
+    torch.save(XNet(spatial_dims=2, in_channels=1, out_channels=5, features=FEATURES, batch_norm=True).state_dict(),
+               tmp_path / "models" / "model.pt")
     rng = np.random.default_rng(0)
     (tmp_path / "in").mkdir()
     tifffile.imwrite(tmp_path / "in" / "a.tif", rng.integers(0, 256, (48, 64), dtype=np.uint8),
                      resolution=(1e7 / 5.0, 1e7 / 5.0), resolutionunit="CENTIMETER")
     Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)).save(tmp_path / "in" / "b.png")
     out = tmp_path / "out"
-    settings = {"bundle_root": str(tmp_path), "features": [4, 8, 16], "input": str(tmp_path / "in"),
+    files = [str(CONFIGS / "inference.json"), str(CONFIGS / "measure.json")]
+    settings = {"bundle_root": str(tmp_path), "features": FEATURES, "input": str(tmp_path / "in"),
                 "output_dir": str(out), "pictures": False, "progress": False}
-    run_bundle(config_arg("inference.json", "measure.json"), "inference",
-               {**settings, "measure": ["membrane", "mitochondria"]}, timeout=240)
+
+    def run(run_id, **overrides):
+        workflow = create_workflow(config_file=files, run_id=run_id, **{**settings, **overrides})
+        workflow.run()
+        workflow.finalize()
+        return workflow
+
+    run("inference", measure=["membrane", "mitochondria"])
     m = out / "measurements"
     for name, size in (("a", PixelSize(5.0, 5.0, "")), ("b", None)):
         conf = read_probability_map(out / f"{name}_prob.tif").max(0)
-        expected = measure_objects(read_image(out / f"{name}_seg.png"), {1: "membrane", 3: "mitochondria"}, conf, size)
+        expected = measure_objects(read_image(out / f"{name}_seg.png"), {1: "membrane", 3: "mitochondria"}, conf, size,
+                                   min_area_px=10)  # measure.json's default
         rows = _read_csv(m / f"{name}_objects.csv")
         assert len(rows) == len(expected.rows) > 0 and [int(r["area_px"]) for r in rows] == [
             r["area_px"] for r in expected.rows], name
-        assert (rows[0]["area_um2"] != "") == (size is not None), name
+        assert (rows[0]["area_um2"] != "") == (size is not None), name  # a.tif records 5 nm pixels, b.png nothing
         assert np.array_equal(tifffile.imread(m / f"{name}_instances.tif"), expected.instances), name
     summary = _read_csv(m / "summary.csv")
     assert [r["image"] for r in summary] == ["a", "a", "b", "b", ALL_IMAGES, ALL_IMAGES]
     counts = {(r["image"], r["class"]): int(r["count"]) for r in summary}
     assert counts[(ALL_IMAGES, "membrane")] == sum(
         1 for n in "ab" for r in _read_csv(m / f"{n}_objects.csv") if r["class"] == "membrane")
+    assert json.loads((out / "inference_report.json").read_text())["counts"]["ok"] == 2
 
-    # `run measuring` on the outputs: no model, no prediction; other classes only with --overwrite
-    def measuring(**overrides):
-        files = [str(CONFIGS / "inference.json"), str(CONFIGS / "measure.json")]
-        workflow = ConfigWorkflow(config_file=files, workflow_type=None, run_id="measuring",
-                                  **{"output_dir": str(out), "ckpt_path": str(tmp_path / "no_model.pt"), **overrides})
-        workflow.initialize()
-        return workflow.run()
-
+    # `run measuring` on those outputs: no model, no prediction; other classes only with --overwrite
+    (tmp_path / "models" / "model.pt").unlink()
     with pytest.raises(RuntimeError) as refused:  # MONAI's "Failed to evaluate", from the ConfigError
-        measuring(measure=["synapse"])
+        run("measuring", measure=["synapse"])
     assert "other settings" in str(user_error_in(refused.value))
-    measuring(measure=["synapse"], pixel_size_nm=4.6, overwrite=True)
+    run("measuring", measure=["synapse"], pixel_size_nm=4.6, overwrite=True)
     report = json.loads((m / "measure_report.json").read_text())
     assert report["settings"]["classes"] == ["synapse"] and report["counts"] == {"ok": 2, "skipped": 0, "failed": 0}
     assert all(f["pixel_size_source"] == "--pixel_size_nm" for f in report["files"])
-    assert not (tmp_path / "no_model.pt").exists() and sorted(p.name for p in out.glob("*_seg.png")) == ["a_seg.png",
-                                                                                                       "b_seg.png"]
+    assert sorted(p.name for p in out.glob("*_seg.png")) == ["a_seg.png", "b_seg.png"]
 
 
 def test_documented_commands_name_settings_of_the_composed_configs():

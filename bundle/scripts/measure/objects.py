@@ -7,7 +7,8 @@ order they were chosen, then in raster order), ``class``, ``class_index``, ``are
 4-connected, e.g. 36 for a 10 x 10 square, about 2 pi r for a disc), ``perimeter_um`` (square pixels only),
 ``centroid_y``/``centroid_x`` (row and column, pixels, in the image file's orientation) and ``mean_confidence``
 (the mean over its pixels of the maximum softmax probability, as :func:`scripts.transforms.confidence_map`). The µm
-columns are empty when the pixel size is unknown, ``mean_confidence`` without a probability map.
+columns are empty when the pixel size is unknown, ``mean_confidence`` without a probability map. Objects smaller
+than ``min_area_px`` (prediction speckle) are left out.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def measure_objects(
     confidence: np.ndarray | None = None,
     pixel_size: PixelSize | None = None,
     connectivity: int = 8,
+    min_area_px: int = 0,
 ) -> ObjectTable:
     """Find and measure the connected objects of each class of ``classes`` in ``labels``.
 
@@ -68,6 +70,7 @@ def measure_objects(
         confidence: ``(H, W)`` maximum softmax probability per pixel (``None``: no ``mean_confidence``).
         pixel_size: for the µm columns (``None``: left empty).
         connectivity: 4 or 8: which neighbours join pixels of one class into one object.
+        min_area_px: objects of fewer pixels are left out (of the rows, the instance map and the counts).
 
     Returns:
         An :class:`ObjectTable`.
@@ -84,6 +87,8 @@ def measure_objects(
             raise ValueError(f"the confidence map has shape {confidence.shape}, the label map {labels.shape}.")
     if connectivity not in (4, 8):
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity}.")
+    if min_area_px < 0:
+        raise ValueError(f"min_area_px must be >= 0, got {min_area_px}.")
     properties = ["label", "area", "perimeter", "centroid"] + (["intensity_mean"] if confidence is not None else [])
     px_um2 = pixel_size.area_um2 if pixel_size else None
     px_um = pixel_size.x_nm * 1e-3 if pixel_size and pixel_size.isotropic else None
@@ -93,6 +98,11 @@ def measure_objects(
     for index, name in classes.items():
         objects, n = label(labels == index, connectivity=1 if connectivity == 4 else 2, return_num=True)
         area_sum, conf_sum = 0, None if confidence is None else 0.0
+        if n and min_area_px > 1:  # renumber the kept objects 1..n
+            kept = np.flatnonzero(np.bincount(objects.ravel(), minlength=n + 1)[1:] >= min_area_px) + 1
+            lut = np.zeros(n + 1, objects.dtype)
+            lut[kept] = np.arange(1, kept.size + 1)
+            objects, n = lut[objects], int(kept.size)
         if n:
             props = regionprops_table(objects, intensity_image=confidence, properties=properties)
             first = len(rows)

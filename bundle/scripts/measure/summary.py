@@ -68,6 +68,7 @@ def summary_rows(records: Sequence[dict], classes: Sequence[str]) -> list[dict]:
     if records:
         known = all(r.get("pixel_size_nm") for r in records)
         sizes = {_pixel_size_text(r.get("pixel_size_nm")) for r in records}
+        size_text = next(iter(sizes)) if len(sizes) == 1 else None
         for name in classes:
             per = [(r["per_class"].get(name, {}), r.get("pixel_size_nm")) for r in records]
             conf = [c.get("confidence_sum") for c, _ in per]
@@ -77,6 +78,6 @@ def summary_rows(records: Sequence[dict], classes: Sequence[str]) -> list[dict]:
                 sum(_um2(c.get("area_px", 0), s) for c, s in per) if known else None,
                 sum(_um2(r["image_area_px"], r["pixel_size_nm"]) for r in records) if known else None,
                 sum(conf) if all(v is not None for v in conf) else None,
-                sizes.pop() if len(sizes) == 1 else None,
+                size_text,
             ))
     return rows

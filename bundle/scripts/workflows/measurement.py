@@ -16,8 +16,8 @@ The pixel size is ``pixel_size_nm`` when set, else what the input image file rec
 
 Re-runs, as inference: an image measured earlier from the same label and probability maps (sha256) with the same
 pixel size is skipped; one whose maps changed (predicted again, e.g. by another model) is measured again.
-Measurements made with other settings (classes, connectivity, ``pixel_size_nm``) are never replaced silently:
-:meth:`check` refuses before anything runs, unless ``overwrite``.
+Measurements made with other settings (classes, connectivity, minimum area, ``pixel_size_nm``) are never replaced
+silently: :meth:`check` refuses before anything runs, unless ``overwrite``.
 """
 
 from __future__ import annotations
@@ -145,6 +145,7 @@ class FolderMeasurement:
         classes: the classes to measure, names or indices (``None``: all).
         pixel_size_nm: nm per pixel, a number or ``[height, width]``; ``None``: each input file's metadata.
         connectivity: 4 or 8 (default): the neighbours that join pixels into one object.
+        min_area_px: objects of fewer pixels (prediction speckle) are left out (default 10; 0 keeps all).
         measure_dir: where the measurements go (default ``<output_dir>/measurements``).
         overwrite: replace measurements made with other settings, and measure every image again.
     """
@@ -156,6 +157,7 @@ class FolderMeasurement:
         classes: Any = None,
         pixel_size_nm: Any = None,
         connectivity: int = 8,
+        min_area_px: int = 10,
         measure_dir: str | os.PathLike | None = None,
         overwrite: bool = False,
     ) -> None:
@@ -163,6 +165,7 @@ class FolderMeasurement:
         self.measure_dir = Path(measure_dir) if measure_dir is not None else self.output_dir / "measurements"
         self.class_names = list(class_names)
         self.classes_setting, self.pixel_size_nm, self.connectivity = classes, pixel_size_nm, connectivity
+        self.min_area_px = min_area_px
         self.overwrite = bool(overwrite)
         self.classes: dict[int, str] = {}
         self.pixel_size: PixelSize | None = None
@@ -175,7 +178,7 @@ class FolderMeasurement:
     def settings(self) -> dict:
         """What the measurements depend on besides the maps: recorded, and compared with an earlier run's."""
         return {"classes": list(self.classes.values()), "class_indices": list(self.classes),
-                "connectivity": self.connectivity,
+                "connectivity": self.connectivity, "min_area_px": self.min_area_px,
                 "pixel_size_nm": self.pixel_size.as_setting() if self.pixel_size else None}
 
     def check(self) -> FolderMeasurement:
@@ -190,6 +193,8 @@ class FolderMeasurement:
         self.pixel_size = pixel_size_setting(self.pixel_size_nm)
         if self.connectivity not in (4, 8):
             raise ConfigError(f"--measure_connectivity must be 4 or 8, got {self.connectivity!r}.")
+        if isinstance(self.min_area_px, bool) or not isinstance(self.min_area_px, int) or self.min_area_px < 0:
+            raise ConfigError(f"--measure_min_area_px must be a whole number of pixels >= 0, got {self.min_area_px!r}.")
         lock_folder(self.output_dir, purpose="measurement")
         remove_leftovers(self.measure_dir)
         earlier = _read_json(self.measure_dir / MEASURE_REPORT) or {}
@@ -197,8 +202,9 @@ class FolderMeasurement:
             was = earlier["settings"]
             raise ConfigError(
                 f"{self.measure_dir} holds measurements made with other settings (measure={was.get('classes')}, "
-                f"measure_connectivity={was.get('connectivity')}, pixel_size_nm={was.get('pixel_size_nm')}; now "
-                f"{self.settings['classes']}, {self.connectivity}, {self.settings['pixel_size_nm']}): "
+                f"measure_connectivity={was.get('connectivity')}, measure_min_area_px={was.get('min_area_px')}, "
+                f"pixel_size_nm={was.get('pixel_size_nm')}; now {self.settings['classes']}, {self.connectivity}, "
+                f"{self.min_area_px}, {self.settings['pixel_size_nm']}): "
                 "--overwrite True replaces them, --measure_dir another folder keeps them. Nothing was run."
             )
         self._earlier = {} if self.overwrite else {
@@ -261,7 +267,8 @@ class FolderMeasurement:
                         "as the inference run, or --class_names)."
                     )
                 confidence = read_probability_map(prob).max(axis=0)
-            table = measure_objects(read_image(seg), self.classes, confidence, size, self.connectivity)
+            table = measure_objects(read_image(seg), self.classes, confidence, size, self.connectivity,
+                                    self.min_area_px)
             write_csv(self.measure_dir / row["outputs"][0], OBJECT_COLUMNS, table.rows)
             write_instance_map(self.measure_dir / row["outputs"][1], table.instances, size)
             row.update(status="ok", image_area_px=table.image_area_px, objects=len(table.rows),
