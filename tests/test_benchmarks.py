@@ -229,3 +229,36 @@ def test_every_torch_load_says_weights_only():
                     calls.append((rel, node.lineno, value is True or (value is False and rel in allowed_false)))
     assert any(rel == "benchmarks/inference_benchmark.py" for rel, _, _ in calls)
     assert [c for c in calls if not c[2]] == []
+
+
+def test_measure_objects_scores_known_predictions(tmp_path):
+    """Labels: a 10 x 10 mitochondrion, a 6 x 6 one and a 4 x 4 synapse; prediction: the first mitochondrion, a
+    false one elsewhere, the synapse: mitochondria 1 of 2 matched both ways, the synapse found."""
+    from scripts.data import write_png
+    from scripts.workflows import FolderMeasurement
+
+    labels = np.zeros((40, 50), np.uint8)
+    labels[2:12, 2:12] = 3
+    labels[20:26, 30:36] = 3
+    labels[30:34, 5:9] = 4
+    pred = labels.copy()
+    pred[20:26, 30:36] = 0
+    pred[2:8, 40:46] = 3
+    write_png(tmp_path / "labels" / "a.png", labels)
+    write_png(tmp_path / "in" / "a.png", np.zeros_like(labels))
+    write_png(tmp_path / "out" / "a_seg.png", pred)
+    (tmp_path / "datalist.json").write_text(json.dumps({"testing": [{"image": "in/a.png", "label": "labels/a.png"}]}))
+    (tmp_path / "out" / "inference_report.json").write_text(json.dumps({"files": [
+        {"input": str(tmp_path / "in" / "a.png"), "output_name": "a", "status": "ok", "outputs": ["a_seg.png"]}]}))
+    names = ["intracellular", "membrane", "glia_extracellular", "mitochondria", "synapse"]
+    FolderMeasurement(tmp_path / "out", names, ["mitochondria", "synapse"], pixel_size_nm=10.0).run().finish()
+    out = tmp_path / "r.json"
+    r = load("measure_objects").main(["--output_dir", str(tmp_path / "out"), "--datalist", str(tmp_path / "datalist.json"),
+                                      "--json", str(out)])
+    assert json.loads(out.read_text())["classes"] == r["classes"] and r["images"] == 1
+    mito, syn = r["classes"]["mitochondria"], r["classes"]["synapse"]
+    assert (mito["gt_count"], mito["pred_count"], mito["matched"]) == (2, 2, 1)
+    assert mito["precision"] == mito["recall"] == mito["f1"] == 0.5
+    assert mito["gt_area_fraction"] == 136 / 2000 and mito["pred_area_fraction"] == 136 / 2000
+    assert mito["gt_per_um2"] == pytest.approx(2 / (2000 * 1e-4))  # 2000 px of 10 x 10 nm = 0.2 µm²
+    assert (syn["gt_count"], syn["pred_count"], syn["matched"], syn["f1"]) == (1, 1, 1, 1.0)

@@ -1,5 +1,5 @@
 """The documented commands stay honest: the fenced ``bash`` commands of README.md, the user manual, the experiments
-record and the benchmarks' README are extracted, every file they name must exist in the repository, and the cheap
+record, the benchmarks' README and the measure page are extracted, every file they name must exist in the repository, and the cheap
 ones of the manual run as written (``verify_metadata`` offline with the shipped schema; ``ckpt_export`` with a tiny
 model as the only change).
 """
@@ -20,7 +20,7 @@ from bundle_runner import REPO
 pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated")
 
 DOCS = [REPO / "README.md", REPO / "bundle" / "docs" / "README.md", REPO / "bundle" / "docs" / "experiments.md",
-        REPO / "benchmarks" / "README.md"]
+        REPO / "benchmarks" / "README.md", REPO / "bundle" / "docs" / "measure.md"]
 #: Programs a documented command may start with.
 PROGRAMS = ("python", "python3", ".venv/bin/python", "bash", "source", "monailabel", "curl", "export", "cd", "torchrun", "sha256sum", "mkdir")
 #: Repository files named in commands: configs, tools, schemas.

@@ -19,6 +19,7 @@ Sub-packages, one concept each:
 - ``scripts.cli`` / ``scripts.overrides`` / ``scripts.locks``: every workflow's first step (``scripts.start_run``:
   the error hook, mistyped command-line overrides refused); one run per folder (an exclusive lock).
 - ``scripts.visualize``: overlays, confidence maps, feature maps, training curves, HTML gallery.
+- ``scripts.measure``: answers per object (counts, areas, perimeters, densities per µm²) from label maps.
 """
 
 import json

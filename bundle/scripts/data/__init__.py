@@ -1,4 +1,4 @@
-"""Data: class map, 2D image I/O and headers, datalists, synthetic EM-like data, dataset preparation, integrity
+"""Data: class map, 2D image I/O, headers and pixel sizes, datalists, synthetic EM-like data, dataset preparation, integrity
 checks, the intensity rule, and loading that names the file that fails.
 
 Command line: ``python -m scripts.data.prepare {drosophila,folders,synthetic,check} ...``.
@@ -12,6 +12,7 @@ from .header import ImageHeader, read_header
 from .integrity import DatasetError, check_datalist
 from .loading import NamingCompose, ThreadDataLoader, collate_naming_files, item_name
 from .intensity import INTENSITY_RULES, IntensityScaling, intensity_scaling
+from .pixel_size import PixelSize, read_pixel_size
 from .io import SUPPORTED_EXTENSIONS, file_stem, has_alpha, image_extension, read_image, to_uint8, write_png
 from .synthetic import ensure_synthetic_dataset, generate_dataset, make_sample
 
@@ -30,6 +31,7 @@ __all__ = [
     "INTENSITY_RULES",
     "ImageHeader",
     "IntensityScaling",
+    "PixelSize",
     "intensity_scaling",
     "read_header",
     "check_datalist",
@@ -49,6 +51,7 @@ __all__ = [
     "prepare_drosophila",
     "prepare_folders",
     "read_image",
+    "read_pixel_size",
     "section_folds",
     "to_uint8",
     "write_json",
