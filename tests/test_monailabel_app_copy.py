@@ -40,3 +40,23 @@ def test_app_copy_serves_the_trained_model_else_the_shipped_one(tmp_path):
     assert (tool.make_app_copy(app, "cellseg", bundle=src) / "models" / "model.pt").read_bytes() == b"trained"
     src, app = _source_bundle(tmp_path / "c", trained=None, pretrained=None)
     assert not (tool.make_app_copy(app, "cellseg", bundle=src) / "models" / "model.pt").exists()
+
+
+def test_app_copy_installs_the_request_checks_once(tmp_path):
+    """The sample app's main.py gets the two lines that wrap MyApp (once, however often the tool runs) and
+    lib/cellseg_checks.py; a main.py without the sample app's class is left alone (the tool says so)."""
+    tool = _tool()
+    src, app = _source_bundle(tmp_path, trained=b"trained", pretrained=None)
+    sample = "from monailabel.interfaces.app import MONAILabelApp\n\n\nclass MyApp(MONAILabelApp):\n    pass\n"
+    (app / "main.py").write_text(sample)
+    tool.make_app_copy(app, "cellseg", bundle=src)
+    tool.make_app_copy(app, "cellseg", bundle=src)
+    main_py = (app / "main.py").read_text()
+    assert main_py.startswith(sample) and main_py.count("MyApp = with_checks(MyApp)") == 1
+    assert (app / "lib" / "cellseg_checks.py").read_text() == (REPO / "tools" / "monailabel_checks.py").read_text()
+    assert (app / "lib" / "__init__.py").is_file()
+
+    other = tmp_path / "other"
+    src, app = _source_bundle(other, trained=b"trained", pretrained=None)
+    assert tool.main(["--app", str(app), "--name", "cellseg", "--bundle", str(src)]) == 0
+    assert (app / "main.py").read_text() == "# a MONAI Label app\n" and not (app / "lib").exists()

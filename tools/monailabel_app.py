@@ -23,6 +23,12 @@ so what the app needs is written into the copy's two files (the source bundle is
   uploads included, would leave ``outputs/<name>_prob.tif`` behind). ``network_def`` already builds the network
   from ``model.pt``.
 
+Into the app itself (once; a later run refreshes the module): ``lib/cellseg_checks.py`` (``tools/monailabel_checks.py``)
+and two lines at the end of ``main.py`` (``MyApp = with_checks(MyApp)``, delete them to undo), so that requests the
+server cannot serve (an unknown model or image id, a file that is not an image, an unknown ``/train`` parameter) get
+HTTP 4xx with the reason instead of MONAI Label's bare 500, before anything changes. A ``main.py`` without the sample
+app's ``class MyApp(MONAILabelApp)`` is left as it is (the tool says so).
+
 An existing ``<app>/model/<name>/`` is replaced. Exit status 1 with one message when something is missing.
 """
 
@@ -33,7 +39,8 @@ import shutil
 import sys
 from pathlib import Path
 
-__all__ = ["INFERENCE_OVERRIDES", "NETWORK_FIRST", "PREFLIGHT", "TRAIN_OVERRIDES", "make_app_copy", "main"]
+__all__ = ["INFERENCE_OVERRIDES", "MAIN_PY_HOOK", "NETWORK_FIRST", "PREFLIGHT", "TRAIN_OVERRIDES", "install_checks",
+           "make_app_copy", "main"]
 
 #: Written into the copy's train.json: continue the model in models/model.pt (MONAI Label's "pretrained").
 TRAIN_OVERRIDES = {
@@ -58,6 +65,18 @@ PREFLIGHT = "$@preflight.run()"
 SHIPPED_RECIPE = "recipes/shipped.json"
 #: Written into the copy's inference.json.
 INFERENCE_OVERRIDES = {"save_probabilities": False}
+#: The app code that answers requests the server cannot serve with HTTP 4xx, and where it goes in the app.
+CHECKS_SOURCE = Path(__file__).resolve().with_name("monailabel_checks.py")
+CHECKS_MODULE = Path("lib") / "cellseg_checks.py"
+#: The sample app's class, which the lines appended to its main.py (:data:`MAIN_PY_HOOK`) wrap.
+APP_CLASS = "class MyApp(MONAILabelApp):"
+MAIN_PY_HOOK = """
+# Added by the cellseg bundle's tools/monailabel_app.py (delete these lines to undo): requests the server cannot
+# serve get HTTP 4xx with the reason, before anything changes (lib/cellseg_checks.py).
+from lib.cellseg_checks import with_checks  # noqa: E402
+
+MyApp = with_checks(MyApp)
+"""
 
 
 def _merged(files: list[Path], overrides: dict) -> dict:
@@ -98,6 +117,23 @@ def _stand_in_loader(parser) -> None:
         "load_dict": {"model": "@network"},
     })
     parser["train#handlers"] = handlers
+
+
+def install_checks(app: Path) -> bool:
+    """Put :data:`CHECKS_MODULE` into the app and append :data:`MAIN_PY_HOOK` to its ``main.py`` (once); ``False``
+    (nothing changed) when ``main.py`` has no :data:`APP_CLASS`."""
+    main_py = Path(app) / "main.py"
+    text = main_py.read_text()
+    if APP_CLASS not in text:
+        return False
+    module = Path(app) / CHECKS_MODULE
+    module.parent.mkdir(exist_ok=True)
+    if not (module.parent / "__init__.py").is_file():
+        (module.parent / "__init__.py").write_text("")
+    shutil.copy2(CHECKS_SOURCE, module)
+    if MAIN_PY_HOOK.strip() not in text:
+        main_py.write_text(text.rstrip("\n") + "\n\n" + MAIN_PY_HOOK)
+    return True
 
 
 def make_app_copy(app: Path, name: str, bundle: Path = Path("bundle"), merge: list[Path] | None = None) -> Path:
@@ -145,6 +181,7 @@ def make_app_copy(app: Path, name: str, bundle: Path = Path("bundle"), merge: li
     ConfigParser.export_config_file(train, str(configs / "train.json"), fmt="json", indent=4)
     inference = _merged([configs / "inference.json"], INFERENCE_OVERRIDES)
     ConfigParser.export_config_file(inference, str(configs / "inference.json"), fmt="json", indent=4)
+    install_checks(app)
     return dst
 
 
@@ -164,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     model = dst / "models" / "model.pt"
     print(f"{dst}: configs, scripts, " + ("models/model.pt" if model.is_file() else "no model.pt yet (train first, "
           "or train in MONAI Label and restart the server to offer inference)"))
+    if MAIN_PY_HOOK.strip() in (Path(args.app) / "main.py").read_text():
+        print(f"{Path(args.app) / 'main.py'}: requests the server cannot serve get HTTP 4xx ({CHECKS_MODULE})")
+    else:
+        print(f"note: {Path(args.app) / 'main.py'} has no `{APP_CLASS}`: requests it cannot serve get MONAI Label's "
+              "HTTP 500 (no checks installed)", file=sys.stderr)
     return 0
 
 

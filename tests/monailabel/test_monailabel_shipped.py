@@ -1,9 +1,13 @@
 """MONAI Label with the shipped model, driven by MONAI Label's own client (``MONAILabelClient``), as a viewer would:
-``/train`` continues the shipped U-Net with its own recipe (v0.7.1 met the app's X-Net loss, failed, and had already
-archived ``models/model.pt``), then ``/infer`` serves the new model."""
+requests the server cannot serve get HTTP 4xx with a one-line reason and change nothing (v0.7.1: bare HTTP 500, a
+``.txt`` upload listed in the datastore, unknown ``/train`` keys ignored); ``/train`` continues the shipped U-Net
+with its own recipe (v0.7.1 met the app's X-Net loss, failed, and had already archived ``models/model.pt``), then
+``/infer`` serves the new model."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import time
 
@@ -44,13 +48,102 @@ def shipped_server(tmp_path_factory):
         yield srv
 
 
-def test_train_continues_the_shipped_model_then_infer_serves_it(shipped_server):
+def _refused(call) -> tuple[int, str]:
+    """``(HTTP status, detail)`` of a request the server refuses (``MONAILabelClient`` raises with both in ``msg``)."""
+    from monailabel.client.client import MONAILabelClientException
+
+    with pytest.raises(MONAILabelClientException) as caught:
+        call()
+    match = re.fullmatch(r"Status: (\d+); Response: (.*)", caught.value.msg, re.S)
+    assert match, caught.value.msg
+    body = match.group(2)
+    detail = json.loads(body)["detail"] if body.startswith("{") else body
+    assert "\n" not in detail, detail
+    return int(match.group(1)), detail
+
+
+def _state(srv, client) -> dict:
+    """What a refused request must leave as it was: the datastore, the studies folder, the served model, the archive
+    and the last training task."""
+    from monailabel.client.client import MONAILabelClientException
+
+    try:
+        task = client.train_status().get("id")
+    except MONAILabelClientException:  # no training task yet
+        task = None
+    archive = srv.bundle / "archive"
+    return {
+        "datastore": sorted(client.datastore()["objects"]),
+        "studies": sorted(str(p.relative_to(srv.studies)) for p in srv.studies.rglob("*") if p.suffix != ".lock"),
+        "model.pt": (srv.bundle / "models" / "model.pt").read_bytes(),
+        "archive": sorted(str(p) for p in archive.rglob("*")) if archive.is_dir() else [],
+        "train task": task,
+    }
+
+
+@pytest.fixture
+def client(shipped_server):
     from monailabel.client import MONAILabelClient
 
+    return MONAILabelClient(f"http://127.0.0.1:{shipped_server.port}")
+
+
+@pytest.fixture
+def not_images(tmp_path):
+    """A ``.txt`` file and a ``.png`` file holding text."""
+    (tmp_path / "notes.txt").write_text("not an image\n")
+    (tmp_path / "fake.png").write_text("not an image either\n")
+    return tmp_path / "notes.txt", tmp_path / "fake.png"
+
+
+def test_infer_errors_reach_the_client_as_4xx_with_the_reason(shipped_server, client, not_images):
+    """Unknown image id, unknown model, a non-image uploaded to /infer (v0.7.1: 500 "Internal Server Error")."""
+    text, fake_png = not_images
+    before = _state(shipped_server, client)
+    status, detail = _refused(lambda: client.infer(MODEL_NAME, "no_such_image", {}))
+    assert status == 404 and "no_such_image" in detail and "datastore" in detail
+    status, detail = _refused(lambda: client.infer("no_such_model", "wide", {}))
+    assert status == 404 and "no_such_model" in detail and MODEL_NAME in detail
+    status, detail = _refused(lambda: client.infer(MODEL_NAME, "", {}, file=str(text)))
+    assert status == 415 and ".txt" in detail and ".png" in detail
+    status, detail = _refused(lambda: client.infer(MODEL_NAME, "", {}, file=str(fake_png)))
+    assert status == 415 and "cannot be read" in detail
+    assert _state(shipped_server, client) == before
+    label_file, _ = client.infer(MODEL_NAME, "wide", {})  # the server still serves
+    assert read_image(label_file).shape == (64, 96)
+
+
+def test_upload_of_a_non_image_is_refused_naming_the_accepted_extensions(shipped_server, client, not_images):
+    """v0.7.1 took a ``.txt`` upload (200) and listed it in the datastore; now nothing reaches the studies folder."""
+    text, fake_png = not_images
+    before = _state(shipped_server, client)
+    status, detail = _refused(lambda: client.upload_image(str(text), "notes"))
+    assert status == 415 and "'notes'" in detail and ".txt" in detail
+    assert all(ext in detail for ext in (".png", ".jpg", ".tif", ".tiff")), "names the accepted extensions"
+    status, detail = _refused(lambda: client.upload_image(str(fake_png), "fake"))
+    assert status == 415 and "not a readable image" in detail
+    assert _state(shipped_server, client) == before
+
+
+def test_unknown_train_parameters_are_refused_naming_the_known_ones(shipped_server, client):
+    """v0.7.1 started a training with ``bogus_key`` (ignored); now no task starts and nothing is archived."""
+    before = _state(shipped_server, client)
+    status, detail = _refused(lambda: client.train_start(MODEL_NAME, {"bogus_key": 1, "max_epoch": 1}))
+    assert status == 422 and "bogus_key" in detail and "did you mean 'max_epochs'?" in detail
+    assert "known: " in detail and "val_split" in detail, "names the known parameters"
+    status, detail = _refused(lambda: client.train_start(MODEL_NAME, {"pretrained": False}))
+    assert status == 422 and "model.pt" in detail
+    status, detail = _refused(lambda: client.train_start("no_such_model", {"max_epochs": 1}))
+    assert status == 404 and MODEL_NAME in detail
+    status, detail = _refused(lambda: client.train_start("", {MODEL_NAME: {"bogus_key": 1}}))  # POST /train/
+    assert status == 422 and "bogus_key" in detail
+    assert _state(shipped_server, client) == before, "no training task, model.pt and archive/ as they were"
+
+
+def test_train_continues_the_shipped_model_then_infer_serves_it(shipped_server, client):
     model_pt = shipped_server.bundle / "models" / "model.pt"
     shipped = load_weights(BUNDLE / "models" / "pretrained" / "model.pt")
     assert load_weights(model_pt).keys() == shipped.keys()
-    client = MONAILabelClient(f"http://127.0.0.1:{shipped_server.port}")
     client.train_start(MODEL_NAME, {"max_epochs": 1, "val_split": 0.4})
     deadline = time.time() + TRAIN_TIMEOUT
     status = {}
