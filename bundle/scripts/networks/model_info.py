@@ -37,6 +37,16 @@ def describe_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> l
             if saved.get(k, "<absent>") != current.get(k, "<absent>")]
 
 
+def _plain(value: Any) -> Any:
+    """``value`` with NumPy scalars and tuples turned into Python numbers and lists (a ``model.pt`` is read with
+    ``weights_only=True``, which refuses anything else)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.item() if hasattr(value, "item") and not isinstance(value, (str, bytes)) else value
+
+
 class ModelInfo:
     """The ``model_info`` entry of a checkpoint, for Ignite's ``Checkpoint``/MONAI's ``CheckpointSaver`` and
     ``CheckpointLoader``.
@@ -68,7 +78,7 @@ class ModelInfo:
         self.intensity_max = intensity_max
         self.patch_size = None if patch_size is None else [int(p) for p in patch_size]
         self.source = source
-        self.intensity_statistics = None if intensity_statistics is None else dict(intensity_statistics)
+        self.intensity_statistics = None if intensity_statistics is None else _plain(dict(intensity_statistics))
         self.loaded: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
