@@ -3,7 +3,7 @@ the ``auto`` intensity rule of v0.8.0 (a model without ``intensity_statistics``)
 training statistics), through the bundle's inference workflow.
 
 For every 8-bit image (the first ``--per-key`` images of each ``--keys`` list of ``--datalist``) it writes the
-original (PNG, 8-bit) and three copies of the same picture:
+original (PNG, 8-bit; its central ``--crop`` x ``--crop`` pixels when given) and three copies of the same picture:
 
 - ``x257``: uint16 TIFF, value x 257 (0..255 onto 0..65535);
 - ``float01``: float32 TIFF, value / 255 (0..1);
@@ -22,7 +22,7 @@ random weights mean nothing).
 Usage::
 
     python benchmarks/bit_depth.py --datalist /work/dros/datalist_fold0.json --keys testing_sections unlabelled \\
-        --per-key 4 [--ckpt bundle/models/pretrained/model.pt] [--work-dir DIR] [--json out.json]
+        --per-key 4 [--crop 256] [--ckpt bundle/models/pretrained/model.pt] [--work-dir DIR] [--json out.json]
 """
 
 from __future__ import annotations
@@ -55,14 +55,18 @@ VARIANTS = {
 }
 
 
-def write_inputs(images: list[Path], folder: Path) -> list[str]:
-    """The originals and their copies in ``folder``; returns the images' names (file stems)."""
+def write_inputs(images: list[Path], folder: Path, crop: int | None = None) -> list[str]:
+    """The originals (their central ``crop`` x ``crop`` pixels when given) and their copies in ``folder``; returns the
+    images' names (file stems)."""
     folder.mkdir(parents=True, exist_ok=True)
     names = []
     for path in images:
         image = read_image(path)
         if image.dtype != np.uint8 or image.ndim != 2:
             raise ValueError(f"{path}: a grey 8-bit image is needed (got {image.dtype}, shape {image.shape}).")
+        if crop:
+            y, x = ((n - crop) // 2 for n in image.shape)
+            image = image[max(y, 0):max(y, 0) + crop, max(x, 0):max(x, 0) + crop]
         name = Path(path).stem
         write_png(folder / f"{name}.png", image)
         for variant, (convert, suffix) in VARIANTS.items():
@@ -124,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--datalist", type=Path, help="a datalist whose lists hold 8-bit grey images")
     parser.add_argument("--keys", nargs="+", default=["testing_sections"], help="its lists to take images from")
     parser.add_argument("--per-key", type=int, default=4, help="images per list (the first ones)")
+    parser.add_argument("--crop", type=int, help="use the central crop x crop pixels of each image")
     parser.add_argument("--ckpt", type=Path, default=REPO / "bundle" / "models" / "pretrained" / "model.pt")
     parser.add_argument("--synthetic", type=int, default=0, help="N synthetic images and a random model instead")
     parser.add_argument("--size", type=int, default=64, help="--synthetic: image size")
@@ -149,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
             images = [Path(item["image"]) for key in args.keys
                       for item in load_decathlon_datalist(str(args.datalist), data_list_key=key)[: args.per_key]]
             ckpt = args.ckpt
-        names = write_inputs(images, work / "input")
+        names = write_inputs(images, work / "input", args.crop)
         old = without_statistics(ckpt, work / "model_v080" / "model.pt")
         runs = {rule: run_inference(work, model, work / "input", work / f"out_{rule}")
                 for rule, model in (("v0.8.0", old), ("current", ckpt))}
@@ -180,6 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ckpt": str(ckpt),
         "intensity_statistics": statistics,
         "images": [str(p) for p in images],
+        "crop": args.crop,
         "originals_identical_under_both_rules": originals_equal,
         "rows": rows,
         "summary": summary,
