@@ -91,6 +91,20 @@ def test_folder_throughput(tmp_path):
         assert run["images"] == 3 and run["images_per_s"] > 0 and run["counts"]["ok"] == 3
 
 
+def test_bit_depth(tmp_path):
+    """Both runs predict every copy; the 8-bit originals are scaled as in training and identical under both rules;
+    the copies are 'matched' with the statistics and follow v0.8.0's rule without (percentiles for 16 bits, /255
+    for float)."""
+    out = tmp_path / "bit_depth.json"
+    r = load("bit_depth").main(["--synthetic", "1", "--size", "64", "--features", "4", "8", "--work-dir", str(tmp_path),
+                                "--json", str(out)])
+    assert json.loads(out.read_text()) == r and r["originals_identical_under_both_rules"]
+    assert [row["variant"] for row in r["rows"]] == ["x257", "float01", "u16_1000_5000"]
+    assert [row["v0.8.0"]["rule"] for row in r["rows"]] == ["percentile", "model", "percentile"]
+    assert all(row["current"]["rule"] == "matched" and 0.0 <= row["current"]["agreement"] <= 1.0 for row in r["rows"])
+    assert r["intensity_statistics"]["dtypes"] == ["uint8"] and r["intensity_statistics"]["images"] == 1
+
+
 def test_evaluate_refinement(tmp_path):
     out = tmp_path / "refinement.json"
     load("evaluate_refinement").main(["--num-test", "2", "--size", "64", "--work-dir", str(tmp_path), "--set",

@@ -34,12 +34,20 @@ def test_training_writes_checkpoints_and_logs(trained):
     assert set(state) == {"model", "model_info"}, "model.pt: the network's state_dict and what built it"
     assert any(k.endswith("weight") for k in state["model"])
     assert state["model_info"]["network"]["features"] == TINY["features"]
+    # the training images' intensity statistics (issue 23): their median 0.5/99.5 percentiles on the 0..1 input
+    items = json.loads((root / "data" / "synthetic" / "datalist.json").read_text())["training"]
+    per_image = [np.percentile(np.asarray(Image.open(root / "data" / "synthetic" / i["image"])) / 255.0, (0.5, 99.5))
+                 for i in items]
+    assert state["model_info"]["intensity_statistics"] == {
+        "percentiles": [0.5, 99.5], "range": pytest.approx(list(np.median(per_image, axis=0))), "dtypes": ["uint8"],
+        "images": TINY["synthetic#num_train"]}
     resumable = list((root / "models").glob("checkpoint_epoch=*.pt"))
     assert [p.name for p in resumable] == ["checkpoint_epoch=2.pt"]
     ckpt = torch.load(resumable[0], map_location="cpu", weights_only=False)
     assert {"model_info", "model", "optimizer", "trainer", "lr_scheduler", "best_model_saver", "early_stop",
             "random_states", "time_budget"} <= set(ckpt)
     assert ckpt["time_budget"] == {"used_s": 0.0, "epoch_s": None}  # no --time_budget_s
+    assert ckpt["model_info"]["intensity_statistics"] == state["model_info"]["intensity_statistics"]
     assert ckpt["trainer"]["iteration"] == 4  # 2 epochs x 2 iterations
     assert list((root / "logs").glob("events.out.tfevents.*")), "TensorBoard events expected"
     assert "val_mean_iou" in proc.stdout + proc.stderr

@@ -125,6 +125,29 @@ def test_infer_task_ignores_missing_label_key(infer_task, studies):
     assert tuple(data["image"].shape) == (1, 96, 64), "MONAI's (C, W, H) layout inside the pipeline"
 
 
+def test_infer_task_maps_other_bit_depths_as_cli_inference_does(infer_task, tiny_bundle, studies, tmp_path):
+    """A uint16 copy (x 257) of an image: MONAI Label's pipeline (no pre-flight) maps its percentiles onto the
+    training images' recorded in model.pt (the 'matched' scaling of the CLI pre-flight), not onto 0..1."""
+    import tifffile
+
+    root, _ = studies
+    image = read_image(root / "wide.png")
+    tifffile.imwrite(tmp_path / "wide16.tif", image.astype(np.uint16) * 257)
+    with bundle_scripts(tiny_bundle):
+        from scripts.data.intensity import intensity_scaling
+        from scripts.networks import model_intensity_statistics
+
+        stats = model_intensity_statistics(tiny_bundle / "models" / "model.pt")
+        assert stats is not None and stats["dtypes"] == ["uint8"], "train.json recorded the training statistics"
+        scaling = intensity_scaling(tifffile.imread(tmp_path / "wide16.tif"), "auto", 255, "uint16", stats)
+    assert scaling.rule == "matched"
+    data = {"image": str(tmp_path / "wide16.tif"), "image_path": str(tmp_path / "wide16.tif")}
+    for t in infer_task.pre_transforms({"device": "cpu"}):
+        data = t(data)
+    expected = np.clip((image.T.astype(np.float64) * 257 - scaling.low) / (scaling.high - scaling.low), 0, 1)
+    np.testing.assert_allclose(np.asarray(data["image"][0]), expected, atol=1e-5)
+
+
 def test_train_task_one_epoch_from_datastore(tiny_bundle, studies):
     from monailabel.datastore.local import LocalDatastore
     from monailabel.tasks.train.bundle import BundleTrainTask

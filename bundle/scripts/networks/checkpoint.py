@@ -43,6 +43,7 @@ __all__ = [
     "ModelFileError",
     "check_model_info",
     "check_state_dict",
+    "model_intensity_statistics",
     "network_from_checkpoint",
     "read_checkpoint",
     "require_model_file",
@@ -273,6 +274,24 @@ def check_model_info(path: str | os.PathLike | None, **expected: Any) -> None:
             f"{path} was trained with other data conventions ({'; '.join(diff)}): override {fixes} (or use a model "
             "trained for this config)."
         )
+
+
+def model_intensity_statistics(path: str | os.PathLike | None) -> dict[str, Any] | None:
+    """The training images' intensity statistics a checkpoint records (its ``model_info``'s
+    ``intensity_statistics``, :func:`scripts.data.intensity.training_statistics`), which the ``"auto"`` intensity
+    rule maps other bit depths onto; ``None`` without a checkpoint or when it records none (a model saved by v0.8.0
+    or earlier: then one INFO line says that ``"auto"`` keeps the rule of those versions)."""
+    if path is None or not os.path.isfile(path):
+        return None
+    _, info = read_checkpoint(path)
+    statistics = (info or {}).get("intensity_statistics")
+    if isinstance(statistics, Mapping):
+        return dict(statistics)
+    logger.info(
+        "%s records no training intensity statistics (a model saved by v0.8.0 or earlier): intensity_rule auto keeps "
+        "the rule of those versions, images whose values exceed intensity_max are scaled by their own 0.5/99.5 "
+        "percentiles onto 0..1 (train or fine-tune the model again to record them).", path)
+    return None
 
 
 def _cli(value: Any) -> str:

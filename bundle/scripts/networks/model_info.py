@@ -4,7 +4,11 @@ trained with.
 ``model.pt`` and every resumable checkpoint hold, next to ``"model"`` (the state dict), a ``"model_info"`` entry::
 
     {"network": {"_target_": "scripts.networks.XNet", "features": [...], "padding": "same", ...},
-     "class_names": [...], "intensity_max": 255, "patch_size": [256, 256]}
+     "class_names": [...], "intensity_max": 255, "patch_size": [256, 256],
+     "intensity_statistics": {"percentiles": [0.5, 99.5], "range": [...], "dtypes": ["uint8"], "images": 12}}
+
+(``intensity_statistics``: the training images', :func:`scripts.data.intensity.training_statistics`, recorded after
+v0.8.0; the ``"auto"`` intensity rule maps other bit depths onto them.)
 
 :class:`ModelInfo` is the Ignite-checkpointable object behind that entry: put it in a ``CheckpointSaver``'s
 ``save_dict`` to write it, and in a ``CheckpointLoader``'s ``load_dict`` to check, on load, that the network being
@@ -33,6 +37,16 @@ def describe_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> l
             if saved.get(k, "<absent>") != current.get(k, "<absent>")]
 
 
+def _plain(value: Any) -> Any:
+    """``value`` with NumPy scalars and tuples turned into Python numbers and lists (a ``model.pt`` is read with
+    ``weights_only=True``, which refuses anything else)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value.item() if hasattr(value, "item") and not isinstance(value, (str, bytes)) else value
+
+
 class ModelInfo:
     """The ``model_info`` entry of a checkpoint, for Ignite's ``Checkpoint``/MONAI's ``CheckpointSaver`` and
     ``CheckpointLoader``.
@@ -42,6 +56,8 @@ class ModelInfo:
         class_names: names of the output classes, in channel order.
         intensity_max: the image value mapped to 1.0 by the training preprocessing.
         patch_size: the training patch size.
+        intensity_statistics: the training images' intensity statistics
+            (:func:`scripts.data.intensity.training_statistics`); ``None``: not recorded.
         source: a label for messages (e.g. the checkpoint path); optional.
 
     ``state_dict()`` returns the entry; ``load_state_dict(entry)`` raises :class:`ValueError` when the saved
@@ -55,12 +71,14 @@ class ModelInfo:
         intensity_max: float | None = None,
         patch_size: Sequence[int] | None = None,
         source: str | None = None,
+        intensity_statistics: Mapping[str, Any] | None = None,
     ):
         self.network = network
         self.class_names = None if class_names is None else [str(c) for c in class_names]
         self.intensity_max = intensity_max
         self.patch_size = None if patch_size is None else [int(p) for p in patch_size]
         self.source = source
+        self.intensity_statistics = None if intensity_statistics is None else _plain(dict(intensity_statistics))
         self.loaded: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
@@ -69,6 +87,7 @@ class ModelInfo:
             "class_names": self.class_names,
             "intensity_max": self.intensity_max,
             "patch_size": self.patch_size,
+            "intensity_statistics": self.intensity_statistics,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

@@ -24,13 +24,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import numpy as np
-
 from scripts.atomic import remove_leftovers
 from scripts.checks import check_positive_int
 from scripts.data.header import read_header
 from scripts.data.integrity import DatasetError
-from scripts.data.intensity import check_intensity_rule, intensity_scaling
+from scripts.data.intensity import check_intensity_rule, header_suffices, intensity_scaling
 from scripts.data.io import read_image
 from scripts.networks.pinned import file_sha256
 
@@ -72,6 +70,8 @@ class InferencePlan(Sequence):
         in_channels: the model's input channels (1 grey, 3 RGB).
         intensity_max: the model's intensity scaling (``intensity_max``).
         intensity_rule: see :mod:`scripts.data.intensity`.
+        intensity_statistics: the model's training statistics (``scripts.networks.model_intensity_statistics``), onto
+            which ``"auto"`` maps the images not of a training pixel type; ``None``: a model that records none.
         label_ext: extension of the label maps (``.png``, ``.tif``, ``.nii.gz``).
         save_probabilities, save_refined, pictures: which outputs the run writes.
         overwrite: replace existing outputs instead of skipping their inputs.
@@ -101,12 +101,14 @@ class InferencePlan(Sequence):
         pictures: bool = True,
         overwrite: bool = False,
         model: str | os.PathLike | None = None,
+        intensity_statistics: dict | None = None,
     ) -> None:
         self.datalist = list(datalist)
         self.output_dir = str(Path(output_dir))
         self.in_channels = in_channels
         self.intensity_max = intensity_max
         self.intensity_rule = intensity_rule
+        self.intensity_statistics = intensity_statistics
         self.label_ext = label_ext
         self.save_probabilities = save_probabilities
         self.save_refined = save_refined
@@ -183,12 +185,12 @@ class InferencePlan(Sequence):
                     f"convert the image to {want} (e.g. `python -m scripts.data.prepare folders` writes grey/RGB PNGs), "
                     f"or use a model trained with in_channels={header.channels}."))
                 continue
-            rule, peak = self.intensity_rule, self.intensity_max
+            rule, peak, stats = self.intensity_rule, self.intensity_max, self.intensity_statistics
             try:
-                scaling = intensity_scaling(None, rule, peak, header.dtype) if _header_suffices(
-                    header.dtype, rule, peak) else None
+                scaling = intensity_scaling(None, rule, peak, header.dtype, stats) if header_suffices(
+                    header.dtype, rule, peak, stats) else None
                 if scaling is None and rule != "percentile":
-                    scaling = intensity_scaling(read_image(path), rule, peak, header.dtype)
+                    scaling = intensity_scaling(read_image(path), rule, peak, header.dtype, stats)
             except ValueError as e:
                 msg = str(e)
                 record.update(status="failed", stage="pre-flight",
@@ -231,7 +233,17 @@ class InferencePlan(Sequence):
             logger.error(
                 "pre-flight: %d input(s) will not be predicted:\n  - %s", len(problems), "\n  - ".join(problems)
             )
-        switched = [r for r in self.records if r["status"] == "pending" and r["intensity"]["rule"] != "model"]
+        pending = [r for r in self.records if r["status"] == "pending"]
+        matched = [r for r in pending if r["intensity"]["rule"] == "matched"]
+        switched = [r for r in pending if r["intensity"]["rule"] == "percentile"]
+        if self.intensity_rule == "auto" and matched:
+            stats = self.intensity_statistics
+            logger.info(
+                "pre-flight: %d image(s) are not of the training images' pixel type (%s) or exceed intensity_max: "
+                "their own 0.5/99.5 percentiles are mapped onto the training images' (%.3f, %.3f on the 0..1 input; "
+                "intensity_rule auto): %s", len(matched), ", ".join(stats.get("dtypes", [])), *stats["range"],
+                ", ".join(Path(r["input"]).name for r in matched[:20]),
+            )
         if self.intensity_rule == "auto" and switched:
             logger.warning(
                 "pre-flight: %d image(s) do not fit the model's range and are scaled by their own %s percentiles "
@@ -251,12 +263,3 @@ def _previous_records(output_dir: Path) -> dict[str, dict]:
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return {}
 
-
-def _header_suffices(dtype: str, rule: str, intensity_max: float) -> bool:
-    """Whether the intensity decision needs no pixels (8-bit under auto/model, integers under dtype)."""
-    dt = np.dtype(dtype)
-    if rule in ("auto", "model"):
-        return dt == np.bool_ or (dt == np.uint8 and intensity_max >= 255)
-    if rule == "dtype":
-        return dt == np.bool_ or np.issubdtype(dt, np.integer)
-    return False

@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from scripts.backends import set_backends
 from scripts.data.integrity import check_datalist
+from scripts.data.intensity import check_intensity_rule
 from scripts.locks import lock_folder
 from scripts.networks import check_model_info, require_model_file
 
@@ -110,6 +111,8 @@ class EvaluationPreflight:
         ckpt_path: the model evaluated.
         datalist, test_key: the datalist file and its list evaluated.
         class_names, num_classes, in_channels, intensity_max: the config's data conventions.
+        intensity_rule: the test images' intensity rule (:mod:`scripts.data.intensity`, as inference's); under
+            ``"model"`` images with values above ``intensity_max`` are refused here, the other rules scale them.
         seed, deterministic, allow_tf32: see :func:`scripts.backends.set_backends`.
     """
 
@@ -122,6 +125,7 @@ class EvaluationPreflight:
         num_classes: int,
         in_channels: int,
         intensity_max: float,
+        intensity_rule: str = "model",
         seed: int = 0,
         deterministic: bool = True,
         allow_tf32: bool = True,
@@ -129,6 +133,7 @@ class EvaluationPreflight:
         self.ckpt_path, self.datalist, self.test_key = ckpt_path, datalist, test_key
         self.class_names, self.num_classes = class_names, num_classes
         self.in_channels, self.intensity_max = in_channels, intensity_max
+        self.intensity_rule = check_intensity_rule(intensity_rule)
         self.seed, self.deterministic, self.allow_tf32 = seed, deterministic, allow_tf32
 
     def run(self) -> None:
@@ -137,7 +142,7 @@ class EvaluationPreflight:
         require_model_file(self.ckpt_path)  # before the engine would meet it
         check_model_info(self.ckpt_path, class_names=self.class_names, intensity_max=self.intensity_max)
         check_datalist(self.datalist, self.num_classes, in_channels=self.in_channels, keys=[self.test_key],
-                       intensity_max=self.intensity_max)
+                       intensity_max=self.intensity_max if self.intensity_rule == "model" else None)
 
 
 class InferencePreflight:
