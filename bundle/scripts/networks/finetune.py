@@ -155,6 +155,7 @@ def finetune_network(
     out_channels: int | None = None,
     class_names: Sequence[str] | None = None,
     resume_from: str | os.PathLike | None = None,
+    missing_ok: bool = False,
 ) -> nn.Module:
     """The network a run trains: ``default``, or with ``path`` the checkpoint's network fine-tuned as described in
     the module docstring.
@@ -168,6 +169,9 @@ def finetune_network(
             a checkpoint without class names, when their number is the same).
         resume_from: the run's own checkpoint when it resumes (``train.json``'s ``resume_ckpt``): the network is
             built from its ``model_info`` and ``path`` is not read.
+        missing_ok: a missing ``path`` gives ``default`` (logged) instead of an error: for a config whose source
+            may not exist yet (e.g. a MONAI Label app's ``models/model.pt`` before its first training). Off by
+            default: a mistyped ``--finetune_from`` must not train from scratch.
 
     Raises:
         ModelFileError: ``path`` is missing or not a checkpoint.
@@ -181,6 +185,9 @@ def finetune_network(
         logger.info("Resuming the fine-tuned run from %s: its own weights; %s is not read again.", resume_from, path)
         return build_network(saved) if is_buildable(saved) else default
     if not os.path.isfile(path):
+        if missing_ok:
+            logger.info("No %s yet: training %s from its initialisation.", path, type(default).__name__)
+            return default
         raise ModelFileError(f"--finetune_from {path}: no such model file; give a model.pt (e.g. the shipped "
                              "bundle/models/pretrained/model.pt).")
     weights, info = read_checkpoint(path)
