@@ -134,10 +134,11 @@ def transfer_weights(
     if unfit:
         name = unfit[0]
         saved = weights.get(name)
-        was = list(saved.shape) if isinstance(saved, torch.Tensor) else "absent"
+        example = (f"{name}: {list(saved.shape)} saved vs {list(shapes[name])} here" if isinstance(saved, torch.Tensor)
+                   else f"{name} is not in the file")
         raise CheckpointMismatchError(
             f"{source}: cannot fine-tune from it: {len(unfit)} of the {len(own)} tensors of the "
-            f"{type(network).__name__} built here do not fit (e.g. {name}: {was} saved vs {list(shapes[name])} here), "
+            f"{type(network).__name__} built here do not fit (e.g. {example}), "
             "and only the layers that depend on the classes or the input channels may start afresh; it holds another "
             "network: give --finetune_from a model.pt of this bundle (it records its network), or, for a file "
             "without model_info, set --network_def and --features as it was trained."
