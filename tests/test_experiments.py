@@ -1,6 +1,6 @@
 """Every override file -- ``configs/experiments/<group>/`` (``paper/``: the X-Net paper's Table 2 rows and schedule,
 ``losses/``: the loss studies, ``recipe/``: the training-recipe axes, ``peers/``: MONAI's standard recipe) and
-``configs/recipes/`` (the shipped model's recipe) -- trains a couple of iterations and evaluates, through
+``configs/recipes/`` (the shipped model's recipe, fine-tuning) -- trains a couple of iterations and evaluates, through
 ``monai.bundle.run`` -- the function behind ``python -m monai.bundle run`` -- called in-process so that each config
 costs seconds, not an interpreter start-up.
 
@@ -63,8 +63,13 @@ def test_experiment_trains_and_evaluates(experiment: Path, synthetic_dataset, tm
 
     parser = ConfigParser(ConfigParser.load_config_files(files))
     parser.update(overrides)
-    network = parser.get_parsed_content("network_def")
-    expected = NETWORK_OF[parser["network_def"].replace("::", "#").split("#")[-1]]
+    network = parser.get_parsed_content("initial_network")  # network_def, or the network --finetune_from records
+    if parser.get_parsed_content("finetune_from") is None:
+        expected = NETWORK_OF[parser["network_def"].replace("::", "#").split("#")[-1]]
+    else:  # recipes/finetune.json: the network its model.pt records (the shipped U-Net), with this config's classes
+        from scripts.networks import read_checkpoint
+
+        expected = read_checkpoint(parser.get_parsed_content("finetune_from"))[1]["network"]["_target_"].split(".")[-1]
     assert type(network).__name__ == expected
 
     workflow = create_workflow(config_file=files, run_id="training", **overrides)  # what `run` does, kept in hand

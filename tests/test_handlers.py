@@ -246,6 +246,27 @@ def test_random_states_round_trip_covers_nested_transform_generators():
     torch.load(buffer, weights_only=True)  # loads the way CheckpointLoader loads
 
 
+def test_random_states_keep_their_length_when_a_transform_gives_its_inner_croppers_new_generators():
+    """RandSpatialCropSamplesd (section patches: recipes/shipped.json) reseeds its inner croppers with new generators
+    on its first call: a checkpoint saved after calls must load into the fresh transforms of a resumed run, and the
+    resumed crops must be the uninterrupted run's."""
+    from monai.transforms import Compose, RandSpatialCropSamplesd
+
+    def pipeline():
+        compose = Compose([RandSpatialCropSamplesd("image", roi_size=(4, 4), num_samples=2, random_size=False)])
+        compose.set_random_state(seed=3)
+        return compose
+
+    data = {"image": torch.arange(256.0).reshape(1, 16, 16)}
+    run = pipeline()
+    run(dict(data))
+    saved = RandomStates(run).state_dict()
+    expected = [p["image"] for p in run(dict(data))]
+    resumed = pipeline()  # a new process: nothing called yet
+    RandomStates(resumed).load_state_dict(saved)
+    assert all(torch.equal(a, b) for a, b in zip([p["image"] for p in resumed(dict(data))], expected))
+
+
 def test_early_stop_state_is_checkpointable():
     handler = EarlyStopHandler(patience=3, score_function=lambda e: 0.5)
     trainer = Engine(lambda e, b: None)

@@ -14,10 +14,14 @@ __all__ = ["RandomStates", "transform_generators"]
 
 
 def transform_generators(transforms: Any) -> list[np.random.RandomState]:
-    """The NumPy generators (``R``) of every MONAI transform reachable from ``transforms``, in a fixed order.
+    """The NumPy generators (``R``) of every MONAI transform reachable from ``transforms``, one per transform, in a
+    fixed order.
 
     A ``Compose``'s transforms are walked, and so are the transforms held as attributes (``Rand2DElasticd`` keeps
-    ``Rand2DElastic``, which keeps ``RandAffineGrid`` and ``RandDeformGrid``, each with its own ``R``).
+    ``Rand2DElastic``, which keeps ``RandAffineGrid`` and ``RandDeformGrid``, each with its own ``R``). A generator
+    is listed once per transform that holds it, even when several share it: the sharing can change during a run
+    (``RandSpatialCropSamplesd``'s inner croppers share one generator until its first call, which gives each a new
+    one), and the list must be as long when a run resumes as when its checkpoint was saved.
     """
     found: list[np.random.RandomState] = []
     seen: set[int] = set()
@@ -33,8 +37,7 @@ def transform_generators(transforms: Any) -> list[np.random.RandomState]:
         if not isinstance(obj, Transform):
             return
         generator = getattr(obj, "R", None)
-        if isinstance(generator, np.random.RandomState) and id(generator) not in seen:
-            seen.add(id(generator))
+        if isinstance(generator, np.random.RandomState):
             found.append(generator)
         for value in vars(obj).values():
             if isinstance(value, (Transform, list, tuple)):

@@ -4,7 +4,8 @@ logits, and expose their size rule (``padding``, ``depth``, ``size_divisor``, ``
 ``output_size()``, ``valid_input_size()``) and ``num_outputs`` (length of the training-mode output tuple; the
 multi-output networks return one tensor in eval mode). Each records the arguments that built it in ``init_args``
 (:func:`network_config` / :func:`build_network`);
-:func:`network_from_checkpoint` builds the network a saved ``model.pt`` describes, with its weights."""
+:func:`network_from_checkpoint` builds the network a saved ``model.pt`` describes, with its weights;
+:func:`finetune_network` builds it for other classes or input channels, with every saved tensor that fits."""
 
 from scripts.networks.baselines import DoubleUNet, EnsembleUNet
 from scripts.networks.checkpoint import (
@@ -23,6 +24,7 @@ from scripts.networks.checkpoint import (
     trained_or_pretrained,
 )
 from scripts.networks.config import build_network, describe_network, init_args, is_buildable, network_config
+from scripts.networks.finetune import FineTuneReport, finetune_network, transfer_weights
 from scripts.networks.model_info import MODEL_INFO_KEY, ModelInfo, describe_mismatch
 from scripts.networks.unet import UNet
 from scripts.networks.xnet import XNET_SKIP_MODES, XNet
@@ -42,6 +44,9 @@ __all__ = [
     "check_model_info",
     "check_state_dict",
     "model_intensity_statistics",
+    "FineTuneReport",
+    "finetune_network",
+    "transfer_weights",
     "network_from_checkpoint",
     "read_checkpoint",
     "require_model_file",
