@@ -6,7 +6,7 @@ preprocessing, halo = the overlap-tile context margin, licence, citations, every
 the bundle network's own output, whose centre (the halo cropped) IS the bundle's overlap-tile prediction of the whole
 section (so tiling with the halo is seamless), and all three weight formats reproducing them (TorchScript, ONNX in
 onnxruntime, the state dict in the package's plain-PyTorch ``torch_unet.py``). ``bioimageio test`` itself runs in
-its own environment: tests/bioimageio.
+its own environment: tests/bioimageio_zoo.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 #
 #   bash tools/bioimageio_env.sh [VENV_DIR]      # default: .venv-bioimageio at the repository root
 #   .venv-bioimageio/bin/bioimageio test PACKAGE_DIR/rdf.yaml
-#   .venv-bioimageio/bin/python -m pytest -q tests/bioimageio
+#   .venv-bioimageio/bin/python -m pytest -q tests/bioimageio_zoo
 #
 # VENV_DIR may also be given as BIOIMAGEIO_VENV; PYTHON picks the interpreter (default: python3).
 # It installs, through pip's configured package index, the top-level pins below with every other package held at

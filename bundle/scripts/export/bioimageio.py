@@ -257,11 +257,12 @@ def _documentation(name: str, class_names: Sequence[str], intensity_max: float, 
     else:
         validation = (f"This package was exported from `{model.name}`, trained by its user; measure it on labelled "
                       "sections it has not seen, e.g. with the bundle's `evaluate.json`.")
+    trained_on = ("serial-section TEM images of neural tissue (the Drosophila larva ventral nerve cord, about 4.6 "
+                  "nm/pixel)" if model_card else "the images its user trained it on")
     return f"""# {name}
 
-2D semantic segmentation of serial-section TEM images of neural tissue (trained on the Drosophila larva ventral
-nerve cord, about 4.6 nm/pixel) into {len(class_names)} classes, exported from the MONAI bundle "Microscopy cell
-segmentation (X-Net / U-Net)" (U-Net: Ronneberger et al. 2015; the bundle follows Fujii et al. 2021).
+2D semantic segmentation into {len(class_names)} classes, trained on {trained_on}; exported from the MONAI bundle
+"Microscopy cell segmentation (X-Net / U-Net)" (U-Net: Ronneberger et al. 2015; the bundle follows Fujii et al. 2021).
 
 ## Input and output
 
