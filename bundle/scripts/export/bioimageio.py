@@ -268,10 +268,11 @@ def _documentation(name: str, class_names: Sequence[str], intensity_max: float, 
 
 - input `(batch, channel, y, x)`: a grey 8-bit section, raw values 0..{intensity_max:g}; preprocessing scales them by
   1/{intensity_max:g} and clips to 0..1, exactly as in training. Other bit depths: rescale to 0..{intensity_max:g} first.
-- sizes {size_min} + n * {size_step} per axis (the network's pooling grid).
+- sizes {size_min} + n * {size_step} per axis (the network's pooling grid); an image whose sides are on it (1024 is)
+  is predicted exactly as the bundle does; pad other sizes to it (bioimageio.core refuses them).
 - output `(batch, channel, y, x)`: softmax probabilities of the classes below (arg-max for a label image).
 - halo {halo} pixels: the overlap-tile context; tools pad the input by it (reflect) and crop it from the output, so
-  images of any size, whole or in tiles, give the bundle's own overlap-tile result.
+  an image predicted whole or in tiles gives the bundle's own overlap-tile result, without seams.
 
 | channel | class |
 |---|---|
