@@ -192,6 +192,8 @@ def test_refusals(tmp_path, section, package):
     with pytest.raises(ExportError, match="other files than an exported package"):
         export_bioimageio(tmp_path / "busy", png, model=model, test_size=TEST_SIZE, overwrite=True)
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+    with pytest.raises(ExportError, match="--model .*: no such file"):
+        export_bioimageio(tmp_path / "m", png, model=tmp_path / "missing.pt")
     with pytest.raises(ExportError, match="valid"):
         export_bioimageio(tmp_path / "v", png, model=save_model(tiny_unet("valid"), tmp_path / "v.pt"))
     with pytest.raises(ExportError, match="multiple of 4"):

@@ -124,6 +124,9 @@ def _prepare_folder(out_dir: Path, overwrite: bool) -> None:
 
 
 def _load_model(model: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    if not model.is_file():
+        raise ExportError(f"--model {model}: no such file; give a model.pt saved by this bundle (e.g. "
+                          "bundle/models/model.pt after training), or leave --model out for the shipped model.")
     weights, info = read_checkpoint(model)
     if not info or not is_buildable(info.get("network") or {}):
         raise ExportError(f"--model {model} records no buildable network (no model_info): export a model.pt saved by "
