@@ -8,9 +8,10 @@ through the command line. Networks are tiny (features 4, 8, 16: two poolings).
 
 ONNX: MONAI's ``onnx_export`` is used with ``use_trace=True`` and ``converter_kwargs={"dynamo": False,
 "opset_version": 17, ...}``. torch >= 2.9 defaults to the dynamo exporter, which needs ``onnxscript``; and the
-networks cannot go through the scripted ONNX path. A trace freezes the networks' internal pad-to-a-multiple step,
-so the ONNX graph is exported with a fixed spatial size (the tile size) and a dynamic batch axis; onnxruntime
-refuses another spatial size instead of returning a wrong-sized map (checked below).
+networks cannot go through the scripted ONNX path. The graph is exported with dynamic batch and spatial axes: the
+same-padding networks' internal pad-to-a-multiple step records its pad amounts from the input's size when traced
+(``scripts.networks.blocks.pad_to_multiple``), so the ONNX model takes other sizes than the traced one, also sizes
+off the pooling grid (checked below against the eager model).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from monai.data import load_net_with_metadata
 
 from bundle_runner import CONFIGS, REPO
 
-#: Expected noise: torch 2.13 deprecates TorchScript and the legacy (traced) ONNX exporter; the trace warning is the
-#: fixed-size caveat of the module docstring.
+#: Expected noise: torch 2.13 deprecates TorchScript and the legacy (traced) ONNX exporter; the trace warnings are the
+#: padding's size tests (pad or not, reflect or replicate), which the traced graph fixes as at the traced size.
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated"),
@@ -147,21 +148,22 @@ def test_onnx_export_matches_eager(trained):
         "network_def", filepath=str(onnx_file), ckpt_file=str(root / "models" / "model.pt"), meta_file=METADATA,
         config_file=INFERENCE, use_trace=True, input_shape=[1, 1, tile, tile],
         converter_kwargs={"dynamo": False, "opset_version": OPSET, "input_names": ["image"], "output_names": ["pred"],
-                          "dynamic_axes": {"image": {0: "batch"}, "pred": {0: "batch"}}},
+                          "dynamic_axes": {"image": {0: "batch", 2: "y", 3: "x"}, "pred": {0: "batch", 2: "y", 3: "x"}}},
         **overrides(network, padding))
     model = onnx.load(str(onnx_file))
     onnx.checker.check_model(model)
     assert {o.domain: o.version for o in model.opset_import}.get("", None) == OPSET
     sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["image"] and [o.name for o in sess.get_outputs()] == ["pred"]
-    x = torch.rand(3, 1, tile, tile)  # another batch size than the export's
-    with torch.no_grad():
-        expected = net(x).numpy()
-    (got,) = sess.run(None, {"image": x.numpy()})
-    assert got.shape == expected.shape
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
-    with pytest.raises(Exception, match="(?i)dimension|shape"):
-        sess.run(None, {"image": torch.rand(1, 1, tile + 4, tile + 4).numpy()})
+    # another batch size than the export's, other sizes: same mode also off the pooling grid (padded internally)
+    sizes = [(tile, tile), (70, 90), (36, 64)] if padding == "same" else [(tile, tile), (44, 52)]
+    for batch, (h, w) in enumerate(sizes, start=2):
+        x = torch.rand(batch, 1, h, w)
+        with torch.no_grad():
+            expected = net(x).numpy()
+        (got,) = sess.run(None, {"image": x.numpy()})
+        assert got.shape == expected.shape == (batch, 5, net.output_size(h), net.output_size(w))
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(("network", "padding"), CASES, ids=IDS)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["ConfigError", "DataLoadingError", "DivergenceError", "RunFolderError", "UserError", "install_excepthook",
-           "user_error_in"]
+__all__ = ["ConfigError", "DataLoadingError", "DivergenceError", "ExportError", "RunFolderError", "UserError",
+           "install_excepthook", "user_error_in"]
 
 #: Environment variable that restores full tracebacks for user errors.
 DEBUG_ENV = "CELLSEG_DEBUG"
@@ -34,6 +34,10 @@ class RunFolderError(UserError, RuntimeError):
 
 class DataLoadingError(UserError, RuntimeError):
     """An item could not be loaded, transformed or batched during a run; the message names the file."""
+
+
+class ExportError(UserError, ValueError):
+    """An export (``python -m scripts.export``) that cannot be made from this model, image or output folder."""
 
 
 class DivergenceError(UserError, FloatingPointError):

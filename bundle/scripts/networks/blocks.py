@@ -272,7 +272,9 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> Tuple[torch.Tensor, List[
         total = (multiple - size[d] % multiple) % multiple
         before = total // 2
         starts.append(before)
-        if total > 0:
+        # traced (ONNX export): pad even by 0, so that the graph records the pad amounts computed from the input's
+        # size and takes any size, not only the one it was traced with
+        if total > 0 or torch.jit.is_tracing():
             pad = [0] * (2 * nd)
             pad[2 * (nd - 1 - d)] = before
             pad[2 * (nd - 1 - d) + 1] = total - before
