@@ -31,6 +31,7 @@ WORKFLOWS = {
     "train": ["train.json"],
     "evaluate": ["train.json", "evaluate.json"],
     "inference": ["inference.json"],
+    "volume": ["inference.json", "volume.json"],
     "multi_gpu_train": ["train.json", "multi_gpu_train.json"],
     "multi_gpu_evaluate": ["train.json", "evaluate.json", "multi_gpu_evaluate.json"],
 }
