@@ -170,21 +170,27 @@ def bound_case(path: str, blocks: str, ckpt: str) -> None:
     print(json.dumps(summary))
 
 
-def run_bound(args, work: Path, model: Path) -> list[dict]:
+def make_bound_volume(path: Path, written: np.ndarray, sections: int) -> Path:
+    """An OME-Zarr of ``sections`` sections whose first ``len(written)`` are ``written`` and the others unwritten
+    chunks (read as zeros): the volume's full size on disk costs only what was written."""
     import zarr
 
-    from scripts.data import make_sample
     from scripts.volumes import write_ome_zarr
 
+    size = written.shape[-1]
+    write_ome_zarr(path, written, chunks=(1, min(1024, size), min(1024, size)))
+    zarr.open_array(store=str(path / "0"), mode="r+").resize((sections, size, size))
+    return path
+
+
+def run_bound(args, work: Path, model: Path) -> list[dict]:
+    from scripts.data import make_sample
+
     size, blocks = args.bound_size, args.bound_blocks
-    chunk = min(1024, size)
     rows = []
     written = np.stack([make_sample(size, 1000 + i)[0] for i in range(blocks)])
     for sections in args.bound_sections:
-        path = work / f"bound_{sections}.zarr"
-        write_ome_zarr(path, written, chunks=(1, chunk, chunk))  # the written sections, then the volume's full size
-        array = zarr.open_array(store=str(path / "0"), mode="r+")
-        array.resize((sections, size, size))  # the other sections: unwritten chunks, read as zeros
+        path = make_bound_volume(work / f"bound_{sections}.zarr", written, sections)
         cmd = [sys.executable, __file__, "--_bound-case", str(path), str(blocks), str(model)]
         out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, cwd=REPO)
         if out.returncode != 0:

@@ -60,16 +60,21 @@ def case(tmp_path_factory):
         write_png(root / "sections" / f"s{i}.png", section)
     # the bundle's inference workflow, one 2-D file per section (no pictures: the feature-map pass would change the
     # batch-norm statistics between files, issue 15)
+    _single_process(root, root / "sections", root / "single")
+    labels = np.stack([np.asarray(Image.open(root / "single" / f"s{i}_seg.png")) for i in range(SECTIONS)])
+    probs = np.stack([tifffile.imread(root / "single" / f"s{i}_prob.tif") for i in range(SECTIONS)], axis=1)
+    return {"root": root, "volume": volume, "labels": labels, "probs": probs, "model": root / "model.pt"}
+
+
+def _single_process(root: Path, folder: Path, output: Path) -> None:
+    """The bundle's inference workflow on a folder of 2-D files (in this process, as ``monai.bundle run`` does)."""
     workflow = ConfigWorkflow(config_file=str(CONFIGS / "inference.json"), workflow_type="infer",
-                              bundle_root=str(root), input=str(root / "sections"), output_dir=str(root / "single"),
+                              bundle_root=str(root), input=str(folder), output_dir=str(output),
                               ckpt_path=str(root / "model.pt"), features=FEATURES, pictures=False,
                               feature_maps=False, progress=False)
     workflow.initialize()
     workflow.run()
     workflow.finalize()
-    labels = np.stack([np.asarray(Image.open(root / "single" / f"s{i}_seg.png")) for i in range(SECTIONS)])
-    probs = np.stack([tifffile.imread(root / "single" / f"s{i}_prob.tif") for i in range(SECTIONS)], axis=1)
-    return {"root": root, "volume": volume, "labels": labels, "probs": probs, "model": root / "model.pt"}
 
 
 def _parser(case, output, **overrides) -> ConfigParser:
@@ -150,6 +155,39 @@ def _wait_for(condition, proc, output: Path, timeout=180.0):
     raise AssertionError(f"timed out waiting for the run:\n{output.read_text()[-4000:]}")
 
 
+def _descendants(pid: int) -> set[int]:
+    """The processes below ``pid`` (Linux ``/proc``)."""
+    found, todo = set(), [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            try:
+                children = {int(c) for c in (task / "children").read_text().split()}
+            except OSError:
+                continue
+            todo += list(children - found)
+            found |= children
+    return found
+
+
+def _wait_for_lock(path: Path, timeout: float = 30.0) -> None:
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR)
+    try:
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return
+            except BlockingIOError:
+                if time.monotonic() > end:
+                    raise AssertionError(f"{path} is still locked {timeout} s after the driver's death") from None
+                time.sleep(0.05)
+    finally:
+        os.close(fd)
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/status").read_text()
@@ -190,16 +228,18 @@ def test_kill_9_of_a_worker_then_of_the_driver_mid_block_resumes_to_the_same_out
         _, worker_block, worker_pid = _wait_for(fresh_start, driver, tmp_path / "driver.log")
         os.kill(worker_pid, signal.SIGKILL)
         _, driver_block, _ = _wait_for(lambda: fresh_start(min_done=2), driver, tmp_path / "driver.log")
+        workers = _descendants(driver.pid)  # the nannies' worker processes (forked: they share the run's lock)
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
         if driver.poll() is None:
             driver.kill()
-    workers = {pid for _, _, pid in _log_lines(log)} - {driver.pid}
-    end = time.monotonic() + 10
+    workers |= {pid for _, _, pid in _log_lines(log)} - {driver.pid}
+    end = time.monotonic() + 20
     while any(_alive(pid) for pid in workers) and time.monotonic() < end:
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in workers), "a worker outlived its driver"
+    _wait_for_lock(state_folder(output) / ".run.lock")  # forked workers share it until they have exited
     done_before = {b for e, b, _ in _log_lines(log) if e == "done"}
     assert driver_block not in done_before and len(done_before) >= 2
     assert not (state_folder(output) / "summary.json").exists()  # the run did not finish
@@ -279,6 +319,28 @@ def test_hdf5_input_and_a_label_image_next_to_an_ome_zarr_0_5_input(case, tmp_pa
     assert [p["class"] for p in ome["image-label"]["properties"]] == list(CLASS_NAMES)
     assert zarr.open_group(store=str(image / "labels"), mode="r").attrs.asdict()["ome"]["labels"] == ["cells"]
     assert state_folder(image / "labels" / "cells") == tmp_path / "vol5.zarr.labels-cells.blocks"
+
+
+def test_16_bit_sections_are_scaled_as_the_2d_inference_scales_each_file(case, tmp_path):
+    """intensity_rule auto on 12-bit data in uint16: each section by its own percentiles, as each 16-bit file."""
+    rng = np.random.default_rng(1)
+    volume = (case["volume"][:3].astype(np.uint16) * 16 + rng.integers(0, 16, (3, SIZE, SIZE))).astype(np.uint16)
+    volume[1] //= 2  # another exposure: another range
+    for i, section in enumerate(volume):
+        write_png(tmp_path / "png16" / f"s{i}.png", section)  # 16-bit PNGs (a TIFF would load ITK: seconds)
+    shutil.copy(case["model"], tmp_path / "model.pt")
+    _single_process(tmp_path, tmp_path / "png16", tmp_path / "single")
+    image = write_ome_zarr(tmp_path / "vol16.zarr", volume, chunks=(1, SIZE, SIZE))
+    job = _job(case, tmp_path / "out16.ome.zarr", input=image).prepare()
+    predictor = _predictor(case)
+    for block in job.pending:
+        job.run_block(block, predictor)
+    labels, probs = _read(tmp_path / "out16.ome.zarr")
+    for i in range(3):
+        np.testing.assert_array_equal(labels[i], np.asarray(Image.open(tmp_path / "single" / f"s{i}_seg.png")))
+        np.testing.assert_array_equal(probs[:, i], tifffile.imread(tmp_path / "single" / f"s{i}_prob.tif"))
+    report = json.loads((tmp_path / "single" / "inference_report.json").read_text())
+    assert {f["intensity"]["rule"] for f in report["files"]} == {"percentile"}
 
 
 def test_a_block_that_dies_mid_write_is_written_again_and_a_marked_one_never(case, tmp_path, monkeypatch):

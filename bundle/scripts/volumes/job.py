@@ -43,6 +43,10 @@ __all__ = ["VolumeJob", "default_output"]
 
 logger = logging.getLogger(__name__)
 
+#: The default block's largest size (sections), for inputs chunked deeper along ``z`` (a block then reads part of
+#: its chunks; zarr decodes one chunk at a time).
+MAX_DEFAULT_BLOCK = 64
+
 #: Record keys that must match for an output to be resumed (the run id and the bundle version need not).
 _SETTINGS = ("input", "volume_key", "shape", "dtype", "model_sha256", "intensity_rule", "intensity_max",
              "class_names", "probability_dtype", "block_sections", "chunk_size", "ome_zarr_version")
@@ -70,7 +74,7 @@ class VolumeJob:
         save_probabilities: also write the class probabilities (``<output>/probabilities``).
         probability_dtype: their storage (``uint8``, ``uint16``, ``float32``).
         block_sections: sections per block (one Dask task, one done-marker); default: the input's chunk size along
-            ``z`` (each input chunk is then read once).
+            ``z`` (each input chunk is then read once), at most 64.
         chunk_size: the output's chunk size along ``y`` and ``x``.
         ome_zarr_version: ``"0.4"`` or ``"0.5"``; default: the input's (an OME-Zarr), else 0.4.
         overwrite: replace an output that is not this job's to resume.
@@ -142,7 +146,7 @@ class VolumeJob:
         except ValueError as e:
             raise VolumeError(f"{source.describe()}: section 0: {e}") from None
         self._check_output_place(source)
-        block = self.block_sections or source.chunk_sections
+        block = self.block_sections or min(source.chunk_sections, MAX_DEFAULT_BLOCK)
         version = self.ome_zarr_version or (source.ngff_version if source.ngff_version in NGFF_VERSIONS else "0.4")
         self.block_sections, self.ome_zarr_version = block, version
         self.ranges = block_ranges(source.shape[0], block)

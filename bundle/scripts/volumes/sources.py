@@ -138,6 +138,7 @@ def open_volume(path: str | os.PathLike, key: str | None = None, in_channels: in
             or the channels differ from the model's; the message names the path and the fix.
     """
     path = str(path)
+    key = None if key is None else str(key)  # a level given on the command line as a number
     if Path(path).name.lower().endswith(HDF5_EXTENSIONS):
         if not Path(path).is_file():
             raise VolumeError(f"{path}: no such HDF5 file; give --input an existing .h5 file (or an OME-Zarr folder).")
