@@ -207,7 +207,7 @@ class VolumeJob:
                 tmp, source.shape, record["block_sections"], self.chunk_size, record["ome_zarr_version"],
                 self.class_names, record, source.scale, source.units,
                 self.probability_dtype if self.save_probabilities else None, name=out.name,
-                label_image=image is not None,
+                label_image=image is not None, translation=source.translation,
             )
         if image is not None:
             list_label(image, out.name)

@@ -83,11 +83,15 @@ def _axes(names: str, units: Sequence[str | None]) -> list[dict]:
     return axes
 
 
-def _multiscales(version: str, name: str, axes: str, scale: Sequence[float], units: Sequence[str | None]) -> dict:
+def _multiscales(version: str, name: str, axes: str, scale: Sequence[float], units: Sequence[str | None],
+                 translation: Sequence[float] | None = None) -> dict:
+    transforms: list[dict] = [{"type": "scale", "scale": [float(s) for s in scale]}]
+    if translation is not None and any(translation):
+        transforms.append({"type": "translation", "translation": [float(t) for t in translation]})
     multiscale: dict[str, Any] = {
         "name": name,
         "axes": _axes(axes, units),
-        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [float(s) for s in scale]}]}],
+        "datasets": [{"path": "0", "coordinateTransformations": transforms}],
     }
     if version == "0.4":
         multiscale = {"version": "0.4", **multiscale}
@@ -120,6 +124,7 @@ def create_output(
     units: Sequence[str | None] = (None, None, None),
     probability_dtype: str | None = None,
     name: str | None = None,
+    translation: Sequence[float] | None = None,
     label_image: bool = False,
 ) -> None:
     """Create the output group in the empty folder ``output`` with its (empty) arrays, and store ``record`` in it
@@ -127,6 +132,7 @@ def create_output(
 
     Args:
         name: the output's name in the metadata (default: the folder's name).
+        translation: the origin ``(z, y, x)`` (an input's OME-Zarr translation), written when not zero.
         label_image: write ``image-label`` metadata (the output is ``<image>/labels/<name>``; list it there with
             :func:`list_label` once it is in place).
 
@@ -143,7 +149,7 @@ def create_output(
     name = name or Path(output).name
     group = zarr.open_group(store=str(output), mode="w", zarr_format=zarr_format)
     _create_array(group, "0", (z, y, x), chunks, "uint8", zarr_format, "zyx")
-    attrs = _multiscales(version, name, "zyx", scale, units)
+    attrs = _multiscales(version, name, "zyx", scale, units, translation)
     if label_image:
         colors = [{"label-value": i, "rgba": [*rgb, 255]} for i, rgb in enumerate(class_palette(len(class_names)))]
         properties = [{"label-value": i, "class": c} for i, c in enumerate(class_names)]
@@ -153,9 +159,13 @@ def create_output(
     if probability_dtype is not None:
         prob = group.create_group(PROBABILITIES, overwrite=True)
         _create_array(prob, "0", (len(class_names), z, y, x), (1, *chunks), probability_dtype, zarr_format, "czyx")
-        prob_attrs = _multiscales(version, f"{name} probabilities", "czyx", (1.0, *scale), (None, *units))
-        prob_attrs["omero"] = {"channels": [{"label": c, "active": True} for c in class_names]}
-        prob_attrs["omero"]["version"] = version
+        prob_attrs = _multiscales(version, f"{name} probabilities", "czyx", (1.0, *scale), (None, *units),
+                                  None if translation is None else (0.0, *translation))
+        one = {"uint8": 255, "uint16": 65535}.get(probability_dtype, 1)
+        window = {"min": 0, "max": one, "start": 0, "end": one}
+        prob_attrs["omero"] = {"version": version, "channels": [
+            {"label": c, "active": True, "color": "%02X%02X%02X" % rgb, "window": window}
+            for c, rgb in zip(class_names, class_palette(len(class_names)))]}
         prob.attrs.update({**_ngff(version, prob_attrs), RECORD_KEY: {"probability_dtype": probability_dtype}})
 
 

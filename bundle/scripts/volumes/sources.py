@@ -60,7 +60,8 @@ class VolumeSource:
         shape: ``(z, y, x)``; channels: the ``c`` axis's size (1 without one).
         dtype: the stored pixel type (the intensity rule's input, as for a 2-D file).
         chunk_sections: the store's chunk size along ``z`` (1 for a contiguous HDF5 dataset).
-        scale, units: the pixel size ``(z, y, x)`` and each axis's unit (``None`` when unknown).
+        scale, translation, units: the pixel size and the origin ``(z, y, x)`` (OME-Zarr coordinate
+            transformations; an HDF5 file's ``element_size_um``), and each axis's unit (``None`` when unknown).
         ngff_version: the OME-Zarr version (``None`` for other kinds).
         index: how a section ``z`` is taken from the stored array: the stored axes' names (e.g. ``"tczyx"``).
     """
@@ -73,6 +74,7 @@ class VolumeSource:
     dtype: str
     chunk_sections: int
     scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    translation: tuple[float, float, float] = (0.0, 0.0, 0.0)
     units: tuple[str | None, str | None, str | None] = (None, None, None)
     ngff_version: str | None = None
     axes: str = "zyx"
@@ -186,6 +188,8 @@ def _open_ome_zarr(path, group, ome, version, key, in_channels) -> VolumeSource:
     datasets = multiscale.get("datasets") or []
     paths = [d["path"] for d in datasets]
     level = key if key is not None else (paths[0] if paths else None)
+    if level not in paths and level is not None and level.isdigit() and int(level) < len(paths):
+        level = paths[int(level)]  # "1": the second level, whatever its path ("s1" in ome-zarr-py's files)
     if level is None or level not in group:
         raise VolumeError(f"{path}: OME-Zarr level {level!r} not found; --volume_key takes one of {paths}.")
     array = group[level]
@@ -204,16 +208,21 @@ def _open_ome_zarr(path, group, ome, version, key, in_channels) -> VolumeSource:
             f"{path}: {channels} channel(s) (c axis) but the model takes {in_channels}; give a volume with "
             f"{in_channels} channel(s), or a model trained with in_channels={channels}."
         )
-    scale = [1.0] * len(axes)
-    for source in (multiscale.get("coordinateTransformations") or [], _dataset(datasets, level).get("coordinateTransformations") or []):
+    scale, translation = [1.0] * len(axes), [0.0] * len(axes)
+    for source in (_dataset(datasets, level).get("coordinateTransformations") or [],
+                   multiscale.get("coordinateTransformations") or []):  # the level's first, then the image's
         for t in source:
             if t.get("type") == "scale" and len(t.get("scale", [])) == len(axes):
                 scale = [a * float(b) for a, b in zip(scale, t["scale"])]
+                translation = [a * float(b) for a, b in zip(translation, t["scale"])]
+            elif t.get("type") == "translation" and len(t.get("translation", [])) == len(axes):
+                translation = [a + float(b) for a, b in zip(translation, t["translation"])]
     stored_axes = "".join(a for a in axes if a in "tczyx")
     return VolumeSource(
         path=path, key=level, kind="ome-zarr", shape=(shape["z"], shape["y"], shape["x"]), channels=channels,
         dtype=str(array.dtype), chunk_sections=int(array.chunks[axes.index("z")]), scale=tuple(scale[-3:]),
-        units=tuple(units.get(a) for a in ("z", "y", "x")), ngff_version=version or "0.4", axes=stored_axes,
+        translation=tuple(translation[-3:]), units=tuple(units.get(a) for a in ("z", "y", "x")),
+        ngff_version=version or "0.4", axes=stored_axes,
     )
 
 
