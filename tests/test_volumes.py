@@ -259,6 +259,25 @@ def test_kill_9_of_a_worker_then_of_the_driver_mid_block_resumes_to_the_same_out
         assert starts.count(block) == 1, (block, rows)
 
 
+def test_a_failing_block_is_reported_the_others_finish_on_a_given_scheduler(case, tmp_path):
+    """``--scheduler <address>`` (here a local cluster started by the test): section 3 holds values the intensity
+    rule ``model`` refuses; its block fails with the reason, every other block is written and marked."""
+    from distributed import LocalCluster
+
+    volume = case["volume"].astype(np.uint16)
+    volume[3, 0, 0] = 300  # above intensity_max 255: refused by "model" (section 0 passes the pre-flight)
+    image = write_ome_zarr(tmp_path / "bad.zarr", volume, chunks=(1, SIZE, SIZE))
+    output = tmp_path / "bad.ome.zarr"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        with pytest.raises(VolumeError, match=r"(?s)1 of 6 block\(s\) failed .* block 3 \(sections 3..3\): .*300"):
+            _run_config(case, output, input=str(image), intensity_rule="model", scheduler=cluster.scheduler_address)
+    assert BlockLedger(state_folder(output)).done() == set(range(SECTIONS)) - {3}
+    labels, _ = _read(output)
+    keep = [0, 1, 2, 4, 5]
+    np.testing.assert_array_equal(labels[keep], case["labels"][keep])  # 8-bit values in uint16: the same scaling
+    assert not labels[3].any()
+
+
 # ------------------------------------------------------------------------------------------------ in-process
 class _CountingStore(zarr.storage.LocalStore):
     """A read-only local store that records every key read."""

@@ -123,7 +123,10 @@ def _predictor(shared: bytes, settings: WorkerSettings) -> SectionPredictor:
             network, inferer = pickle.loads(shared)
             device = torch.device("cpu")
             if settings.device_type == "cuda":
-                _, name = _worker_name()
+                address, name = _worker_name()
+                if not torch.cuda.is_available():
+                    raise VolumeError(f"the run asks for a GPU (--device cuda) but worker {address} has none; give "
+                                      "--device cpu, or start the workers on GPU nodes.")
                 index = int(name) % torch.cuda.device_count() if isinstance(name, int) else 0
                 device = torch.device("cuda", index)
             if (settings.budget_share > 1 and device.type == "cpu" and hasattr(inferer, "memory_budget_mb")
