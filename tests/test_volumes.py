@@ -14,6 +14,7 @@ saved as its own PNG; the Dask runner must give the same label maps and probabil
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -109,9 +110,12 @@ def _job(case, output, **kw) -> VolumeJob:
 
 
 # ------------------------------------------------------------------------------------------------ the runner
-def test_dask_runner_on_2_workers_equals_single_process_inference(case, tmp_path):
+def test_dask_runner_on_2_workers_equals_single_process_inference(case, tmp_path, caplog):
     output = tmp_path / "out.ome.zarr"
-    summary = _run_config(case, output)
+    with caplog.at_level(logging.INFO, logger="scripts.volumes"):
+        summary = _run_config(case, output)
+    progress = [r.getMessage() for r in caplog.records if "block(s) done" in r.getMessage()]
+    assert len(progress) == SECTIONS and progress[-1].startswith("volume: 6/6 block(s) done (100%)"), progress
     labels, probs = _read(output)
     np.testing.assert_array_equal(labels, case["labels"])
     np.testing.assert_array_equal(probs, case["probs"])
@@ -389,6 +393,16 @@ def test_a_block_that_dies_mid_write_is_written_again_and_a_marked_one_never(cas
     labels, probs = _read(output)
     np.testing.assert_array_equal(labels, case["labels"])
     np.testing.assert_array_equal(probs, case["probs"])
+
+
+def test_default_workers_from_the_cores(monkeypatch):
+    from scripts.volumes import default_workers
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert default_workers(cuda=False, cores=2) == (1, 1, False, 2)  # one worker, a thread of the driver
+    assert default_workers(cuda=False, cores=16) == (4, 1, True, 4)  # 4 processes x 4 PyTorch threads
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert default_workers(cuda=False, cores=16) == (4, 1, True, 2)  # at most OMP_NUM_THREADS
 
 
 def test_existing_outputs_are_resumed_refused_or_replaced(case, tmp_path):
