@@ -276,3 +276,22 @@ def test_measure_objects_scores_known_predictions(tmp_path):
     assert mito["gt_area_fraction"] == 136 / 2000 and mito["pred_area_fraction"] == 136 / 2000
     assert mito["gt_per_um2"] == pytest.approx(2 / (2000 * 1e-4))  # 2000 px of 10 x 10 nm = 0.2 µm²
     assert (syn["gt_count"], syn["pred_count"], syn["matched"], syn["f1"]) == (1, 1, 1, 1.0)
+
+
+def test_volume_benchmark_memory_bound_case_predicts_only_the_written_blocks(tmp_path, capsys):
+    """The memory-bound case of volume_benchmark.py: a 40-section OME-Zarr of which 1 section is written; only that
+    block is predicted (its labels are not all zero), the others stay unwritten, the peak memory is reported."""
+    import zarr
+
+    from scripts.data import make_sample
+
+    bench = load("volume_benchmark")
+    model = bench.model_file(SimpleNamespace(ckpt=None, features=[4, 8, 16]), tmp_path)
+    path = bench.make_bound_volume(tmp_path / "bound.zarr", make_sample(64, 0)[0][None], 40)
+    assert zarr.open_array(store=str(path / "0"), mode="r").shape == (40, 64, 64)
+    bench.bound_case(str(path), "1", str(model))
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["predicted"] == summary["sections"] == 1 and summary["blocks"] == 40
+    assert summary["process_peak_mib"] > 0 and len(summary["peak_memory_mib"]) == 1
+    labels = zarr.open_array(store=str(tmp_path / "bound.zarr.out.ome.zarr" / "0"), mode="r")
+    assert labels[0].any() and not labels[1:].any()

@@ -32,6 +32,7 @@ WORKFLOWS = {
     "evaluate": ["train.json", "evaluate.json"],
     "inference": ["inference.json"],
     "inference_measure": ["inference.json", "measure.json"],
+    "volume": ["inference.json", "volume.json"],
     "multi_gpu_train": ["train.json", "multi_gpu_train.json"],
     "multi_gpu_evaluate": ["train.json", "evaluate.json", "multi_gpu_evaluate.json"],
 }

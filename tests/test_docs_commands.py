@@ -20,9 +20,11 @@ from bundle_runner import REPO
 pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated")
 
 DOCS = [REPO / "README.md", REPO / "bundle" / "docs" / "README.md", REPO / "bundle" / "docs" / "experiments.md",
-        REPO / "benchmarks" / "README.md", REPO / "bundle" / "docs" / "measure.md"]
+        REPO / "benchmarks" / "README.md"] + [REPO / "bundle" / "docs" / f"{page}.md" for page in
+        ("measure", "finetune", "bioimageio", "dask")]
 #: Programs a documented command may start with.
-PROGRAMS = ("python", "python3", ".venv/bin/python", ".venv-bioimageio/bin/python", "bash", "source", "monailabel", "curl", "export", "cd", "torchrun", "sha256sum", "mkdir")
+PROGRAMS = ("python", "python3", ".venv/bin/python", ".venv-bioimageio/bin/python", "bash", "source", "monailabel", "curl",
+            "export", "cd", "torchrun", "sha256sum", "mkdir", "dask")
 #: Repository files named in commands: configs, tools, schemas.
 PATH = re.compile(r"(?<![\w/.])((?:bundle/configs|tools|benchmarks)/[\w./-]+\.(?:json|py|sh))")
 
