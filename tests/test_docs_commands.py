@@ -23,7 +23,7 @@ DOCS = [REPO / "README.md", REPO / "bundle" / "docs" / "README.md", REPO / "bund
         REPO / "benchmarks" / "README.md"] + [REPO / "bundle" / "docs" / f"{page}.md" for page in
         ("measure", "finetune", "bioimageio", "dask")]
 #: Programs a documented command may start with.
-PROGRAMS = ("python", "python3", ".venv/bin/python", ".venv-bioimageio/bin/python", "bash", "source", "monailabel", "curl",
+PROGRAMS = ("python", "python3", ".venv/bin/python", ".venv-bioimageio/bin/python", ".venv-bioimageio/bin/bioimageio", "bash", "source", "monailabel", "curl",
             "export", "cd", "torchrun", "sha256sum", "mkdir", "dask")
 #: Repository files named in commands: configs, tools, schemas.
 PATH = re.compile(r"(?<![\w/.])((?:bundle/configs|tools|benchmarks)/[\w./-]+\.(?:json|py|sh))")
