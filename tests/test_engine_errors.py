@@ -49,3 +49,18 @@ def test_divergence_ends_with_its_message_and_no_traceback(tmp_path):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "the training loss exploded" in _last_line(proc) or "non-finite" in _last_line(proc)
+
+
+def test_a_refused_input_is_one_line_naming_the_file_and_the_fix(tmp_path):
+    """A non-image --input (v0.8.0: a 60-line traceback ending in "Failed to instantiate component") and an RGB image
+    for a grey model (refused by the pre-flight): exit 1, no traceback, the file and the fix in the last line."""
+    import numpy as np
+    import tifffile
+
+    (tmp_path / "notes.txt").write_text("not an image")
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((64, 64, 3), np.uint8), photometric="rgb")
+    for name, expected in (("notes.txt", "not an image, folder or datalist; give --input a folder of images"),
+                           ("rgb.tif", "3 channel(s) (RGB) but the model takes 1 (grey); convert the image to grey")):
+        proc = _infer(tmp_path, ckpt_path=str(SHIPPED), input=str(tmp_path / name), pictures=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert str(tmp_path / name) in proc.stderr and expected in proc.stderr, proc.stderr[-2000:]

@@ -12,9 +12,20 @@ import json
 import os
 from pathlib import Path
 
+from scripts.errors import UserError
 from .io import image_extension
 
-__all__ = ["load_datalist", "list_images", "write_json"]
+__all__ = ["InputError", "InputNotFoundError", "load_datalist", "list_images", "write_json"]
+
+_WHAT = "give --input a folder of images (.png/.jpg/.tif/.tiff/.nii/.nii.gz), a datalist .json or one image file"
+
+
+class InputError(UserError, ValueError):
+    """An input that is not a folder of images, a datalist or an image file."""
+
+
+class InputNotFoundError(UserError, FileNotFoundError):
+    """An input path that does not exist."""
 
 
 def load_datalist(path: str | os.PathLike, key: str = "training") -> list[dict]:
@@ -66,22 +77,23 @@ def list_images(source: str | os.PathLike, key: str = "testing") -> list[dict]:
         A non-empty list of dicts with absolute ``image`` paths.
 
     Raises:
-        FileNotFoundError: when ``source`` does not exist.
-        ValueError: when a folder holds no supported image, or ``source`` is a file of an unsupported type.
+        InputNotFoundError: when ``source`` does not exist (a ``FileNotFoundError``).
+        InputError: when a folder holds no supported image, or ``source`` is a file of an unsupported type (a
+            ``ValueError``).
     """
     source = Path(source)
     if not source.exists():
-        raise FileNotFoundError(f"{source}: no such folder, datalist or image file.")
+        raise InputNotFoundError(f"{source}: no such folder, datalist or image file; {_WHAT}.")
     if source.is_dir():
         files = sorted(p for p in source.iterdir() if p.is_file() and image_extension(p) and not p.name.startswith("."))
         if not files:
-            raise ValueError(f"{source}: the folder holds no .png/.jpg/.tif/.tiff/.nii/.nii.gz image.")
+            raise InputError(f"{source}: the folder holds no .png/.jpg/.tif/.tiff/.nii/.nii.gz image; {_WHAT}.")
         return [{"image": str(p.resolve())} for p in files]
     if source.suffix.lower() == ".json":
         return load_datalist(source, key)
     if image_extension(source):
         return [{"image": str(source.resolve())}]
-    raise ValueError(f"{source}: expected a folder of images, a datalist .json or an image file.")
+    raise InputError(f"{source}: not an image, folder or datalist; {_WHAT}.")
 
 
 def write_json(path: str | os.PathLike, content: dict) -> Path:
