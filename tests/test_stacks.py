@@ -246,6 +246,11 @@ def test_plan_of_a_stack(tmp_path):
     assert [i["picture_name"] for i in everything] == [f"s_z{k}" for k in range(5)]
     with pytest.raises(ConfigError, match="picture_sections must be"):
         InferencePlan([{"image": str(src)}], tmp_path / "o3", picture_sections="middle").prepare()
+    deep = tmp_path / "deep.tif"  # 12-bit data: one intensity range for the whole stack, from its sections' pixels
+    tifffile.imwrite(deep, (STACK.astype(np.uint16) * 16), photometric="minisblack")
+    plan = InferencePlan([{"image": str(deep)}], tmp_path / "o4").prepare()
+    assert plan.records[0]["intensity"]["range"] and plan.records[0]["intensity"]["range"][1] > 255
+    assert all(i["intensity_range"] == plan.records[0]["intensity"]["range"] for i in plan)
     with open_volume(src) as volume:  # one section read alone, in the file's orientation
         np.testing.assert_array_equal(volume.section(-1), STACK[-1])
 

@@ -1,9 +1,10 @@
 """The inputs of an inference run, each looked at once before the model loads: which to predict, under which name.
 
 :meth:`InferencePlan.prepare` (run by inference.json's pre-flight, :class:`scripts.workflows.InferencePreflight`) opens
-each input cheaply (:func:`scripts.data.read_header`: size, channels, pages, pixel type; the pixels only when the
-intensity rule needs them, e.g. for a 16-bit image), and checks that it is readable, one 2D image, has the model's
-number of channels, and can be scaled as the model expects (:mod:`scripts.data.intensity`). It gives every input a
+each input cheaply (:func:`scripts.data.read_header`: size, channels, sections, pixel type; the pixels only when the
+intensity rule needs them, e.g. for a 16-bit image), and checks that it is readable, one 2D image or one stack of 2D
+sections, has the model's number of channels, and can be scaled as the model expects (:mod:`scripts.data.intensity`).
+It gives every input a
 unique output name (:mod:`scripts.workflows.output_names`) and skips inputs that are done (unless ``overwrite``):
 the report of an earlier run in ``output_dir`` lists them as finished by the same model (its sha256) and their
 outputs exist. Every output is written under a temporary name and renamed into place (:mod:`scripts.atomic`), so
