@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from bundle_runner import CONFIGS, REPO, TINY, config_arg, run_bundle
+from bundle_runner import BUNDLE, CONFIGS, REPO, TINY, config_arg, run_bundle
 from PIL import Image
 
 from scripts.data import read_header, read_image
@@ -255,15 +255,23 @@ def test_plan_of_a_stack(tmp_path):
         np.testing.assert_array_equal(volume.section(-1), STACK[-1])
 
 
-def test_stack_and_label_stack_train_with_one_command(tmp_path):
-    from scripts.data.prepare import main
+def test_stack_and_label_stack_train_with_the_documented_commands(tmp_path):
+    """docs/volumes.md's two commands for the EM challenge layout, as written, on a tiny stack (5 sections): the
+    preparation splits by section, the training (1 iteration of a tiny network) ends with a model."""
+    import shlex
 
+    from test_docs_commands import fenced_commands
+
+    from scripts.data.prepare import main
+    from scripts.overrides import cli_overrides
+
+    prepare, train = [c for _, c in fenced_commands(BUNDLE / "docs" / "volumes.md") if "train-volume" in c or "em/" in c]
     labels = np.where(STACK > 100, 255, 0).astype(np.uint8)  # the EM challenge's coding: 255 cell, 0 membrane
     tifffile.imwrite(tmp_path / "train-volume.tif", STACK, photometric="minisblack")
     tifffile.imwrite(tmp_path / "train-labels.tif", labels, photometric="minisblack")
-    data = tmp_path / "data"
-    assert main(["folders", "--images", str(tmp_path / "train-volume.tif"), "--labels", str(tmp_path / "train-labels.tif"),
-                 "--out", str(data), "--class-map", "255:0,0:1", "--class-names", "cell,membrane"]) == 0
+    data = tmp_path / "em"
+    args = shlex.split(prepare.replace("train-", f"{tmp_path}/train-").replace("bundle/data/em", str(data)))
+    assert args[:4] == ["python", "-m", "scripts.data.prepare", "folders"] and main(args[3:]) == 0
     datalist = json.loads((data / "datalist.json").read_text())
     names = {k: [os.path.basename(i["image"]) for i in datalist[k]] for k in ("training", "validation", "testing")}
     # split by section in consecutive blocks, as the Drosophila folds: no section in two splits
@@ -271,7 +279,9 @@ def test_stack_and_label_stack_train_with_one_command(tmp_path):
                      "training": [f"train-volume_z{k}.png" for k in (2, 3, 4)]}
     np.testing.assert_array_equal(read_image(data / "sections" / "images" / "train-volume_z3.png"), STACK[3])
     np.testing.assert_array_equal(read_image(data / "sections" / "labels" / "train-volume_z3.png"), labels[3] == 0)
-    overrides = {**TINY, "epochs": 1, "batch_size": 3, "val_batch_size": 1, "bundle_root": str(tmp_path / "run"),
-                 "datalist_file": str(data / "datalist.json"), "num_classes": 2, "class_names": ["cell", "membrane"]}
+    documented = cli_overrides(shlex.split(train.replace("bundle/data/em", str(data)))[5:])
+    assert documented.pop("config_file") == "bundle/configs/train.json"
+    overrides = {**TINY, **documented, "epochs": 1, "batch_size": 3, "val_batch_size": 1,
+                 "bundle_root": str(tmp_path / "run")}
     run_bundle(config_arg("train.json"), "training", overrides)
     assert (tmp_path / "run" / "models" / "model.pt").is_file()
