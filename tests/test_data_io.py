@@ -133,7 +133,8 @@ def test_to_uint8_rejects_nan():
 
 @pytest.mark.parametrize(
     "name,ext,stem",
-    [("a.nii.gz", ".nii.gz", "a"), ("B.PNG", ".png", "B"), ("c.d.tiff", ".tiff", "c.d"), ("e.txt", None, "e")],
+    [("a.nii.gz", ".nii.gz", "a"), ("B.PNG", ".png", "B"), ("c.d.tiff", ".tiff", "c.d"), ("e.txt", None, "e"),
+     ("f.OME.tif", ".ome.tif", "f")],
 )
 def test_extension_and_stem(name, ext, stem):
     assert image_extension(name) == ext

@@ -25,6 +25,7 @@ from bundle_runner import BUNDLE, CONFIGS, REPO, TINY, config_arg, run_bundle
 from PIL import Image
 
 from scripts.data import read_header, read_image
+from scripts.data.pixel_size import read_pixel_size
 from scripts.data.stack_writers import abort_sections, open_writers, write_section
 from scripts.data.volumes import open_volume
 from scripts.errors import ConfigError
@@ -139,6 +140,7 @@ def test_stacks_are_written_in_their_layout_with_the_calibration(stack_run):
     with tifffile.TiffFile(out / "ij_prob.tif") as tif:  # probabilities as a stack: (Z, C, H, W)
         assert tif.series[0].shape == (5, 5, 64, 80) and tif.series[0].axes == "ZCYX"
         assert tif.imagej_metadata["spacing"] == 0.05 and tif.imagej_metadata["Labels"][:2] == ["intracellular", "membrane"]
+    assert read_pixel_size(root / "in" / "ome.ome.tif").as_setting() == [5.0, 4.0]  # an .ome.tif, for the measure step
     prob = read_probability_map(out / "ij_prob.tif")
     assert prob.shape == (5, 5, 64, 80) and np.allclose(prob.sum(1), 1, atol=0.02)
     assert not _hidden(out), "no temporary file left"
