@@ -27,7 +27,7 @@ from PIL import Image
 from scripts.data import read_header, read_image
 from scripts.data.pixel_size import read_pixel_size
 from scripts.data.stack_writers import abort_sections, open_writers, write_section
-from scripts.data.volumes import open_volume
+from scripts.data.stacks import open_stack
 from scripts.errors import ConfigError
 from scripts.transforms import read_probability_map
 from scripts.workflows import InferencePlan
@@ -253,7 +253,7 @@ def test_plan_of_a_stack(tmp_path):
     plan = InferencePlan([{"image": str(deep)}], tmp_path / "o4").prepare()
     assert plan.records[0]["intensity"]["range"] and plan.records[0]["intensity"]["range"][1] > 255
     assert all(i["intensity_range"] == plan.records[0]["intensity"]["range"] for i in plan)
-    with open_volume(src) as volume:  # one section read alone, in the file's orientation
+    with open_stack(src) as volume:  # one section read alone, in the file's orientation
         np.testing.assert_array_equal(volume.section(-1), STACK[-1])
 
 

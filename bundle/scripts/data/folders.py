@@ -11,7 +11,7 @@ map, splits, optionally cuts crops, and writes the same layout as the Drosophila
     classes.json
 
 2D images are split by image, drawn with the seed. A **stack** (multi-page TIFF, OME-TIFF, 3-D NIfTI:
-:mod:`scripts.data.volumes`) with a label stack of as many sections is split **by section** into consecutive
+:mod:`scripts.data.stacks`) with a label stack of as many sections is split **by section** into consecutive
 blocks, as the Drosophila folds are (serial sections look alike, so neighbours must not straddle training and
 testing): its first sections test, the next validate, the rest train; each section becomes ``<stem>_z<k>.png``.
 """
@@ -28,7 +28,7 @@ from .datalist import write_json
 from .drosophila import crop_grid, map_label_values
 from .header import read_header
 from .io import file_stem, image_extension, read_image, to_uint8, write_png
-from .volumes import open_volume, section_name
+from .stacks import open_stack, section_name
 
 __all__ = ["parse_class_map", "pair_files", "prepare_folders"]
 
@@ -168,7 +168,7 @@ def _sections(path: Path) -> int:
 def _stack_sections(image_path: Path, label_path: Path):
     """``(image, label)`` of every section of a stack and its label stack, one at a time (images to uint8 with the
     stack's own min..max, the same for every section)."""
-    with open_volume(image_path) as images, open_volume(label_path) as labels:
+    with open_stack(image_path) as images, open_stack(label_path) as labels:
         low = high = None
         if images.dtype != "uint8":  # one range for the whole stack, so that sections keep their relative contrast
             ranges = [(float(np.min(s)), float(np.max(s))) for s in images]

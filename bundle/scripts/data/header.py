@@ -1,7 +1,7 @@
 """A cheap look at an image file: its header (size, channels, pixel type, sections) as the inference will see it, or
 why it cannot be used (missing, unreadable, unsupported, neither one 2D image nor one stack of 2D sections); the
 inference pre-flight reads it for every input before the model loads (:meth:`scripts.workflows.InferencePlan.prepare`).
-TIFF and NIfTI files are looked at through :mod:`scripts.data.volumes`, which tells sections from channels by the
+TIFF and NIfTI files are looked at through :mod:`scripts.data.stacks`, which tells sections from channels by the
 file's structure (pages, axes, samples per pixel)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .io import image_extension
-from .volumes import VolumeError, open_volume
+from .stacks import StackError, open_stack
 
 __all__ = ["ImageHeader", "read_header"]
 
@@ -40,7 +40,7 @@ _PIL_MODES = {  # PIL mode -> (channels as MONAI's loader returns them, pixel ty
 @dataclass(frozen=True)
 class ImageHeader:
     """What a cheap look at an image file tells: ``size`` (H, W) of a section, ``channels``, ``dtype``, ``sections``
-    (1: a 2D image; more: a stack, :mod:`scripts.data.volumes`), ``axes`` as read (TIFF/NIfTI), ``hint`` (how to
+    (1: a 2D image; more: a stack, :mod:`scripts.data.stacks`), ``axes`` as read (TIFF/NIfTI), ``hint`` (how to
     re-save a file whose channels may be sections); ``problem`` is set (and the rest may be empty) when the file
     cannot be used."""
 
@@ -84,10 +84,10 @@ def read_header(path: str | os.PathLike) -> ImageHeader:
                     return ImageHeader(problem=f"{path}: unsupported pixel mode {img.mode!r}; save it as grey or RGB.")
                 channels, dtype = _PIL_MODES[img.mode]
                 return ImageHeader((img.size[1], img.size[0]), channels, dtype)
-        with open_volume(path) as volume:
+        with open_stack(path) as volume:
             return ImageHeader(tuple(volume.size), volume.channels, volume.dtype, sections=volume.sections,
                                axes=volume.axes, hint=volume.hint)
-    except VolumeError as e:
+    except StackError as e:
         return ImageHeader(problem=str(e))
     except Exception as e:  # noqa: BLE001 - any decoder failure: the file cannot be used
         return ImageHeader(

@@ -62,11 +62,11 @@ def _to_2d(arr: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _one_section(path: Path) -> np.ndarray:
-    """The one 2D image of a TIFF/NIfTI file (:mod:`scripts.data.volumes`: pages and axes tell sections from
+    """The one 2D image of a TIFF/NIfTI file (:mod:`scripts.data.stacks`: pages and axes tell sections from
     channels); a stack of sections raises, naming the route for stacks."""
-    from .volumes import open_volume
+    from .stacks import open_stack
 
-    with open_volume(path) as volume:
+    with open_stack(path) as volume:
         if volume.sections > 1:
             raise ValueError(
                 f"{path}: a stack of {volume.sections} sections (axes {volume.axes}), not one 2D image; inference "

@@ -3,7 +3,7 @@
 A :class:`StackWriter` receives the sections of one output in order (:meth:`~StackWriter.write`), streams each to
 a hidden temporary file beside its target (:mod:`scripts.atomic`), and renames it into place when the last one is
 written (:meth:`~StackWriter.commit`); a killed run leaves no partial stack under the final name, and only one
-section is held in memory. The layout follows the input (:class:`scripts.data.volumes.VolumeSource`):
+section is held in memory. The layout follows the input (:class:`scripts.data.stacks.StackSource`):
 
 - TIFF input: a multi-page TIFF, one zlib-compressed page per section (per section and class for probabilities),
   with an ImageJ hyperstack description (``ZYX``/``ZCYX``; the ImageJ ``spacing`` and ``unit``) or, for an OME-TIFF
@@ -30,7 +30,7 @@ import numpy as np
 
 from scripts.atomic import temporary_path
 
-from .volumes import VolumeSource, open_volume
+from .stacks import StackSource, open_stack
 
 __all__ = ["NiftiStackWriter", "StackWriter", "TiffStackWriter", "abort_sections", "open_writers", "write_section"]
 
@@ -92,7 +92,7 @@ class TiffStackWriter(StackWriter):
 
     Args:
         target, source, sections, shape, dtype: see :class:`StackWriter`.
-        calibration: :meth:`scripts.data.volumes.VolumeSource.calibration` of the input.
+        calibration: :meth:`scripts.data.stacks.StackSource.calibration` of the input.
         section_axis: ``"Z"`` or ``"T"``.
         ome: write OME-XML instead of an ImageJ description.
         labels: ImageJ labels of the channels (class names), repeated for every section.
@@ -193,7 +193,7 @@ class NiftiStackWriter(StackWriter):
             self._file = None
 
 
-def writer_for(target: str | os.PathLike, source: VolumeSource, shape: Sequence[int], dtype: Any,
+def writer_for(target: str | os.PathLike, source: StackSource, shape: Sequence[int], dtype: Any,
                labels: Sequence[str] | None = None, info: str | None = None) -> StackWriter:
     """The writer of ``target`` following the input ``source``: NIfTI for a ``.nii``/``.nii.gz`` target (from a
     NIfTI input), else a TIFF stack (OME for an OME input and a ``.ome.tif`` target, ImageJ otherwise)."""
@@ -246,7 +246,7 @@ def write_section(target: str | os.PathLike, source: str | os.PathLike, section:
     if section == 0:
         if writer is not None:
             writer.abort()
-        with open_volume(source) as volume:
+        with open_stack(source) as volume:
             writer = writer_for(target, volume, array.shape, dtype or array.dtype, labels=labels, info=info)
     elif writer is None or writer.written != section:
         if writer is not None:

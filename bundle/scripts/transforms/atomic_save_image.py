@@ -15,7 +15,7 @@ from monai.transforms import SaveImaged
 from scripts.atomic import atomic_path
 from scripts.data.io import file_stem
 from scripts.data.stack_writers import write_section
-from scripts.data.volumes import section_of, stack_extension
+from scripts.data.stacks import section_of, stack_extension
 from scripts.workflows.output_names import OUTPUT_NAME_KEY
 
 __all__ = ["AtomicSaveImaged", "atomic_writer"]
@@ -41,7 +41,7 @@ class AtomicSaveImaged(SaveImaged):
 
     A tensor whose metadata marks a section of a stack (``section``) is written into
     ``<output_dir>/<name>_<output_postfix><ext>`` instead, ``<ext>`` following the input stack
-    (:func:`scripts.data.volumes.stack_extension`: ``.tif``, ``.ome.tif``, ``.nii.gz``, whatever ``output_ext``),
+    (:func:`scripts.data.stacks.stack_extension`: ``.tif``, ``.ome.tif``, ``.nii.gz``, whatever ``output_ext``),
     as ``output_dtype``."""
 
     def __init__(self, *args, **kwargs) -> None:

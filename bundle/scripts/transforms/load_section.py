@@ -4,7 +4,7 @@ The inference plans a stack as one item per section (:class:`scripts.workflows.I
 ``{"image_stack": path, "section": k, ...}`` (and ``"label_stack"`` when a label stack is given). Placed right after
 the preprocessing's ``LoadImaged`` (which, with ``allow_missing_keys``, passes such items by), :class:`LoadSectiond`
 reads section ``k`` through a :class:`SectionReader` -- a MONAI ``ImageReader`` over
-:class:`scripts.data.volumes.VolumeSource` -- with MONAI's own ``LoadImage``: the same ``MetaTensor``, dtype and
+:class:`scripts.data.stacks.StackSource` -- with MONAI's own ``LoadImage``: the same ``MetaTensor``, dtype and
 metadata as a 2D file, in the same orientation (``(W, H)``, as MONAI's PIL/ITK readers give 2D images), so a section
 is predicted exactly as the same section saved as a 2D file. Its metadata adds ``section`` (the index) and
 ``sections`` (how many), which the savers use to write the section into the output stack. Items without
@@ -23,22 +23,22 @@ from monai.transforms import LoadImage, MapTransform
 from monai.utils import ensure_tuple
 
 from scripts.data.io import image_extension
-from scripts.data.volumes import SECTION_KEY, SECTIONS_KEY, STACK_EXTENSIONS, STACK_SUFFIX, OpenVolumes
+from scripts.data.stacks import SECTION_KEY, SECTIONS_KEY, STACK_EXTENSIONS, STACK_SUFFIX, OpenStacks
 
 __all__ = ["LoadSectiond", "SectionReader"]
 
 class SectionReader(ImageReader):
-    """MONAI ``ImageReader`` of one section of a stack (:mod:`scripts.data.volumes`).
+    """MONAI ``ImageReader`` of one section of a stack (:mod:`scripts.data.stacks`).
 
     Args:
         section: the section read.
-        volumes: open files shared across calls (default: a new :class:`scripts.data.volumes.OpenVolumes`).
+        stacks: open files shared across calls (default: a new :class:`scripts.data.stacks.OpenStacks`).
     """
 
-    def __init__(self, section: int = 0, volumes: OpenVolumes | None = None) -> None:
+    def __init__(self, section: int = 0, stacks: OpenStacks | None = None) -> None:
         super().__init__()
         self.section = int(section)
-        self.volumes = volumes if volumes is not None else OpenVolumes()
+        self.stacks = stacks if stacks is not None else OpenStacks()
 
     def verify_suffix(self, filename: Sequence[str] | str) -> bool:
         return all(image_extension(f) in STACK_EXTENSIONS for f in ensure_tuple(filename))
@@ -47,7 +47,7 @@ class SectionReader(ImageReader):
         files = ensure_tuple(data)
         if len(files) != 1:
             raise ValueError(f"SectionReader reads one stack at a time, got {list(files)}.")
-        return self.volumes.get(files[0])
+        return self.stacks.get(files[0])
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
         array = np.swapaxes(img.section(self.section), 0, 1)  # (H, W[, C]) -> MONAI's 2D layout (W, H[, C])
@@ -76,13 +76,13 @@ class LoadSectiond(MapTransform):
         super().__init__(keys, allow_missing_keys)
         self.section_key = section_key
         self.loader = LoadImage(image_only=True, dtype=dtype)
-        self.volumes = OpenVolumes()
+        self.stacks = OpenStacks()
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         if d.get(self.section_key) is None:
             return d
-        reader = SectionReader(d[self.section_key], self.volumes)
+        reader = SectionReader(d[self.section_key], self.stacks)
         for key in self.keys:
             stack = d.get(f"{key}{STACK_SUFFIX}")
             if stack is None:

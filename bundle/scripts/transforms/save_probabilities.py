@@ -24,7 +24,7 @@ from monai.transforms import MapTransform, Transform
 from scripts.atomic import atomic_path
 from scripts.data.io import file_stem
 from scripts.data.stack_writers import write_section
-from scripts.data.volumes import section_of
+from scripts.data.stacks import section_of
 from scripts.workflows.output_names import OUTPUT_NAME_KEY
 
 __all__ = ["PROBABILITY_DTYPES", "SaveProbabilityMaps", "SaveProbabilityMapsd", "read_probability_map"]

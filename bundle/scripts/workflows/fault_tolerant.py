@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from monai.data import Dataset
 
-from scripts.data.volumes import SECTION_KEY, STACK_SUFFIX
+from scripts.data.stacks import SECTION_KEY, STACK_SUFFIX
 
 from .output_names import OUTPUT_NAME_KEY
 

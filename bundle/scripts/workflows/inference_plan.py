@@ -14,7 +14,7 @@ Problems do not stop the run: each refused file is listed, with its reason and t
 problem). A file whose pixels turn out to be unreadable later (a truncated PNG passes the header check)
 is isolated at run time (:class:`scripts.workflows.FaultTolerantDataset`, :class:`scripts.workflows.InferenceReport`).
 
-A stack (a multi-page TIFF or OME-TIFF, a 3-D NIfTI: :mod:`scripts.data.volumes`) is one input of the report and one
+A stack (a multi-page TIFF or OME-TIFF, a 3-D NIfTI: :mod:`scripts.data.stacks`) is one input of the report and one
 item per section for the run (``image_stack``, ``section``: :class:`scripts.transforms.LoadSectiond`), predicted by
 the same 2D model and inferer; its outputs are stacks of the input's layout (``<name>_seg.tif`` for TIFF,
 ``<name>_seg.nii.gz`` for NIfTI, ``<name>_prob.tif`` ``(Z, C, H, W)``), and its pictures are those of the
@@ -38,7 +38,7 @@ from scripts.data.header import read_header
 from scripts.data.integrity import DatasetError
 from scripts.data.intensity import check_intensity_rule, header_suffices, intensity_scaling
 from scripts.data.io import read_image
-from scripts.data.volumes import SECTION_KEY, STACK_SUFFIX, sample_pixels, section_name, stack_extension
+from scripts.data.stacks import SECTION_KEY, STACK_SUFFIX, sample_pixels, section_name, stack_extension
 from scripts.networks.pinned import file_sha256
 
 from .output_names import OUTPUT_NAME_KEY, PICTURE_KEY, unique_output_names

@@ -33,7 +33,7 @@ from ignite.engine import Engine, Events
 
 from scripts.data.datalist import write_json
 from scripts.data.stack_writers import abort_sections
-from scripts.data.volumes import SECTION_KEY
+from scripts.data.stacks import SECTION_KEY
 
 from .fault_tolerant import FAILED_KEY, root_cause
 from .inference_plan import REPORT_NAME, InferencePlan

@@ -1,10 +1,11 @@
 """Stacks of sections (multi-page TIFF, ImageJ hyperstack, OME-TIFF, 3-D NIfTI), read one section at a time.
 
-A :class:`VolumeSource` is what the bundle knows of an image file beyond one 2D picture: how many **sections** it
+A :class:`StackSource` is what the bundle knows of an image file beyond one 2D picture: how many **sections** it
 holds (1 for a 2D image), their size, their **channels** and pixel type, and its **calibration** (pixel size, section
-spacing, as written in the file). :meth:`VolumeSource.section` reads one section, ``(H, W)`` grey or ``(H, W, C)``,
+spacing, as written in the file). :meth:`StackSource.section` reads one section, ``(H, W)`` grey or ``(H, W, C)``,
 in the file's row/column orientation (as :func:`scripts.data.read_image` returns 2D images); nothing else is read, so
-a stack of any length never loads whole. A lazy chunked reader (OME-Zarr, HDF5) is one more subclass.
+a stack of any length never loads whole. (OME-Zarr, zarr and HDF5 volumes are read in blocks of sections by
+:mod:`scripts.volumes`, the Dask route of ``configs/volume.json``.)
 
 Sections and channels are told apart by the file's structure, never by the array's shape alone:
 
@@ -15,10 +16,10 @@ Sections and channels are told apart by the file's structure, never by the array
 - NIfTI: the array is ``(x, y, z)``: dimensions 1-3 are space, as the format defines; a third dimension > 1 makes a
   volume of ``z`` sections. Time points or vector components (dimensions 4, 5) are refused.
 
-A file that cannot be read as one stack of 2D sections raises :class:`VolumeError`, one line naming the file, what
+A file that cannot be read as one stack of 2D sections raises :class:`StackError`, one line naming the file, what
 it holds and the fix (two section axes, a metadata that contradicts the pages, an unknown axis). Where the structure
 is legal but often not what was meant -- one TIFF page of 3 or 4 *planar* samples, which is how ``tifffile.imwrite``
-stores a ``(3|4, H, W)`` array, or ImageJ/OME channel pages -- :attr:`VolumeSource.hint` says how to re-save it as
+stores a ``(3|4, H, W)`` array, or ImageJ/OME channel pages -- :attr:`StackSource.hint` says how to re-save it as
 sections, and the inference pre-flight adds it to its channel message.
 """
 
@@ -43,12 +44,12 @@ __all__ = [
     "SECTIONS_KEY",
     "STACK_SUFFIX",
     "STACK_EXTENSIONS",
-    "NiftiVolume",
-    "OpenVolumes",
-    "TiffVolume",
-    "VolumeError",
-    "VolumeSource",
-    "open_volume",
+    "NiftiStack",
+    "OpenStacks",
+    "TiffStack",
+    "StackError",
+    "StackSource",
+    "open_stack",
     "section_name",
     "section_of",
     "sample_pixels",
@@ -82,13 +83,13 @@ def section_of(meta: Any) -> int | None:
 #: tifffile axis codes of a page axis that indexes sections: depth, time, a plain page sequence, unknown.
 SECTION_AXES = "ZTIQ"
 
-#: File endings :func:`open_volume` reads (TIFF and NIfTI; PNG/JPEG hold one 2D image).
+#: File endings :func:`open_stack` reads (TIFF and NIfTI; PNG/JPEG hold one 2D image).
 STACK_EXTENSIONS = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".nii", ".nii.gz")
 
 _NIFTI_UNITS = {"meter": "m", "mm": "mm", "micron": "micron"}  # NIfTI xyzt spatial units -> ImageJ unit names
 
 
-class VolumeError(ValueError):
+class StackError(ValueError):
     """A TIFF/NIfTI file that is not one stack of 2D sections; the message names the file and the fix."""
 
 
@@ -99,7 +100,7 @@ def stack_extension(path: str | os.PathLike) -> str:
     return ".ome.tif" if ext.startswith(".ome.") else ".tif" if ext in (".tif", ".tiff") else ext
 
 
-class VolumeSource:
+class StackSource:
     """A stack of 2D sections read one at a time (see the module docstring); a context manager that closes the file.
 
     Attributes:
@@ -129,7 +130,7 @@ class VolumeSource:
         for k in range(self.sections):
             yield self.section(k)
 
-    def __enter__(self) -> VolumeSource:
+    def __enter__(self) -> StackSource:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -160,11 +161,11 @@ def _kept(shape, axes) -> tuple[tuple[int, ...], str]:
     return tuple(n for n, _ in kept), "".join(a for _, a in kept)
 
 
-def _tiff_problem(path: Path, what: str, fix: str) -> VolumeError:
-    return VolumeError(f"{path}: {what}; {fix}.")
+def _tiff_problem(path: Path, what: str, fix: str) -> StackError:
+    return StackError(f"{path}: {what}; {fix}.")
 
 
-class TiffVolume(VolumeSource):
+class TiffStack(StackSource):
     """A TIFF (plain multi-page, ImageJ hyperstack, OME-TIFF) read page by page with tifffile (first series)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -273,7 +274,7 @@ class TiffVolume(VolumeSource):
         return out
 
 
-class NiftiVolume(VolumeSource):
+class NiftiStack(StackSource):
     """A NIfTI file: ``(x, y)`` a 2D image, ``(x, y, z)`` a volume of ``z`` sections; section ``k`` is
     ``data[:, :, k]`` transposed to ``(H, W) = (y, x)``, read through nibabel's array proxy (one section)."""
 
@@ -288,7 +289,7 @@ class NiftiVolume(VolumeSource):
         self.dtype = str(self._img.header.get_data_dtype())
         self.axes = "xyztu"[: len(shape)]
         if any(n > 1 for n in shape[3:]):
-            raise VolumeError(
+            raise StackError(
                 f"{self.path}: holds a {len(shape)}-D NIfTI array {list(shape)}: time points or components beyond "
                 "(x, y, z); save each of them as its own 3D file.")
         xyz = (shape + (1, 1, 1))[:3]
@@ -298,7 +299,7 @@ class NiftiVolume(VolumeSource):
         else:
             kept = [n for n in xyz if n > 1]
             if len(kept) < 2:
-                raise VolumeError(f"{self.path}: holds a NIfTI array {list(shape)}, not an image; re-export it.")
+                raise StackError(f"{self.path}: holds a NIfTI array {list(shape)}, not an image; re-export it.")
             self._volume, self.size = False, (kept[1], kept[0])
 
     def section(self, index: int) -> np.ndarray:
@@ -322,11 +323,11 @@ class NiftiVolume(VolumeSource):
         return out
 
 
-def open_volume(path: str | os.PathLike) -> VolumeSource:
-    """Open a TIFF or NIfTI file as a :class:`VolumeSource` (1 section for a 2D image).
+def open_stack(path: str | os.PathLike) -> StackSource:
+    """Open a TIFF or NIfTI file as a :class:`StackSource` (1 section for a 2D image).
 
     Raises:
-        VolumeError: the file is not one stack of 2D sections (the message names the file and the fix), or not a
+        StackError: the file is not one stack of 2D sections (the message names the file and the fix), or not a
             TIFF/NIfTI file.
         FileNotFoundError: the file does not exist.
         Exception: tifffile's and nibabel's errors for an unreadable file.
@@ -336,34 +337,34 @@ def open_volume(path: str | os.PathLike) -> VolumeSource:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found.")
     if ext in (".nii", ".nii.gz"):
-        return NiftiVolume(path)
+        return NiftiStack(path)
     if ext in (".tif", ".tiff", ".ome.tif", ".ome.tiff"):
-        return TiffVolume(path)
-    raise VolumeError(f"{path}: not a TIFF or NIfTI file; stacks of sections are read from {', '.join(STACK_EXTENSIONS)}.")
+        return TiffStack(path)
+    raise StackError(f"{path}: not a TIFF or NIfTI file; stacks of sections are read from {', '.join(STACK_EXTENSIONS)}.")
 
 
 def sample_pixels(path: str | os.PathLike, max_sections: int = 8) -> np.ndarray:
     """Pixels of up to ``max_sections`` evenly spaced sections of a stack, stacked (for intensity statistics that
     need the pixels: one scaling for the whole stack, without reading it all)."""
-    with open_volume(path) as volume:
+    with open_stack(path) as volume:
         picks = np.unique(np.linspace(0, volume.sections - 1, min(max_sections, volume.sections)).round().astype(int))
         return np.stack([volume.section(int(k)) for k in picks])
 
 
-class OpenVolumes:
-    """A few open :class:`VolumeSource` files, reused across the sections of a run (opening a long multi-page TIFF
+class OpenStacks:
+    """A few open :class:`StackSource` files, reused across the sections of a run (opening a long multi-page TIFF
     reads its page index), closed least recently used first. Pickles empty (for data loader worker processes)."""
 
     def __init__(self, max_open: int = 4) -> None:
         self.max_open = max_open
-        self._open: OrderedDict[str, VolumeSource] = OrderedDict()
+        self._open: OrderedDict[str, StackSource] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, path: str | os.PathLike) -> VolumeSource:
+    def get(self, path: str | os.PathLike) -> StackSource:
         """The open volume of ``path`` (opened now if needed)."""
         key = str(path)
         with self._lock:
-            volume = self._open.pop(key, None) or open_volume(key)
+            volume = self._open.pop(key, None) or open_stack(key)
             self._open[key] = volume
             while len(self._open) > self.max_open:
                 self._open.popitem(last=False)[1].close()
