@@ -55,7 +55,8 @@ def _make_inputs(src):
     tifffile.imwrite(src / "rgba.tif", RNG.integers(0, 256, (64, 64, 4), dtype=np.uint8))  # one RGBA page
     # tifffile stores a (4, H, W) array as one page of 4 planar samples (RGB + alpha): legal, but often meant as 4
     # sections
-    tifffile.imwrite(src / "planar.tif", STACK[:4], photometric="rgb", planarconfig="separate", extrasamples=["unassalpha"])
+    tifffile.imwrite(src / "planar.tif", STACK[:4], photometric="rgb", planarconfig="separate",
+                     extrasamples=["unassalpha"])
 
 
 def _network():
@@ -139,7 +140,8 @@ def test_stacks_are_written_in_their_layout_with_the_calibration(stack_run):
         assert all(f'PhysicalSize{a}="{v}"' in xml for a, v in (("X", 0.004), ("Y", 0.005), ("Z", 0.05)))
     with tifffile.TiffFile(out / "ij_prob.tif") as tif:  # probabilities as a stack: (Z, C, H, W)
         assert tif.series[0].shape == (5, 5, 64, 80) and tif.series[0].axes == "ZCYX"
-        assert tif.imagej_metadata["spacing"] == 0.05 and tif.imagej_metadata["Labels"][:2] == ["intracellular", "membrane"]
+        assert tif.imagej_metadata["spacing"] == 0.05
+        assert tif.imagej_metadata["Labels"][:2] == ["intracellular", "membrane"]
     assert read_pixel_size(root / "in" / "ome.ome.tif").as_setting() == [5.0, 4.0]  # an .ome.tif, for the measure step
     prob = read_probability_map(out / "ij_prob.tif")
     assert prob.shape == (5, 5, 64, 80) and np.allclose(prob.sum(1), 1, atol=0.02)
@@ -192,7 +194,8 @@ def test_pictures_only_for_the_chosen_sections(stack_run):
     folders = sorted(p.name for p in pictures.iterdir() if p.is_dir())
     assert folders == ["ij_z0", "ij_z4", "ome_z0", "ome_z2", "pages_z0", "pages_z3", "sec2", "vol_z0", "vol_z2"]
     assert (pictures / "ij_z4" / "overlay.png").is_file()
-    assert _files(stack_run[0] / "out")["ij"]["outputs"][-2:] == ["pictures/ij_z0/input.png", "pictures/ij_z4/input.png"]
+    outputs = _files(stack_run[0] / "out")["ij"]["outputs"]
+    assert outputs[-2:] == ["pictures/ij_z0/input.png", "pictures/ij_z4/input.png"]
 
 
 def test_a_killed_stack_is_redone_and_finished_ones_are_skipped(stack_run):
@@ -267,7 +270,8 @@ def test_stack_and_label_stack_train_with_the_documented_commands(tmp_path):
     from scripts.data.prepare import main
     from scripts.overrides import cli_overrides
 
-    prepare, train = [c for _, c in fenced_commands(BUNDLE / "docs" / "volumes.md") if "train-volume" in c or "em/" in c]
+    commands = [c for _, c in fenced_commands(BUNDLE / "docs" / "volumes.md")]
+    prepare, train = [c for c in commands if "train-volume" in c or "em/" in c]
     labels = np.where(STACK > 100, 255, 0).astype(np.uint8)  # the EM challenge's coding: 255 cell, 0 membrane
     tifffile.imwrite(tmp_path / "train-volume.tif", STACK, photometric="minisblack")
     tifffile.imwrite(tmp_path / "train-labels.tif", labels, photometric="minisblack")

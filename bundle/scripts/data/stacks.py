@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from scripts.errors import UserError
+
 from .io import image_extension
 
 __all__ = [
@@ -89,7 +91,7 @@ STACK_EXTENSIONS = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".nii", ".nii.gz")
 _NIFTI_UNITS = {"meter": "m", "mm": "mm", "micron": "micron"}  # NIfTI xyzt spatial units -> ImageJ unit names
 
 
-class StackError(ValueError):
+class StackError(UserError, ValueError):
     """A TIFF/NIfTI file that is not one stack of 2D sections; the message names the file and the fix."""
 
 
@@ -340,7 +342,8 @@ def open_stack(path: str | os.PathLike) -> StackSource:
         return NiftiStack(path)
     if ext in (".tif", ".tiff", ".ome.tif", ".ome.tiff"):
         return TiffStack(path)
-    raise StackError(f"{path}: not a TIFF or NIfTI file; stacks of sections are read from {', '.join(STACK_EXTENSIONS)}.")
+    raise StackError(
+        f"{path}: not a TIFF or NIfTI file; stacks of sections are read from {', '.join(STACK_EXTENSIONS)}.")
 
 
 def sample_pixels(path: str | os.PathLike, max_sections: int = 8) -> np.ndarray:

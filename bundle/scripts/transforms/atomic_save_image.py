@@ -61,7 +61,8 @@ class AtomicSaveImaged(SaveImaged):
             source = str(meta["filename_or_obj"])
             name = meta.get(OUTPUT_NAME_KEY) or file_stem(source)
             layout = self.saver.folder_layout
-            target = Path(layout.output_dir) / f"{name}{layout.postfix and '_' + layout.postfix}{stack_extension(source)}"
+            postfix = f"_{layout.postfix}" if layout.postfix else ""
+            target = Path(layout.output_dir) / f"{name}{postfix}{stack_extension(source)}"
             array = d[key].detach().cpu().numpy() if hasattr(d[key], "detach") else np.asarray(d[key])
             if array.ndim == 3 and array.shape[0] == 1:
                 array = array[0]
