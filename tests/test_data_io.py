@@ -38,15 +38,19 @@ def test_png_rgba_palette_and_1bit(tmp_path):
     np.testing.assert_array_equal(read_image(tmp_path / "bit.png"), [[0, 255], [255, 0]])
 
 
-def test_tiff_grey_rgb_and_channel_first(tmp_path):
+def test_tiff_grey_rgb_and_planar(tmp_path):
     tifffile.imwrite(tmp_path / "g.tif", GREY)
     tifffile.imwrite(tmp_path / "c.tiff", RGB)
-    tifffile.imwrite(tmp_path / "cf.tif", np.moveaxis(RGB, -1, 0), photometric="minisblack")
+    tifffile.imwrite(tmp_path / "cf.tif", np.moveaxis(RGB, -1, 0), photometric="rgb", planarconfig="separate")
     tifffile.imwrite(tmp_path / "s.tif", GREY[None, None])  # singleton axes are squeezed
     np.testing.assert_array_equal(read_image(tmp_path / "g.tif"), GREY)
     np.testing.assert_array_equal(read_image(tmp_path / "c.tiff"), RGB)
-    np.testing.assert_array_equal(read_image(tmp_path / "cf.tif"), RGB)
+    np.testing.assert_array_equal(read_image(tmp_path / "cf.tif"), RGB)  # one page of 3 planar samples: RGB
     np.testing.assert_array_equal(read_image(tmp_path / "s.tif"), GREY)
+    # three grey pages are three sections, not an RGB image (the TIFF's structure decides, not the array's shape)
+    tifffile.imwrite(tmp_path / "pages.tif", np.moveaxis(RGB, -1, 0), photometric="minisblack")
+    with pytest.raises(ValueError, match=r"pages\.tif: a stack of 3 sections"):
+        read_image(tmp_path / "pages.tif")
 
 
 def test_nifti_is_transposed_to_rows_columns(tmp_path):
@@ -68,9 +72,16 @@ def test_nifti_is_transposed_to_rows_columns(tmp_path):
     ],
 )
 def test_rejects_volumes_and_stacks(tmp_path, name, writer):
+    """read_image reads one 2D image; a stack's message names the route that splits it into sections."""
     writer(tmp_path / name)
-    with pytest.raises(ValueError, match=r"(?s)" + name + r".*expected a 2D image.*save each section"):
+    with pytest.raises(ValueError, match=name + r": a stack of \d+ sections .*not one 2D image.*prepare folders"):
         read_image(tmp_path / name)
+
+
+def test_rejects_multichannel_tiff(tmp_path):
+    tifffile.imwrite(tmp_path / "seven.tif", np.zeros((8, 8, 7), np.uint8), photometric="minisblack", planarconfig="contig")
+    with pytest.raises(ValueError, match=r"seven\.tif: expected a 2D image.*multi-channel image"):
+        read_image(tmp_path / "seven.tif")
 
 
 def test_read_errors_name_the_file(tmp_path):
@@ -122,7 +133,8 @@ def test_to_uint8_rejects_nan():
 
 @pytest.mark.parametrize(
     "name,ext,stem",
-    [("a.nii.gz", ".nii.gz", "a"), ("B.PNG", ".png", "B"), ("c.d.tiff", ".tiff", "c.d"), ("e.txt", None, "e")],
+    [("a.nii.gz", ".nii.gz", "a"), ("B.PNG", ".png", "B"), ("c.d.tiff", ".tiff", "c.d"), ("e.txt", None, "e"),
+     ("f.OME.tif", ".ome.tif", "f")],
 )
 def test_extension_and_stem(name, ext, stem):
     assert image_extension(name) == ext

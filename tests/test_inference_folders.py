@@ -1,7 +1,7 @@
 """Inference on a realistic folder (issue 11): pre-flight, fault isolation, unique names, skip/overwrite, report.
 
 One lab-like folder -- a good 8-bit PNG, ``x.png`` + ``x.tif`` (same stem), a 16-bit TIFF, an RGB image for a grey
-model, a 3-section TIFF stack and a half-copied (truncated) PNG -- predicted with a tiny X-Net whose ``model.pt`` the
+model, a TIFF whose metadata calls its 3 RGB planes sections (ambiguous: refused) and a half-copied (truncated) PNG -- predicted with a tiny X-Net whose ``model.pt`` the
 test saves, through ``python -m monai.bundle run inference`` as users run it. Then the same folder again (finished
 files are skipped), then one file with ``--overwrite True`` (replaced; the gallery still lists every image), and an
 empty folder. The pre-flight's rules are also tested in-process (fast).
@@ -48,7 +48,9 @@ def _make_folder(src):
     tifffile.imwrite(src / "x.tif", rng.integers(0, 256, (40, 56), dtype=np.uint8))
     tifffile.imwrite(src / "deep.tif", rng.integers(0, 4000, (64, 80), dtype=np.uint16))  # 12-bit data in uint16
     Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(src / "rgb.png")
-    tifffile.imwrite(src / "stack.tif", rng.integers(0, 256, (3, 32, 32), dtype=np.uint8), metadata={"axes": "ZYX"})
+    # tifffile stores a (3, H, W) array as one page of 3 planar RGB samples, whatever axes its metadata names
+    tifffile.imwrite(src / "stack.tif", rng.integers(0, 256, (3, 32, 32), dtype=np.uint8), metadata={"axes": "ZYX"},
+                     photometric="rgb")
     Image.fromarray(rng.integers(0, 256, (96, 96), dtype=np.uint8)).save(src / "trunc.png")
     data = (src / "trunc.png").read_bytes()
     (src / "trunc.png").write_bytes(data[: len(data) // 2])  # half-copied: the header reads, the pixels do not
@@ -106,7 +108,7 @@ def test_bad_files_are_reported_and_every_good_file_is_finished(folder_run):
     assert {n for n, f in files.items() if f["status"] == "ok"} == set(GOOD)
     # each bad file named, with its reason, at the stage that caught it
     assert files["rgb"]["stage"] == "pre-flight" and "3 channel(s)" in files["rgb"]["reason"]
-    assert files["stack"]["stage"] == "pre-flight" and "not one 2D image" in files["stack"]["reason"]
+    assert files["stack"]["stage"] == "pre-flight" and "one grey page per section" in files["stack"]["reason"]
     assert files["trunc"]["stage"] == "run" and "corrupt or truncated" in files["trunc"]["reason"]
     for name in ("rgb", "stack", "trunc"):
         assert files[name]["reason"].startswith(str(root / "in")), files[name]
@@ -197,7 +199,7 @@ def test_headers(tmp_path):
     h = read_header(src / "deep.tif")
     assert (h.size, h.channels, h.dtype) == ((64, 80), 1, "uint16")
     assert read_header(src / "rgb.png").channels == 3
-    assert "not one 2D image" in read_header(src / "stack.tif").problem
+    assert "each page holds SYX [3, 32, 32]" in read_header(src / "stack.tif").problem
     (src / "bad.tif").write_bytes(b"not a tiff")
     assert "cannot read this .tif file" in read_header(src / "bad.tif").problem
 

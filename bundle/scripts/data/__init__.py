@@ -15,6 +15,7 @@ from .intensity import INTENSITY_RULES, IntensityScaling, intensity_scaling, tra
 from .pixel_size import PixelSize, read_pixel_size
 from .io import SUPPORTED_EXTENSIONS, file_stem, has_alpha, image_extension, read_image, to_uint8, write_png
 from .synthetic import ensure_synthetic_dataset, generate_dataset, make_sample
+from .stacks import StackError, StackSource, open_stack
 
 __all__ = [
     "CLASS_COLORS",
@@ -24,6 +25,8 @@ __all__ = [
     "NUM_CLASSES",
     "SUPPORTED_EXTENSIONS",
     "DatasetError",
+    "StackError",
+    "StackSource",
     "NamingCompose",
     "ThreadDataLoader",
     "collate_naming_files",
@@ -46,6 +49,7 @@ __all__ = [
     "list_images",
     "load_datalist",
     "make_sample",
+    "open_stack",
     "map_label_values",
     "pair_files",
     "parse_class_map",

@@ -1,13 +1,19 @@
-"""Preparation of a user's own ``images/`` + ``labels/`` folders into the bundle's layout.
+"""Preparation of a user's own ``images/`` + ``labels/`` folders (or one image stack and its label stack) into the
+bundle's layout.
 
-Pairs images and labels by file stem (``a.tif`` with ``a.png``, ``b.nii.gz`` with ``b.nii.gz``), maps label
-values to class indices through a class map, splits by source image (seeded), optionally cuts crops, and writes
-the same layout as the Drosophila preparation::
+Pairs images and labels by file stem (``a.tif`` with ``a.png``, ``b.nii.gz`` with ``b.nii.gz``; two files given
+are one pair: ``train-volume.tif`` with ``train-labels.tif``), maps label values to class indices through a class
+map, splits, optionally cuts crops, and writes the same layout as the Drosophila preparation::
 
     sections/images/<stem>.png, sections/labels/<stem>.png   whole images (uint8 grey/RGB) and class-index labels
     crops/images/<stem>_rR_cC.png, crops/labels/...          when crop > 0
     datalist.json                                            training / validation / testing (+ *_sections)
     classes.json
+
+2D images are split by image, drawn with the seed. A **stack** (multi-page TIFF, OME-TIFF, 3-D NIfTI:
+:mod:`scripts.data.stacks`) with a label stack of as many sections is split **by section** into consecutive
+blocks, as the Drosophila folds are (serial sections look alike, so neighbours must not straddle training and
+testing): its first sections test, the next validate, the rest train; each section becomes ``<stem>_z<k>.png``.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ import numpy as np
 
 from .datalist import write_json
 from .drosophila import crop_grid, map_label_values
+from .header import read_header
 from .io import file_stem, image_extension, read_image, to_uint8, write_png
+from .stacks import open_stack, section_name
 
 __all__ = ["parse_class_map", "pair_files", "prepare_folders"]
 
@@ -94,6 +102,9 @@ def _list(folder: Path) -> dict[str, Path]:
 def pair_files(images_dir: str | os.PathLike, labels_dir: str | os.PathLike) -> list[tuple[str, Path, Path]]:
     """Pair image and label files by stem.
 
+    Args:
+        images_dir, labels_dir: two folders, or two files (one pair, named after the image).
+
     Returns:
         Sorted ``(stem, image_path, label_path)`` triples.
 
@@ -102,6 +113,11 @@ def pair_files(images_dir: str | os.PathLike, labels_dir: str | os.PathLike) -> 
         ValueError: when a folder holds no image, two files share a stem, or some files have no partner
             (all of them are listed).
     """
+    if Path(images_dir).is_file() or Path(labels_dir).is_file():
+        for given in (images_dir, labels_dir):
+            if not Path(given).is_file() or not image_extension(given):
+                raise ValueError(f"{given}: give two image files (a stack and its label stack) or two folders.")
+        return [(file_stem(images_dir), Path(images_dir), Path(labels_dir))]
     images, labels = _list(Path(images_dir)), _list(Path(labels_dir))
     no_label = sorted(set(images) - set(labels))
     no_image = sorted(set(labels) - set(images))
@@ -117,7 +133,7 @@ def pair_files(images_dir: str | os.PathLike, labels_dir: str | os.PathLike) -> 
     return [(s, images[s], labels[s]) for s in sorted(images)]
 
 
-def _split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+def _split_counts(n: int, val_fraction: float, test_fraction: float, what: str = "image(s)") -> tuple[int, int]:
     for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= f < 1.0:
             raise ValueError(f"{name} must be in [0, 1), got {f}.")
@@ -125,7 +141,7 @@ def _split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[in
     n_test = max(int(round(n * test_fraction)), 1 if test_fraction > 0 else 0)
     if n - n_val - n_test < 1:
         raise ValueError(
-            f"{n} image(s) cannot be split into training/validation/testing with val_fraction={val_fraction} and "
+            f"{n} {what} cannot be split into training/validation/testing with val_fraction={val_fraction} and "
             f"test_fraction={test_fraction}; add images or lower the fractions."
         )
     return n_val, n_test
@@ -142,6 +158,29 @@ def _label_2d(label: np.ndarray, path: Path) -> np.ndarray:
     return label
 
 
+def _sections(path: Path) -> int:
+    header = read_header(path)
+    if header.problem:
+        raise ValueError(header.problem)
+    return header.sections
+
+
+def _stack_sections(image_path: Path, label_path: Path):
+    """``(image, label)`` of every section of a stack and its label stack, one at a time (images to uint8 with the
+    stack's own min..max, the same for every section)."""
+    with open_stack(image_path) as images, open_stack(label_path) as labels:
+        low = high = None
+        if images.dtype != "uint8":  # one range for the whole stack, so that sections keep their relative contrast
+            ranges = [(float(np.min(s)), float(np.max(s))) for s in images]
+            low, high = min(r[0] for r in ranges), max(r[1] for r in ranges)
+        for k in range(images.sections):
+            image = images.section(k)
+            if low is not None:
+                image = np.zeros(image.shape, np.uint8) if high <= low else np.round(
+                    (image.astype(np.float64) - low) * (255.0 / (high - low))).astype(np.uint8)
+            yield image, labels.section(k)
+
+
 def prepare_folders(
     images: str | os.PathLike,
     labels: str | os.PathLike,
@@ -155,18 +194,19 @@ def prepare_folders(
 ) -> Path:
     """Prepare a user's image/label folders (see the module docstring for the layout).
 
-    Images are converted to ``uint8`` (see :func:`scripts.data.io.to_uint8`), grey or RGB kept as is. The split
-    is by source image, drawn with ``seed`` (same inputs and seed, same split); all crops of an image go to the
-    same split, and ``training_sections``, ``validation_sections`` and ``testing_sections`` list the whole images of
-    each split (random patches are drawn from them with ``experiments/recipe/section_patches.json``).
+    Images are converted to ``uint8`` (see :func:`scripts.data.io.to_uint8`; a stack by its own min..max), grey or
+    RGB kept as is. 2D images are split by source image, drawn with ``seed`` (same inputs and seed, same split); a
+    stack by section, in consecutive blocks (module docstring); all crops of an image go to the same split, and
+    ``training_sections``, ``validation_sections`` and ``testing_sections`` list the whole images of each split
+    (random patches are drawn from them with ``experiments/recipe/section_patches.json``).
 
     Args:
-        images: folder of 2D images (PNG, JPEG, TIFF, NIfTI; grey or RGB).
-        labels: folder of 2D label images with the same stems.
+        images: folder of 2D images or stacks (PNG, JPEG, TIFF, NIfTI; grey or RGB), or one stack file.
+        labels: folder of label images or stacks with the same stems, or the stack file's label stack.
         out: output folder.
         class_map: label value -> class index, ``"0:0,128:1,255:2"`` or a dict.
-        val_fraction: fraction of images for validation (at least one image when > 0).
-        test_fraction: fraction of images for testing (at least one image when > 0).
+        val_fraction: fraction of images (of each stack's sections) for validation (at least one when > 0).
+        test_fraction: fraction of images (of each stack's sections) for testing (at least one when > 0).
         seed: split seed.
         crop: side of square non-overlapping crops (a last tile flush with the border covers the remainder);
             0 keeps whole images. Images smaller than ``crop`` are kept whole.
@@ -177,8 +217,8 @@ def prepare_folders(
 
     Raises:
         FileNotFoundError: for a missing folder.
-        ValueError: for unpaired files, unreadable files, image/label size mismatches, label values outside the
-            class map (file and values named), a bad class map, bad fractions or too few images.
+        ValueError: for unpaired files, unreadable files, image/label size or section count mismatches, label values
+            outside the class map (file and values named), a bad class map, bad fractions or too few images.
     """
     if not isinstance(crop, int) or crop < 0:
         raise ValueError(f"crop must be an int >= 0 (0 keeps whole images), got {crop!r}.")
@@ -187,16 +227,24 @@ def prepare_folders(
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"class_names has {len(class_names)} names but the class map uses {num_classes} classes.")
     pairs = pair_files(images, labels)
-    n_val, n_test = _split_counts(len(pairs), val_fraction, test_fraction)
-    order = np.random.default_rng(seed).permutation(len(pairs))
+    sections = {stem: _sections(image_path) for stem, image_path, _ in pairs}
+    for stem, image_path, label_path in pairs:
+        if _sections(label_path) != sections[stem]:
+            raise ValueError(f"{label_path}: holds {_sections(label_path)} section(s), its image {image_path.name} "
+                             f"{sections[stem]}; give a label stack of as many sections.")
+    flat = [p for p in pairs if sections[p[0]] == 1]
     split_of = {}
-    for rank, i in enumerate(order):
-        split_of[pairs[i][0]] = "testing" if rank < n_test else "validation" if rank < n_test + n_val else "training"
+    if flat:
+        n_val, n_test = _split_counts(len(flat), val_fraction, test_fraction)
+        order = np.random.default_rng(seed).permutation(len(flat))
+        for rank, i in enumerate(order):
+            split_of[flat[i][0]] = "testing" if rank < n_test else "validation" if rank < n_test + n_val else "training"
 
     out = Path(out)
     datalist: dict = {
         "name": f"prepared from {Path(images).name}/ and {Path(labels).name}/",
-        "description": f"split by image with seed {seed}; crop {crop or 'none'}",
+        "description": f"split by image with seed {seed}, stacks by section in consecutive blocks (testing first, then "
+        f"validation); crop {crop or 'none'}",
         "training": [],
         "validation": [],
         "testing": [],
@@ -205,29 +253,17 @@ def prepare_folders(
         "testing_sections": [],
     }
     for stem, image_path, label_path in pairs:
-        image = to_uint8(read_image(image_path))
-        label = map_label_values(_label_2d(read_image(label_path), label_path), value_map, label_path)
-        if image.shape[:2] != label.shape:
-            raise ValueError(
-                f"{label_path}: label size {list(label.shape)} differs from its image {image_path.name} "
-                f"{list(image.shape[:2])}."
-            )
-        section = {"image": f"sections/images/{stem}.png", "label": f"sections/labels/{stem}.png"}
-        write_png(out / section["image"], image)
-        write_png(out / section["label"], label)
-        split = split_of[stem]
-        datalist[f"{split}_sections"].append(section)
-        tiles = crop_grid(*label.shape, crop) if crop else []
-        if crop and not tiles:
-            logger.warning("%s: %s is smaller than crop=%d; kept whole", image_path, list(label.shape), crop)
-        if not tiles:
-            datalist[split].append(section)
-            continue
-        for r, c, y, x in tiles:
-            name = f"{stem}_r{r}_c{c}.png"
-            write_png(out / "crops" / "images" / name, image[y : y + crop, x : x + crop])
-            write_png(out / "crops" / "labels" / name, label[y : y + crop, x : x + crop])
-            datalist[split].append({"image": f"crops/images/{name}", "label": f"crops/labels/{name}"})
+        n = sections[stem]
+        if n == 1:
+            units = [(stem, split_of[stem], (to_uint8(read_image(image_path)), read_image(label_path)))]
+        else:
+            n_val, n_test = _split_counts(n, val_fraction, test_fraction, f"sections of {image_path.name}")
+            splits = ["testing"] * n_test + ["validation"] * n_val + ["training"] * (n - n_test - n_val)
+            units = ((section_name(stem, k, n), splits[k], pair)
+                     for k, pair in enumerate(_stack_sections(image_path, label_path)))
+        for name, split, (image, label) in units:
+            label = map_label_values(_label_2d(label, label_path), value_map, label_path)
+            _write_unit(out, datalist, name, split, image, label, crop, image_path, label_path)
 
     write_json(
         out / "classes.json",
@@ -244,6 +280,32 @@ def prepare_folders(
     )
     path = write_json(out / "datalist.json", datalist)
     logger.info(
-        "prepared %d images (%d/%d/%d items) in %s", len(pairs), *(len(datalist[k]) for k in ("training", "validation", "testing")), out
+        "prepared %d image(s) or stack(s), %d section(s) (%d/%d/%d items) in %s", len(pairs), sum(sections.values()),
+        *(len(datalist[k]) for k in ("training", "validation", "testing")), out
     )
     return path
+
+
+def _write_unit(out: Path, datalist: dict, stem: str, split: str, image: np.ndarray, label: np.ndarray, crop: int,
+                image_path: Path, label_path: Path) -> None:
+    """Write one whole image (a 2D file or a section of a stack) and its crops, and list them under ``split``."""
+    if image.shape[:2] != label.shape:
+        raise ValueError(
+            f"{label_path}: label size {list(label.shape)} differs from its image {image_path.name} "
+            f"{list(image.shape[:2])}."
+        )
+    section = {"image": f"sections/images/{stem}.png", "label": f"sections/labels/{stem}.png"}
+    write_png(out / section["image"], image)
+    write_png(out / section["label"], label)
+    datalist[f"{split}_sections"].append(section)
+    tiles = crop_grid(*label.shape, crop) if crop else []
+    if crop and not tiles:
+        logger.warning("%s: %s is smaller than crop=%d; kept whole", image_path, list(label.shape), crop)
+    if not tiles:
+        datalist[split].append(section)
+        return
+    for r, c, y, x in tiles:
+        name = f"{stem}_r{r}_c{c}.png"
+        write_png(out / "crops" / "images" / name, image[y : y + crop, x : x + crop])
+        write_png(out / "crops" / "labels" / name, label[y : y + crop, x : x + crop])
+        datalist[split].append({"image": f"crops/images/{name}", "label": f"crops/labels/{name}"})

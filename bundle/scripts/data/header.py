@@ -1,6 +1,8 @@
-"""A cheap look at an image file: its header (size, channels, pixel type) as MONAI's loader will see it, or why it
-cannot be used (missing, unreadable, unsupported, not one 2D image); the inference pre-flight reads it for every input
-before the model loads (:meth:`scripts.workflows.InferencePlan.prepare`)."""
+"""A cheap look at an image file: its header (size, channels, pixel type, sections) as the inference will see it, or
+why it cannot be used (missing, unreadable, unsupported, neither one 2D image nor one stack of 2D sections); the
+inference pre-flight reads it for every input before the model loads (:meth:`scripts.workflows.InferencePlan.prepare`).
+TIFF and NIfTI files are looked at through :mod:`scripts.data.stacks`, which tells sections from channels by the
+file's structure (pages, axes, samples per pixel)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .io import image_extension
+from .stacks import StackError, open_stack
 
 __all__ = ["ImageHeader", "read_header"]
 
@@ -36,25 +39,27 @@ _PIL_MODES = {  # PIL mode -> (channels as MONAI's loader returns them, pixel ty
 
 @dataclass(frozen=True)
 class ImageHeader:
-    """What a cheap look at an image file tells: ``size`` (H, W), ``channels``, ``dtype``; ``problem`` is set (and the
-    rest may be empty) when the file is not one readable 2D image."""
+    """What a cheap look at an image file tells: ``size`` (H, W) of a section, ``channels``, ``dtype``, ``sections``
+    (1: a 2D image; more: a stack, :mod:`scripts.data.stacks`), ``axes`` as read (TIFF/NIfTI), ``hint`` (how to
+    re-save a file whose channels may be sections); ``problem`` is set (and the rest may be empty) when the file
+    cannot be used."""
 
     size: tuple[int, ...] = ()
     channels: int = 0
     dtype: str = ""
     problem: str | None = None
+    sections: int = 1
+    axes: str = ""
+    hint: str | None = None
 
 
 def _not_2d(path: Path, shape) -> str:
-    return (
-        f"{path}: holds an array of shape {list(shape)} (a stack of sections, a 3D volume or a multi-channel image), "
-        "not one 2D image; save each section as its own 2D file (grey or RGB)."
-    )
+    return f"{path}: holds {shape[0]} frames of {list(shape[1:])}, not one 2D image; save them as a TIFF stack."
 
 
 def read_header(path: str | os.PathLike) -> ImageHeader:
-    """Read an image's header only (PNG/JPEG via PIL, TIFF via tifffile, NIfTI via nibabel): size, channels and pixel
-    type as MONAI's ``LoadImage`` will see them, or the problem (missing, unreadable, unsupported, not 2D).
+    """Read an image's header only (PNG/JPEG via PIL, TIFF via tifffile, NIfTI via nibabel): size, channels, pixel
+    type and sections, or the problem (missing, unreadable, unsupported, not one 2D image or stack).
 
     Args:
         path: the image file.
@@ -79,25 +84,11 @@ def read_header(path: str | os.PathLike) -> ImageHeader:
                     return ImageHeader(problem=f"{path}: unsupported pixel mode {img.mode!r}; save it as grey or RGB.")
                 channels, dtype = _PIL_MODES[img.mode]
                 return ImageHeader((img.size[1], img.size[0]), channels, dtype)
-        if ext in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                series = tif.series[0]
-                shape, axes, dtype = tuple(series.shape), series.axes, str(series.dtype)
-            kept = [(n, a) for n, a in zip(shape, axes) if n > 1 or a in "YX"]
-            spatial = [n for n, a in kept if a in "YX"]
-            other = [(n, a) for n, a in kept if a not in "YX"]
-            if len(spatial) != 2 or len(other) > 1 or (other and (other[0][1] not in "SC" or other[0][0] > 4)):
-                return ImageHeader(problem=_not_2d(path, shape))
-            return ImageHeader(tuple(spatial), other[0][0] if other else 1, dtype)
-        import nibabel as nib
-
-        header = nib.load(str(path)).header
-        shape = [n for n in header.get_data_shape() if n > 1]
-        if len(shape) == 2 or (len(shape) == 3 and shape[-1] in (3, 4)):
-            return ImageHeader((shape[1], shape[0]), shape[2] if len(shape) == 3 else 1, str(header.get_data_dtype()))
-        return ImageHeader(problem=_not_2d(path, header.get_data_shape()))
+        with open_stack(path) as volume:
+            return ImageHeader(tuple(volume.size), volume.channels, volume.dtype, sections=volume.sections,
+                               axes=volume.axes, hint=volume.hint)
+    except StackError as e:
+        return ImageHeader(problem=str(e))
     except Exception as e:  # noqa: BLE001 - any decoder failure: the file cannot be used
         return ImageHeader(
             problem=f"{path}: cannot read this {ext} file (corrupt, truncated or not a {ext} image): {e}."

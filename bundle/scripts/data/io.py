@@ -27,11 +27,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: File name endings :func:`read_image` understands (lower case).
-SUPPORTED_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii", ".nii.gz")
+SUPPORTED_EXTENSIONS: tuple[str, ...] = (
+    ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".ome.tif", ".ome.tiff", ".nii", ".nii.gz")
 
 
 def image_extension(path: str | os.PathLike) -> str | None:
-    """Return the supported extension of ``path`` (lower case, ``".nii.gz"`` as one), or ``None``."""
+    """Return the supported extension of ``path`` (lower case, ``".nii.gz"`` and ``".ome.tif"`` as one), or ``None``."""
     name = Path(path).name.lower()
     for ext in sorted(SUPPORTED_EXTENSIONS, key=len, reverse=True):
         if name.endswith(ext):
@@ -46,11 +47,9 @@ def file_stem(path: str | os.PathLike) -> str:
     return name[: -len(ext)] if ext else Path(path).stem
 
 
-def _to_2d(arr: np.ndarray, path: Path, channel_first_ok: bool) -> np.ndarray:
-    """Squeeze singleton axes and return ``(H, W)`` or ``(H, W, 3)``; raise for stacks/volumes."""
+def _to_2d(arr: np.ndarray, path: Path) -> np.ndarray:
+    """Squeeze singleton axes and return ``(H, W)`` or ``(H, W, 3)`` (alpha dropped); raise for other channels."""
     arr = np.squeeze(arr)
-    if arr.ndim == 3 and channel_first_ok and arr.shape[0] in (3, 4) and arr.shape[-1] > 4:
-        arr = np.moveaxis(arr, 0, -1)
     if arr.ndim == 3 and arr.shape[-1] == 4:
         logger.debug("%s: dropping the alpha channel", path)
         arr = arr[..., :3]
@@ -58,9 +57,23 @@ def _to_2d(arr: np.ndarray, path: Path, channel_first_ok: bool) -> np.ndarray:
         return arr
     raise ValueError(
         f"{path}: expected a 2D image, grey (H, W) or RGB (H, W, 3), but it holds an array of shape "
-        f"{tuple(arr.shape)} (a 3D volume, a stack of sections or a multi-channel image). This bundle segments 2D "
-        "images: save each section as its own 2D file (e.g. with tifffile or `python -c` and PIL)."
+        f"{tuple(arr.shape)} (a multi-channel image); save it as grey or RGB."
     )
+
+
+def _one_section(path: Path) -> np.ndarray:
+    """The one 2D image of a TIFF/NIfTI file (:mod:`scripts.data.stacks`: pages and axes tell sections from
+    channels); a stack of sections raises, naming the route for stacks."""
+    from .stacks import open_stack
+
+    with open_stack(path) as volume:
+        if volume.sections > 1:
+            raise ValueError(
+                f"{path}: a stack of {volume.sections} sections (axes {volume.axes}), not one 2D image; inference "
+                "takes the stack as it is, and `python -m scripts.data.prepare folders --images <stack> --labels "
+                "<label stack>` splits it into 2D sections for training."
+            )
+        return volume.section(0)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -100,26 +113,18 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
                 elif img.mode in ("RGBA", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"):
                     img = img.convert("RGB")
                 arr = np.asarray(img)
-            channel_first_ok = False
-        elif ext in (".tif", ".tiff"):
-            import tifffile
-
-            arr = tifffile.imread(path)
-            channel_first_ok = True
         else:
-            import nibabel as nib
-
-            arr = np.asarray(nib.load(str(path)).dataobj)
-            arr = np.squeeze(arr)
-            if arr.ndim >= 2:
-                arr = np.swapaxes(arr, 0, 1)
-            channel_first_ok = False
+            arr = _one_section(path)
+    except ValueError as e:
+        if str(e).startswith(str(path)):  # a message about this file already (a stack, an ambiguous layout)
+            raise
+        raise ValueError(f"{path}: cannot read this {ext} file (corrupt, truncated or not a {ext} image): {e}") from e
     except Exception as e:  # any decoder failure means the file cannot be used; say which file
         raise ValueError(f"{path}: cannot read this {ext} file (corrupt, truncated or not a {ext} image): {e}") from e
     arr = np.asarray(arr)
     if arr.size == 0:
         raise ValueError(f"{path}: cannot read this {ext} file: it holds no pixel data (corrupt or truncated).")
-    return _to_2d(arr, path, channel_first_ok)
+    return _to_2d(arr, path)
 
 
 def has_alpha(path: str | os.PathLike) -> bool:

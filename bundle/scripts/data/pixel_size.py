@@ -157,7 +157,7 @@ def read_pixel_size(path: str | os.PathLike) -> PixelSize | None:
     path = Path(path)
     ext = image_extension(path)
     try:
-        if ext in (".tif", ".tiff"):
+        if ext in (".tif", ".tiff", ".ome.tif", ".ome.tiff"):
             return _tiff(path)
         if ext == ".png":
             return _pil(path, "PNG pHYs")

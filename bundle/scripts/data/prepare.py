@@ -5,6 +5,8 @@ Usage (from anywhere, the ``scripts`` package being installed)::
     python -m scripts.data.prepare drosophila --src ../shared/datasets/drosophila-vnc --out data/drosophila
     python -m scripts.data.prepare folders --images my/images --labels my/labels --out data/mine \\
         --class-map "0:0,128:1,255:2" [--val-fraction 0.2 --test-fraction 0.2 --seed 0 --crop 256]
+    python -m scripts.data.prepare folders --images train-volume.tif --labels train-labels.tif --out data/em \
+        --class-map "0:1,255:0"    # a stack and its label stack, split by section
     python -m scripts.data.prepare synthetic --out data/synthetic [--num-train 16 --num-val 4 --num-test 4]
     python -m scripts.data.prepare check --datalist data/drosophila/datalist_fold0.json --num-classes 5
 
@@ -40,9 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--crop-size", type=int, default=256, help="crop side (default 256)")
     d.add_argument("--num-folds", type=int, default=5, help="cross-validation folds (default 5)")
 
-    f = sub.add_parser("folders", help="prepare your own images/ and labels/ folders")
-    f.add_argument("--images", required=True, help="folder of 2D images (PNG/JPEG/TIFF/NIfTI, grey or RGB)")
-    f.add_argument("--labels", required=True, help="folder of label images with the same file stems")
+    f = sub.add_parser("folders", help="prepare your own images/ and labels/ folders, or a stack and its label stack")
+    f.add_argument("--images", required=True,
+                   help="folder of 2D images or stacks (PNG/JPEG/TIFF/NIfTI, grey or RGB), or one stack file")
+    f.add_argument("--labels", required=True,
+                   help="folder of label images with the same file stems, or the label stack of --images")
     f.add_argument("--out", required=True, help="output folder")
     f.add_argument("--class-map", required=True, help="label value -> class index, e.g. '0:0,128:1,255:2'")
     f.add_argument("--val-fraction", type=float, default=0.2)

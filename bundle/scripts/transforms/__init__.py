@@ -8,6 +8,7 @@ from .difficult_pixels import (
     refine_difficult_pixels,
 )
 from .intensity import ScaleIntensityByRule, ScaleIntensityByRuled
+from .load_section import LoadSectiond, SectionReader
 from .save_probabilities import SaveProbabilityMaps, SaveProbabilityMapsd, read_probability_map
 from .border_weights import UNetBorderWeightMap, UNetBorderWeightMapd, border_distances
 from .mirror_pad import PAD_MODES, MirrorSpatialPad, MirrorSpatialPadd, mirror_pad

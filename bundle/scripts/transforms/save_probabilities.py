@@ -3,7 +3,9 @@ them back.
 
 Storage (``dtype``): ``"uint8"`` (default) stores ``round(p * 255)``, ``"uint16"`` ``round(p * 65535)``, ``"float32"``
 the probabilities as they are; every page is zlib (deflate) compressed, which Fiji/ImageJ, napari and tifffile read.
-A 3000 x 2500 image with 5 classes takes at most 37.5 MB as uint8 before compression (150 MB as float32).
+A 3000 x 2500 image with 5 classes takes at most 37.5 MB as uint8 before compression (150 MB as float32). A section of
+a stack (:class:`scripts.transforms.LoadSectiond`) goes into one ImageJ hyperstack ``(Z, C, H, W)`` per stack, with the
+input's calibration, written section by section (:mod:`scripts.data.stack_writers`).
 :func:`read_probability_map` returns float32 probabilities whatever the storage; the scale is also written in the
 ImageJ ``Info`` field (``probability = value / 255``).
 """
@@ -21,6 +23,8 @@ from monai.transforms import MapTransform, Transform
 
 from scripts.atomic import atomic_path
 from scripts.data.io import file_stem
+from scripts.data.stack_writers import write_section
+from scripts.data.stacks import section_of
 from scripts.workflows.output_names import OUTPUT_NAME_KEY
 
 __all__ = ["PROBABILITY_DTYPES", "SaveProbabilityMaps", "SaveProbabilityMapsd", "read_probability_map"]
@@ -30,7 +34,8 @@ PROBABILITY_DTYPES: dict[str, int | None] = {"uint8": 255, "uint16": 65535, "flo
 
 
 def read_probability_map(path: str | Path) -> np.ndarray:
-    """Read a probability map written by :class:`SaveProbabilityMaps`: float32 ``(C, H, W)`` probabilities.
+    """Read a probability map written by :class:`SaveProbabilityMaps`: float32 ``(C, H, W)`` probabilities
+    (``(Z, C, H, W)`` for a stack).
 
     Args:
         path: the ``_prob.tif`` file.
@@ -110,7 +115,12 @@ class SaveProbabilityMaps(Transform):
         else:
             arr = np.rint(np.clip(arr, 0.0, 1.0) * one).astype(self.dtype)
             metadata["Info"] = f"probability = value / {one}"
-        with atomic_path(self.output_dir / f"{stem}{self.postfix}.tif") as tmp:  # never a partial map (a killed run)
+        target = self.output_dir / f"{stem}{self.postfix}.tif"
+        section = section_of(meta)
+        if section is not None:  # a section of a stack: into the stack's hyperstack
+            write_section(target, filename, section, arr, labels=self.class_names, info=metadata.get("Info"))
+            return prob
+        with atomic_path(target) as tmp:  # never a partial map (a killed run)
             tifffile.imwrite(tmp, arr, imagej=True, metadata=metadata, compression="zlib")
         return prob
 

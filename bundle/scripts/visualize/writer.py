@@ -44,7 +44,7 @@ from scripts.data.classes import CLASS_NAMES, class_palette
 from scripts.workflows.fault_tolerant import FAILED_KEY, root_cause
 from scripts.data.io import file_stem, write_png
 from scripts.workflows.inference_plan import picture_folder
-from scripts.workflows.output_names import OUTPUT_NAME_KEY
+from scripts.workflows.output_names import OUTPUT_NAME_KEY, PICTURE_KEY
 from scripts.visualize.confidence import confidence_to_rgb, difficult_to_grey
 from scripts.visualize.feature_maps import feature_map_to_rgb
 from scripts.visualize.gallery import DEFAULT_COLUMNS, write_gallery
@@ -78,7 +78,8 @@ class PictureWriter:
     - ``features_key`` (1, *spatial): the channel-mean feature map (:class:`scripts.visualize.FeatureMapCapture`).
 
     A picture whose key is ``None``, or missing from an item, is not written. The file name comes from
-    ``image.meta["filename_or_obj"]``. The gallery is written when the engine completes; rows are reset when it
+    ``image.meta["filename_or_obj"]``; the folder from ``picture_key`` when the item has it (a section of a stack:
+    ``<name>_z<k>``, or empty: no pictures of that section), else from ``image.meta["output_name"]``. The gallery is written when the engine completes; rows are reset when it
     starts.
 
     Example (bundle config, in the evaluator's ``val_handlers``)::
@@ -100,6 +101,7 @@ class PictureWriter:
         feature_cmap: colormap of ``features.png``. Default 'jet' (blue -> red).
         title: the gallery's title.
         source: what the run segments (a folder, file or datalist): its name is added to the title.
+        picture_key: the item key of a picture folder's name (see above); ``None``: not read.
         isolate_errors: when writing one image's pictures fails, log it, mark that output item as failed
             (``item["failed"] = reason``, which :class:`scripts.workflows.InferenceReport` records) and go on, instead
             of stopping the run. Items already marked failed are always skipped.
@@ -128,6 +130,7 @@ class PictureWriter:
         title: str = "Segmentation pictures",
         source: str | os.PathLike | None = None,
         isolate_errors: bool = False,
+        picture_key: str | None = PICTURE_KEY,
     ) -> None:
         if class_colors is None:
             class_colors = class_palette(len(class_names))
@@ -144,6 +147,7 @@ class PictureWriter:
         self.confidence_cmap, self.feature_cmap = confidence_cmap, feature_cmap
         self.title = f"{title}: {os.path.basename(str(source))}" if source is not None else title
         self.isolate_errors = isolate_errors
+        self.picture_key = picture_key
         self.rows: list[tuple[str, dict[str, str]]] = []
 
     # ------------------------------------------------------------------ Ignite
@@ -178,9 +182,12 @@ class PictureWriter:
                 raise KeyError(f"PictureWriter needs '{self.image_key}' in the engine's output.")
             meta = getattr(image, "meta", {}) or {}
             name = meta.get("filename_or_obj")
+            picture = get(self.picture_key) if self.picture_key else None
+            if picture is not None and not str(picture):  # a section of a stack without pictures
+                continue
             arrays = {kind: get(key) for kind, key in self.keys.items()}
             try:
-                self.write(image, name=name, folder=meta.get(OUTPUT_NAME_KEY), **arrays)
+                self.write(image, name=name, folder=str(picture) if picture else meta.get(OUTPUT_NAME_KEY), **arrays)
             except Exception as e:
                 if not self.isolate_errors or not isinstance(item, dict):
                     raise

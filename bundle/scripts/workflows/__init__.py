@@ -14,13 +14,14 @@ from .fault_tolerant import FAILED_KEY, FaultTolerantDataset, root_cause
 from .inference_plan import REPORT_NAME, InferencePlan, picture_folder
 from .inference_report import InferenceFailed, InferenceReport
 from .measurement import FolderMeasurement, MeasurementFailed
-from .output_names import OUTPUT_NAME_KEY, output_name_formatter, unique_output_names
+from .output_names import OUTPUT_NAME_KEY, PICTURE_KEY, output_name_formatter, unique_output_names
 from .preflight import EvaluationPreflight, InferencePreflight, TrainingPreflight
 from .run_folder import SHIPPED, checkpoint_to_resume, prepare_run_folder, run_files
 
 __all__ = [
     "FAILED_KEY",
     "OUTPUT_NAME_KEY",
+    "PICTURE_KEY",
     "REPORT_NAME",
     "SHIPPED",
     "EvaluationPreflight",

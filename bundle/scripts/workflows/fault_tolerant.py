@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 from monai.data import Dataset
 
+from scripts.data.stacks import SECTION_KEY, STACK_SUFFIX
+
 from .output_names import OUTPUT_NAME_KEY
 
 __all__ = ["FAILED_KEY", "FaultTolerantDataset", "root_cause"]
@@ -54,16 +56,19 @@ class FaultTolerantDataset(Dataset):
         try:
             out = super()._transform(index)
         except Exception as e:  # noqa: BLE001 - any failure of this one file is reported, the run goes on
-            path = str(item.get(self.image_key)) if isinstance(item, dict) else f"item {index}"
+            item = item if isinstance(item, dict) else {}
+            path = str(item.get(self.image_key, item.get(f"{self.image_key}{STACK_SUFFIX}", f"item {index}")))
+            where = f"{path} (section {item[SECTION_KEY]})" if SECTION_KEY in item else path
             reason = root_cause(e)
-            logger.error("%s: cannot be loaded, skipped (%s)", path, reason)
+            logger.error("%s: cannot be loaded, skipped (%s)", where, reason)
             failed = {
                 self.image_key: path,
-                FAILED_KEY: f"{path}: cannot be loaded, the file is probably corrupt or truncated; re-copy or re-export "
-                f"it ({reason})",
+                FAILED_KEY: f"{where}: cannot be loaded, the file is probably corrupt or truncated; re-copy or "
+                f"re-export it ({reason})",
             }
-            if isinstance(item, dict) and OUTPUT_NAME_KEY in item:
-                failed[OUTPUT_NAME_KEY] = str(item[OUTPUT_NAME_KEY])
+            for key in (OUTPUT_NAME_KEY, SECTION_KEY):
+                if key in item:
+                    failed[key] = item[key] if key == SECTION_KEY else str(item[key])
             return failed
         if isinstance(item, dict) and OUTPUT_NAME_KEY in item and isinstance(out, dict):
             meta = getattr(out.get(self.image_key), "meta", None)

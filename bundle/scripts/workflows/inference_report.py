@@ -12,6 +12,11 @@
 ``finish()`` (the last expression of inference.json's ``run``) writes the final report, logs a summary, and raises
 :class:`InferenceFailed` when any input failed (in the pre-flight or during the run), after every other file was
 finished: ``python -m monai.bundle run inference ...`` then exits with status 1.
+
+A stack is one input predicted as one item per section: its record stays ``"pending"`` until its last section is
+written (its outputs are renamed into place then), collects the seconds of all its sections, and fails as a whole when
+one section fails: its open output stacks are dropped (:func:`scripts.data.stack_writers.abort_sections`) and its
+remaining sections are skipped without being predicted.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import torch
 from ignite.engine import Engine, Events
 
 from scripts.data.datalist import write_json
+from scripts.data.stack_writers import abort_sections
+from scripts.data.stacks import SECTION_KEY
 
 from .fault_tolerant import FAILED_KEY, root_cause
 from .inference_plan import REPORT_NAME, InferencePlan
@@ -51,6 +58,16 @@ def _names(batch: Any) -> list[str]:
     return []
 
 
+def _sections(batch: Any, count: int) -> list[int | None]:
+    """Section indices of a collated batch's items (``None`` for a 2D image), ``count`` of them."""
+    values = batch.get(SECTION_KEY) if isinstance(batch, Mapping) else None
+    if values is None:
+        return [None] * count
+    values = values.tolist() if hasattr(values, "tolist") else values
+    values = values if isinstance(values, (list, tuple)) else [values]
+    return [None if v is None else int(v) for v in values] + [None] * (count - len(values))
+
+
 class InferenceReport:
     """Per-file fault isolation (``iteration_update``) and report (handler) of an inference run.
 
@@ -71,7 +88,8 @@ class InferenceReport:
     or ``"pending"`` while the run goes on -- and for good when it is killed), ``stage`` (``"pre-flight"`` or
     ``"run"``), ``reason``, ``seconds`` (prediction and writing; loading overlaps the network), ``outputs`` (paths
     relative to ``output_dir``), ``intensity`` (``rule`` applied and value ``range`` mapped to 0..1), ``size``,
-    ``channels``, ``dtype``, ``model_sha256`` (the model that made its outputs); and ``earlier_files``: the records
+    ``channels``, ``dtype``, ``sections`` (1 for a 2D image), ``model_sha256`` (the model that made its outputs);
+    and ``earlier_files``: the records
     of inputs of earlier runs into the folder that this run does not have (so that they stay done).
 
     Args:
@@ -85,6 +103,7 @@ class InferenceReport:
         self.records = {r[OUTPUT_NAME_KEY]: r for r in plan.records}
         self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._current: list[str] = []
+        self._sections: list[int | None] = []
         self._t0 = 0.0
 
     # ------------------------------------------------------------------ iteration_update
@@ -93,13 +112,21 @@ class InferenceReport:
             record = self.records.get(name)
             if record is not None:
                 record.update(status="failed", stage="run", reason=reason)
+                if (record.get("sections") or 1) > 1:
+                    abort_sections(record["input"])
         return [{FAILED_KEY: reason, OUTPUT_NAME_KEY: n} for n in names] or [{FAILED_KEY: reason}]
 
     def __call__(self, engine: Engine, batchdata: Any) -> Any:
         """One iteration: MONAI's ``engine._iteration`` for this batch, or a failure record when it raises or when the
         batch is an item :class:`scripts.workflows.FaultTolerantDataset` could not load."""
         names = _names(batchdata)
-        self._current = names
+        self._current, self._sections = names, _sections(batchdata, len(names))
+        failed_stacks = [n for n, k in zip(names, self._sections)
+                         if k is not None and self.records.get(n, {}).get("status") == "failed"]
+        if failed_stacks:  # a later section of a stack that failed: nothing to predict
+            engine.state.batch = engine.state.output = [
+                {FAILED_KEY: self.records[n]["reason"], OUTPUT_NAME_KEY: n} for n in names]
+            return engine.state.output
         if isinstance(batchdata, Mapping) and FAILED_KEY in batchdata:
             reasons = batchdata[FAILED_KEY]
             reason = str(reasons[0] if isinstance(reasons, (list, tuple)) else reasons)
@@ -137,14 +164,17 @@ class InferenceReport:
             for item in items
             if isinstance(item, Mapping) and FAILED_KEY in item
         }
-        for name in self._current:
+        for name, section in zip(self._current, self._sections):
             record = self.records.get(name)
             if record is None:
                 continue
-            record["seconds"] = round(seconds / max(len(self._current), 1), 3)
+            earlier = (record.get("seconds") or 0.0) if section else 0.0  # the stack's sections before this one
+            record["seconds"] = round(earlier + seconds / max(len(self._current), 1), 3)
             if name in failed:
+                if record["status"] != "failed" and section is not None:
+                    abort_sections(record["input"])
                 record.update(status="failed", stage=record.get("stage") or "run", reason=failed[name])
-            elif record["status"] == "pending":
+            elif record["status"] == "pending" and (section is None or section == (record.get("sections") or 1) - 1):
                 record.update(status="ok", stage="run")
         self.write()
 
@@ -180,6 +210,7 @@ class InferenceReport:
         Raises:
             InferenceFailed: listing each failed input and its reason.
         """
+        abort_sections()  # stacks the run did not finish (stopped early): no partial file stays
         for record in self.plan.records:  # an input the run never reached (stopped early)
             if record["status"] == "pending":
                 record.update(status="failed", stage="run", reason=f"{record['input']}: not processed")

@@ -18,10 +18,12 @@ from typing import Any
 
 from scripts.data.io import file_stem, image_extension
 
-__all__ = ["OUTPUT_NAME_KEY", "output_name_formatter", "unique_output_names"]
+__all__ = ["OUTPUT_NAME_KEY", "PICTURE_KEY", "output_name_formatter", "unique_output_names"]
 
 #: Key of the output name in a dataset item and in the loaded image's metadata.
 OUTPUT_NAME_KEY = "output_name"
+#: Key of the picture folder's name in a section's item (empty: no pictures of that section).
+PICTURE_KEY = "picture_name"
 
 
 def unique_output_names(paths: Sequence[str | os.PathLike]) -> list[str]:
