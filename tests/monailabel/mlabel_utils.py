@@ -37,8 +37,6 @@ TINY_TRAIN = {
     "val_batch_size": 2,
     "cache_workers": 0,
     "show_progress": False,
-    # train.json's "initialize" still checks the default synthetic datalist: keep it tiny
-    "synthetic": {"num_train": 2, "num_val": 1, "num_test": 1, "size": 64, "seed": 0},
 }
 
 #: Datastore extensions for the server: MONAI Label's defaults list *.tif but not *.tiff.

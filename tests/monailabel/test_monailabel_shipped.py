@@ -198,6 +198,7 @@ def test_train_with_other_classes_fine_tunes_the_shipped_model_then_infer_serves
     assert trained["model_info"]["network"]["out_channels"] == 2
     assert trained["model"].keys() == shipped["model"].keys()
     assert trained["model"]["head.weight"].shape[0] == 2 and trained["model"]["head.bias"].shape == (2,)
+    assert not (model_pt.parents[1] / "data").exists(), "the pre-flight checked the datastore's images, no synthetic set"
 
     labels = {"rest": 0, "membrane": 1}
     assert client.info()["models"][TWO_CLASS_MODEL]["labels"] == labels, "/info: the new model's classes"
