@@ -72,7 +72,7 @@ def verified(config: str):
     return parsed_network(config, bundle_root=str(root))  # the network verify_net_in_out checked
 
 
-def monailabel_copy(config: str):
+def monailabel_copy(config: str, key: str = "network_def"):
     spec = importlib.util.spec_from_file_location("monailabel_app", repo / "tools" / "monailabel_app.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -85,7 +85,7 @@ def monailabel_copy(config: str):
     parser = ConfigParser()
     parser.read_config(str(copy / "configs" / config))
     parser["bundle_root"] = str(copy)
-    return parser.get_parsed_content("network_def")
+    return parser.get_parsed_content(key)
 
 
 def check_large_files():
@@ -109,7 +109,7 @@ entries = {
     "ckpt_export_train": lambda: exported("train.json"),
     "verify_net_in_out_inference": lambda: verified("inference.json"),
     "monailabel_inference": lambda: monailabel_copy("inference.json"),
-    "monailabel_train": lambda: monailabel_copy("train.json"),
+    "monailabel_train": lambda: monailabel_copy("train.json", "initial_network"),  # what its /train trains
     "download_large_files": check_large_files,
 }
 os.chdir(root)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 
 from bundle_runner import BUNDLE, REPO
@@ -60,3 +61,47 @@ def test_app_copy_installs_the_request_checks_once(tmp_path):
     src, app = _source_bundle(other, trained=b"trained", pretrained=None)
     assert tool.main(["--app", str(app), "--name", "cellseg", "--bundle", str(src)]) == 0
     assert (app / "main.py").read_text() == "# a MONAI Label app\n" and not (app / "lib").exists()
+
+
+def _trained_network(copy, caplog):
+    """The network the copy's ``/train`` trains (train.json's ``initial_network``), and the fine-tuning log line."""
+    import logging
+
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(copy / "configs" / "train.json"))
+    parser["bundle_root"] = str(copy)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="scripts.networks.finetune"):
+        network = parser.get_parsed_content("initial_network")
+    return network, " ".join(r.getMessage() for r in caplog.records)
+
+
+def test_app_copy_train_fine_tunes_the_served_model_for_its_classes(tmp_path, caplog):
+    """The copy's /train fine-tunes models/model.pt: every tensor for the same classes; with --class_names the head
+    afresh for those (the copy's class_names); without a model.pt, the configured network from its initialisation."""
+    import torch
+
+    shipped_pt = BUNDLE / "models" / "pretrained" / "model.pt"
+    shipped = torch.load(shipped_pt, map_location="cpu", weights_only=True)["model"]
+    tool = _tool()
+    src, app = _source_bundle(tmp_path / "a", trained=None, pretrained=shipped_pt.read_bytes())
+    network, log = _trained_network(tool.make_app_copy(app, "cellseg", bundle=src), caplog)
+    assert "loaded 118 of 118 tensors." in log
+    assert all(torch.equal(network.state_dict()[k], v) for k, v in shipped.items())
+
+    assert tool.main(["--app", str(app), "--name", "two", "--bundle", str(src), "--class_names", "rest", "membrane"]) == 0
+    copy = app / "model" / "two"
+    assert json.loads((copy / "configs" / "train.json").read_text())["class_names"] == ["rest", "membrane"]
+    network, log = _trained_network(copy, caplog)
+    assert "loaded 116 of 118 tensors; re-initialised head.weight, head.bias for 2 classes (rest, membrane;" in log
+    state = network.state_dict()
+    assert state["head.weight"].shape[0] == 2 and not torch.equal(state["head.bias"], shipped["head.bias"][:2])
+    assert all(torch.equal(state[k], v) for k, v in shipped.items() if not k.startswith("head."))
+
+    (copy / "models" / "model.pt").unlink()
+    network, log = _trained_network(copy, caplog)
+    assert "No " in log and "yet: training UNet from its initialisation" in log
+    assert network.state_dict()["head.weight"].shape[0] == 2
+    assert not torch.equal(network.state_dict()["encoder.blocks.0.0.weight"], shipped["encoder.blocks.0.0.weight"])

@@ -3,7 +3,7 @@
 Usage (from the repository root, in any environment with MONAI)::
 
     python tools/monailabel_app.py --app apps/monaibundle --name cellseg_xnet [--bundle bundle]
-        [--merge bundle/configs/experiments/paper/unet_sce_iou.json]
+        [--merge bundle/configs/experiments/paper/unet_sce_iou.json] [--class_names rest membrane]
 
 Copies into ``<app>/model/<name>/``: ``configs/``, ``scripts/`` (without caches), ``docs/``, ``LICENSE`` and
 ``models/model.pt`` only: the model you trained, else the pretrained weights shipped in
@@ -11,23 +11,29 @@ Copies into ``<app>/model/<name>/``: ``configs/``, ``scripts/`` (without caches)
 models and each one is tens of MB). MONAI Label reads only ``configs/inference.json`` and ``configs/train.json``,
 so what the app needs is written into the copy's two files (the source bundle is not changed):
 
-- ``train.json``: ``network_def`` builds the network ``models/model.pt`` was trained with (its ``model_info``;
-  the config's network when there is no ``model.pt`` yet), so that MONAI Label's ``/train`` (``pretrained``, the
-  default) continues that model whatever width it has; the recipe it was trained with is merged first: for the
+- ``train.json``: ``finetune_from`` is ``models/model.pt`` (``scripts.networks.finetune_network``; the config's
+  network when there is no ``model.pt`` yet), so that MONAI Label's ``/train`` (``pretrained``, the default)
+  fine-tunes the network that file records, whatever width it has: with the same classes every tensor is loaded
+  (the run continues the model), with others (``--class_names``, written into ``class_names``) the output layers
+  start afresh for them; the recipe it was trained with is merged first: for the
   shipped model ``configs/recipes/shipped.json`` (its loss, sampling and schedule), for a model of yours the
-  ``--merge`` files you give (e.g. the experiment it was trained with, for its loss); ``overwrite`` true, since
+  ``--merge`` files you give (e.g. the experiment it was trained with, for its loss); the pre-flight checks the
+  datastore's lists that MONAI Label trains on (label values within the classes, sizes); ``overwrite`` true, since
   every ``/train`` is a new run in the same folder: the network is built from ``model.pt`` first, then the previous
-  ``models/`` and ``logs/`` move to ``archive/<UTC time>/`` once the new run's first training step has succeeded (a ``/train`` that fails before
-  leaves the served model in place);
+  ``models/`` and ``logs/`` move to ``archive/<UTC time>/`` once the new run's first training step has succeeded
+  (a ``/train`` that fails before leaves the served model in place);
 - ``inference.json``: ``save_probabilities`` false (MONAI Label returns the label only; otherwise every request,
-  uploads included, would leave ``outputs/<name>_prob.tif`` behind). ``network_def`` already builds the network
-  from ``model.pt``.
+  uploads included, would leave ``outputs/<name>_prob.tif`` behind) and ``pictures`` false (MONAI Label writes no
+  pictures; their difficult-pixel maps were computed for nothing, and with the refinement's default classes only for
+  a model of the shipped classes). ``network_def`` already builds the network from ``model.pt``; the checks below
+  build it again, with the labels, when ``model.pt`` changes (e.g. a ``/train`` with other classes).
 
 Into the app itself (once; a later run refreshes the module): ``lib/cellseg_checks.py`` (``tools/monailabel_checks.py``)
 and two lines at the end of ``main.py`` (``MyApp = with_checks(MyApp)``, delete them to undo), so that requests the
 server cannot serve (an unknown model or image id, a file that is not an image, an unknown ``/train`` parameter) get
-HTTP 4xx with the reason instead of MONAI Label's bare 500, before anything changes. A ``main.py`` without the sample
-app's ``class MyApp(MONAILabelApp)`` is left as it is (the tool says so).
+HTTP 4xx with the reason instead of MONAI Label's bare 500, before anything changes, and the model served and its
+labels follow ``models/model.pt`` (its ``model_info``). A ``main.py`` without the sample app's
+``class MyApp(MONAILabelApp)`` is left as it is (the tool says so).
 
 An existing ``<app>/model/<name>/`` is replaced. Exit status 1 with one message when something is missing.
 """
@@ -42,15 +48,14 @@ from pathlib import Path
 __all__ = ["INFERENCE_OVERRIDES", "MAIN_PY_HOOK", "NETWORK_FIRST", "PREFLIGHT", "TRAIN_OVERRIDES", "install_checks",
            "make_app_copy", "main"]
 
-#: Written into the copy's train.json: continue the model in models/model.pt (MONAI Label's "pretrained").
+#: Written into the copy's train.json: every /train fine-tunes models/model.pt (MONAI Label's "pretrained").
 TRAIN_OVERRIDES = {
-    "network_def": {
-        "_desc_": "MONAI Label copy (tools/monailabel_app.py): the network models/model.pt was trained with, with its "
-                  "weights; the configured network when there is no model.pt yet",
-        "_target_": "scripts.networks.network_from_checkpoint",
-        "path": "$@ckpt_dir + '/model.pt'",
-        "default": "@networks#xnet",
-    },
+    # the network models/model.pt records, with this copy's classes: all its tensors loaded for the same classes, the
+    # head re-initialised for others (scripts.networks.finetune_network); no model.pt yet: the configured network
+    "finetune_from": "$@ckpt_dir + '/model.pt'",
+    "initial_network#missing_ok": True,
+    # the pre-flight checks what MONAI Label trains on (its datastore lists), not the default synthetic datalist
+    "preflight#datalist": "${@train_key: @train#dataset#data, @val_key: @validate#dataset#data}",
     # every /train is a new run in the same folder (train.json refuses that by default): the previous models/ and logs/
     # are moved to archive/<UTC time>/; the network is built from model.pt first (``NETWORK_FIRST``), then archived
     "overwrite": True,
@@ -64,7 +69,7 @@ PREFLIGHT = "$@preflight.run()"
 #: shipped model and no --merge is given: its loss (one output, SCE+IoU without class weights), sampling and schedule.
 SHIPPED_RECIPE = "recipes/shipped.json"
 #: Written into the copy's inference.json.
-INFERENCE_OVERRIDES = {"save_probabilities": False}
+INFERENCE_OVERRIDES = {"save_probabilities": False, "pictures": False}
 #: The app code that answers requests the server cannot serve with HTTP 4xx, and where it goes in the app.
 CHECKS_SOURCE = Path(__file__).resolve().with_name("monailabel_checks.py")
 CHECKS_MODULE = Path("lib") / "cellseg_checks.py"
@@ -85,10 +90,6 @@ def _merged(files: list[Path], overrides: dict) -> dict:
     parser = ConfigParser()
     parser.read_config([str(f) for f in files])
     for key, value in overrides.items():
-        if key == "network_def" and isinstance(value, dict) and "default" in value:
-            current = parser.get("network_def")
-            # keep the network the merged configs chose (e.g. "@networks#unet" from an experiment) as the default
-            value = {**value, "default": current if isinstance(current, str) and current.startswith("@") else value["default"]}
         parser[key] = value
     if "overwrite" in overrides:
         steps = [e for e in parser.get("initialize", []) if e != NETWORK_FIRST]
@@ -103,16 +104,16 @@ def _stand_in_loader(parser) -> None:
 
     MONAI Label's ``BundleTrainTask`` inserts a ``CheckpointLoader`` of ``models/model.pt`` at the start of the list
     unless the list has one (it looks for it by ``_target_``, so every item must be a dict, as train.json's are). The
-    copy's network is already built from ``model.pt`` (``network_def``), and that file is moved to ``archive/`` by the
-    pre-flight (``overwrite``) before the trainer starts, so its loader would find no file; and an item inserted at
-    the start would shift the handlers that train.json's ``resumable`` names by their place in the list. A disabled
-    loader at the end stands in its place.
+    copy's network is already built from ``model.pt`` (``finetune_from``; a loader would fail on other classes), and
+    that file is moved to ``archive/`` by the pre-flight (``overwrite``), so its loader would find no file; an item
+    inserted at the start would shift the handlers that train.json's ``resumable`` names by their place in the list.
+    A disabled loader at the end stands in its place.
     """
     handlers = list(parser.get("train#handlers", []))
     handlers.append({
         "_target_": "CheckpointLoader",
         "_disabled_": True,
-        "_desc_": "stands in for the loader MONAI Label would add: network_def already loads models/model.pt",
+        "_desc_": "stands in for the loader MONAI Label would add: finetune_from already loads models/model.pt",
         "load_path": "$@ckpt_dir + '/model.pt'",
         "load_dict": {"model": "@network"},
     })
@@ -136,8 +137,11 @@ def install_checks(app: Path) -> bool:
     return True
 
 
-def make_app_copy(app: Path, name: str, bundle: Path = Path("bundle"), merge: list[Path] | None = None) -> Path:
+def make_app_copy(app: Path, name: str, bundle: Path = Path("bundle"), merge: list[Path] | None = None,
+                  class_names: list[str] | None = None) -> Path:
     """Copy the bundle into ``<app>/model/<name>`` as described in the module docstring; return that folder.
+
+    ``class_names``: the classes ``/train`` trains (your labels' values 0, 1, ... in order); ``None``: the configs'.
 
     Raises:
         FileNotFoundError: the bundle or app folder is not what it should be.
@@ -177,7 +181,8 @@ def make_app_copy(app: Path, name: str, bundle: Path = Path("bundle"), merge: li
     shipped = served is not None and served.parent.name == "pretrained"
     if shipped and not merge and (configs / SHIPPED_RECIPE).is_file():
         recipe = [configs / SHIPPED_RECIPE]  # /train continues the shipped model with its own recipe (loss, sampling)
-    train = _merged([configs / "train.json", *recipe, *[Path(f) for f in merge or []]], TRAIN_OVERRIDES)
+    overrides = {**TRAIN_OVERRIDES, **({"class_names": [str(c) for c in class_names]} if class_names else {})}
+    train = _merged([configs / "train.json", *recipe, *[Path(f) for f in merge or []]], overrides)
     ConfigParser.export_config_file(train, str(configs / "train.json"), fmt="json", indent=4)
     inference = _merged([configs / "inference.json"], INFERENCE_OVERRIDES)
     ConfigParser.export_config_file(inference, str(configs / "inference.json"), fmt="json", indent=4)
@@ -192,9 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", default="bundle", help="bundle root (default: bundle)")
     parser.add_argument("--merge", action="append", default=[],
                         help="a config merged into the copy's train.json (e.g. the experiment the model was trained with)")
+    parser.add_argument("--class_names", nargs="+", metavar="NAME",
+                        help="the classes /train trains, label value 0 first (default: the configs' class_names); "
+                             "the first /train fine-tunes the served model for them")
     args = parser.parse_args(argv)
     try:
-        dst = make_app_copy(Path(args.app), args.name, Path(args.bundle), [Path(m) for m in args.merge])
+        dst = make_app_copy(Path(args.app), args.name, Path(args.bundle), [Path(m) for m in args.merge],
+                            args.class_names)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -11,6 +11,12 @@ app's ``main.py`` (``MyApp = with_checks(MyApp)``). MONAI Label 0.8.5 answers th
 - ``POST /train/<model>`` and ``POST /train/``: no such trainer (404), an unknown parameter such as ``bogus_key``, or
   ``"pretrained": false``, on which MONAI Label 0.8.5 fails (422); the reason names the known parameters.
 
+And a bundle model serves what its ``models/model.pt`` holds (:meth:`RequestChecks.follow_model`, before ``/infer``
+and ``/info``): its class names (``model_info``) are the labels, and when the file changes (a ``/train``, which may
+have other classes or another width) the network, the transforms and the labels are read again from it. MONAI
+Label 0.8.5 reads the labels from ``metadata.json`` at start and reloads only the weights into the network it built
+then (a model of other classes would not load into it).
+
 Each answer is FastAPI's ``HTTPException`` (``{"detail": "<reason>"}``), the mechanism the bundle's model errors use
 for their 422 (``scripts.networks.checkpoint.ModelError``). The checks run before the request changes anything: an
 upload is refused before it is copied into the studies folder, a ``/train`` before its task is created (no
@@ -30,10 +36,12 @@ import sys
 from urllib.parse import unquote
 
 from fastapi import HTTPException
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MONAILABEL_TRAIN_KEYS", "RequestChecks", "TrainRequestCheck", "image_problem", "with_checks"]
+__all__ = ["MONAILABEL_TRAIN_KEYS", "RequestChecks", "TrainRequestCheck", "image_problem", "model_labels",
+           "with_checks"]
 
 #: ``/train`` request keys that MONAI Label itself adds or reads besides the trainer's ``config()`` options (allowed;
 #: a refusal names only the ``config()`` options, the parameters a user sets).
@@ -98,7 +106,41 @@ class RequestChecks:
                 if isinstance(store, LocalDatastore) and not os.path.isfile(store.get_image_uri(image) or ""):
                     raise _refuse(404, f"no image '{image}' in the datastore; GET /datastore/?output=all lists the "
                                        "image ids, or upload it first (PUT /datastore/).")
+        self.follow_model(model)
         return super().infer(request, datastore)
+
+    def info(self):
+        for name in list(self._infers):
+            try:
+                self.follow_model(name)
+            except Exception as e:  # that model's /infer answers with the reason; /info still answers
+                logger.warning("%s: %s", name, _one_line(getattr(e, "detail", None) or e))
+        return super().info()
+
+    def follow_model(self, name: str) -> None:
+        """Make the bundle model ``name`` serve its ``models/model.pt`` as it is now (see the module docstring).
+
+        Raises:
+            the bundle's model error (HTTP 422, its one-line reason) when the changed file cannot be served; the next
+            request tries again.
+        """
+        from monailabel.tasks.infer.bundle import BundleInferTask
+
+        task = self._infers.get(name)
+        path = os.path.join(getattr(task, "bundle_path", ""), "models", "model.pt")
+        if not isinstance(task, BundleInferTask) or not os.path.isfile(path):
+            return  # not a bundle, or no model.pt now (moved to archive/ by a /train): the network in memory serves
+        stat = os.stat(path)
+        stamp, served = (stat.st_mtime_ns, stat.st_size), self.__dict__.setdefault("_served_models", {})
+        if served.get(name) == stamp:
+            return
+        if name in served:  # changed since it was served: build the network and the transforms from it again
+            _reload_bundle_task(task)
+            logger.info("%s: %s changed; serving the network it records", name, path)
+        labels = model_labels(path, deepedit=str(getattr(task.type, "value", task.type)).lower() == "deepedit")
+        if labels is not None:
+            task.labels = labels
+        served[name] = stamp
 
     def init_datastore(self):
         store = super().init_datastore()
@@ -110,6 +152,8 @@ class RequestChecks:
 
     def on_init_complete(self):
         super().on_init_complete()
+        for name in list(self._infers):  # the labels of the model.pt each bundle's network was just built from
+            self.follow_model(name)
         server = sys.modules.get("monailabel.app")  # the running server's module (absent in a training subprocess)
         if server is not None:
             from monailabel.config import settings
@@ -143,6 +187,48 @@ class RequestChecks:
         if params.get("pretrained", True) is False:
             raise _refuse(422, f"'pretrained': false fails in MONAI Label 0.8.5; to train '{model}' from scratch, "
                                "delete the copy's models/model.pt and leave 'pretrained' out.")
+
+
+def model_labels(path: str, deepedit: bool = False) -> dict[str, int] | None:
+    """MONAI Label's labels (``{name: class id}``, lower case, without "background" as its ``BundleInferTask`` makes
+    them from ``metadata.json``) of the class names in the ``model_info`` of the checkpoint ``path``; ``None`` when
+    it records none or cannot be read (the labels stay as they are)."""
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a damaged or half-written file: the network's own load says what is wrong
+        logger.warning("%s: no labels read (%s)", path, _one_line(str(e)))
+        return None
+    info = checkpoint.get("model_info") if isinstance(checkpoint, dict) else None
+    names = info.get("class_names") if isinstance(info, dict) else None
+    if not names:
+        return None
+    return {str(n).lower(): i for i, n in enumerate(names) if deepedit or str(n).lower() != "background"}
+
+
+def _reload_bundle_task(task) -> None:
+    """Read ``task``'s (a ``BundleInferTask``) inference config again and build its ``network_def`` from it, with the
+    bundle's own ``scripts`` (as the task does at start); its cached networks and transforms are dropped."""
+    from monailabel.utils.others.class_utils import unload_module
+
+    sys.path.insert(0, task.bundle_path)
+    unload_module("scripts")
+    try:
+        config = task._load_bundle_config(task.bundle_path, task.bundle_config_path)
+        config.config["use_click"] = task.bundle_config.config.get("use_click", False)
+        if task.dropout > 0:
+            config["network_def"]["dropout"] = task.dropout
+        network = config.get_parsed_content(task.const.key_network_def(), instantiate=True)
+    except Exception as e:  # MONAI wraps the bundle's error ("Failed to instantiate component"): answer with it
+        cause = e
+        while cause is not None and not isinstance(cause, StarletteHTTPException):  # the bundle's ModelError is one
+            cause = cause.__cause__ or cause.__context__
+        raise (cause or e) from None
+    finally:
+        sys.path.remove(task.bundle_path)
+    task.bundle_config, task.network = config, network
+    task._networks.clear()
 
 
 def _checked_add_image(add_image, image_id, image_filename, image_info):

@@ -37,8 +37,6 @@ TINY_TRAIN = {
     "val_batch_size": 2,
     "cache_workers": 0,
     "show_progress": False,
-    # train.json's "initialize" still checks the default synthetic datalist: keep it tiny
-    "synthetic": {"num_train": 2, "num_val": 1, "num_test": 1, "size": 64, "seed": 0},
 }
 
 #: Datastore extensions for the server: MONAI Label's defaults list *.tif but not *.tiff.
@@ -90,9 +88,10 @@ def ensure_model_info(path: Path, features: list[int]) -> None:
     assert ckpt["model_info"]["network"]["features"] == list(features)
 
 
-def make_app_copy(source: Path, app: Path, name: str = MODEL_NAME, with_model: bool = True) -> Path:
-    """The manual's step 2: ``python tools/monailabel_app.py --app <app> --name <name> --bundle <source>``, then
-    the session settings a user would give (tiny schedule and tiles, no width)."""
+def make_app_copy(source: Path, app: Path, name: str = MODEL_NAME, with_model: bool = True,
+                  class_names: list[str] | None = None) -> Path:
+    """The manual's step 2: ``python tools/monailabel_app.py --app <app> --name <name> --bundle <source>
+    [--class_names ...]``, then the session settings a user would give (tiny schedule and tiles, no width)."""
     import importlib.util
 
     app = Path(app)
@@ -102,7 +101,7 @@ def make_app_copy(source: Path, app: Path, name: str = MODEL_NAME, with_model: b
     spec = importlib.util.spec_from_file_location("monailabel_app", REPO / "tools" / "monailabel_app.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    dst = tool.make_app_copy(app, name, Path(source))
+    dst = tool.make_app_copy(app, name, Path(source), class_names=class_names)
     if not with_model:
         (dst / "models" / "model.pt").unlink()
     _patch(dst / "configs" / "inference.json", TINY_TILES)
@@ -186,13 +185,16 @@ def read_image(path_or_bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)))
 
 
-def make_studies(root: Path, labelled: int = 5, size: int = 64) -> dict[str, tuple[int, int]]:
+def make_studies(root: Path, labelled: int = 5, size: int = 64, label_map=None) -> dict[str, tuple[int, int]]:
     """A MONAI Label studies folder: ``labelled`` PNG images with final labels, plus unlabelled images of other
-    shapes and formats (a non-square PNG, a .tif and a .tiff). Returns ``{image file name: (H, W)}``."""
+    shapes and formats (a non-square PNG, a .tif and a .tiff). ``label_map``: the label value each of the bundle's
+    classes becomes (e.g. ``[0, 1, 0, 0, 0]``: membrane vs the rest). Returns ``{image file name: (H, W)}``."""
     root = Path(root)
     shapes: dict[str, tuple[int, int]] = {}
     for i in range(labelled):
         image, label = synthetic_pair((size, size), seed=100 + i)
+        if label_map is not None:
+            label = np.asarray(label_map, dtype=np.uint8)[label]
         write_image(root / f"cells_{i:02d}.png", image)
         write_image(root / "labels" / "final" / f"cells_{i:02d}.png", label)
         shapes[f"cells_{i:02d}.png"] = image.shape
@@ -317,22 +319,25 @@ class Server:
 
 
 @contextlib.contextmanager
-def serve_app_copy(root: Path, source: Path, startup_timeout: float):
+def serve_app_copy(root: Path, source: Path, startup_timeout: float, more_models: dict | None = None, label_map=None):
     """A real ``monailabel start_server`` on 127.0.0.1 serving the app copy of ``source`` (``make_app_copy``) with
-    a studies folder (``make_studies``), under ``root``; yields the :class:`Server` (``bundle``, ``studies`` and
-    ``shapes`` set) and stops it whatever happens."""
+    a studies folder (``make_studies``, its ``label_map``), under ``root``; ``more_models``: ``{name: class_names}``,
+    more copies of ``source`` served too, made with ``--class_names``. Yields the :class:`Server` (``bundle``,
+    ``bundles`` (by model name), ``studies`` and ``shapes`` set) and stops it whatever happens."""
     root = Path(root)
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"),
                MONAI_LABEL_DATASTORE_FILE_EXT=DATASTORE_EXT, MONAI_LABEL_SESSION_PATH=str(root / "sessions"))
     app = download_app(sys.executable, root / "apps", env)
-    bundle = make_app_copy(source, app)
+    bundles = {MODEL_NAME: make_app_copy(source, app)}
+    for name, names in (more_models or {}).items():
+        bundles[name] = make_app_copy(source, app, name, class_names=names)
     studies = root / "studies"
-    shapes = make_studies(studies)
+    shapes = make_studies(studies, label_map=label_map)
     port = free_port()
-    srv = Server(server_command(sys.executable, app, studies, port), env, root / "server.log", port)
+    srv = Server(server_command(sys.executable, app, studies, port, ",".join(bundles)), env, root / "server.log", port)
     try:
         srv.wait_ready(startup_timeout)
-        srv.bundle, srv.studies, srv.shapes = bundle, studies, shapes
+        srv.bundle, srv.bundles, srv.studies, srv.shapes = bundles[MODEL_NAME], bundles, studies, shapes
         yield srv
     finally:
         srv.stop()

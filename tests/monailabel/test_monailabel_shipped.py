@@ -2,7 +2,10 @@
 requests the server cannot serve get HTTP 4xx with a one-line reason and change nothing (v0.7.1: bare HTTP 500, a
 ``.txt`` upload listed in the datastore, unknown ``/train`` keys ignored); ``/train`` continues the shipped U-Net
 with its own recipe (v0.7.1 met the app's X-Net loss, failed, and had already archived ``models/model.pt``), then
-``/infer`` serves the new model."""
+``/infer`` serves the new model. The same server serves a second copy made with ``--class_names rest membrane``
+(the studies' labels are membrane vs the rest, which the 5-class copy trains on too): its ``/train`` fine-tunes the
+shipped model for those 2 classes, then ``/info`` and ``/infer`` serve them (v0.8.0 trained a 5-output network
+for them, and ``/infer`` would have refused the new model.pt)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import re
 import shutil
 import time
 
+import numpy as np
 import pytest
 
 pytest.importorskip(
@@ -34,6 +38,10 @@ pytestmark = [
 
 STARTUP_TIMEOUT = 240
 TRAIN_TIMEOUT = 300
+#: The second copy's classes and model name; the studies' labels: membrane (shipped class 1) is 1, the rest 0.
+TWO_CLASSES = ["rest", "membrane"]
+TWO_CLASS_MODEL = "cellseg_membrane"
+MEMBRANE_VS_REST = [0, 1, 0, 0, 0]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +52,8 @@ def shipped_server(tmp_path_factory):
         shutil.copytree(BUNDLE / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copy2(BUNDLE / "LICENSE", source / "LICENSE")
     shutil.copytree(BUNDLE / "models" / "pretrained", source / "models" / "pretrained")
-    with serve_app_copy(root, source, STARTUP_TIMEOUT) as srv:
+    with serve_app_copy(root, source, STARTUP_TIMEOUT, more_models={TWO_CLASS_MODEL: TWO_CLASSES},
+                        label_map=MEMBRANE_VS_REST) as srv:
         yield srv
 
 
@@ -140,11 +149,9 @@ def test_unknown_train_parameters_are_refused_naming_the_known_ones(shipped_serv
     assert _state(shipped_server, client) == before, "no training task, model.pt and archive/ as they were"
 
 
-def test_train_continues_the_shipped_model_then_infer_serves_it(shipped_server, client):
-    model_pt = shipped_server.bundle / "models" / "model.pt"
-    shipped = load_weights(BUNDLE / "models" / "pretrained" / "model.pt")
-    assert load_weights(model_pt).keys() == shipped.keys()
-    client.train_start(MODEL_NAME, {"max_epochs": 1, "val_split": 0.4})
+def _train(srv, client, model: str) -> None:
+    """``/train`` one epoch of ``model`` through the client and wait until it is done."""
+    client.train_start(model, {"max_epochs": 1, "val_split": 0.4})
     deadline = time.time() + TRAIN_TIMEOUT
     status = {}
     while time.time() < deadline:
@@ -153,7 +160,16 @@ def test_train_continues_the_shipped_model_then_infer_serves_it(shipped_server, 
             break
         time.sleep(2)
     details = "\n".join(str(d) for d in status.get("details", [])[-30:])
-    assert status.get("status") == "DONE", f"{status.get('status')}\n{details}\n{shipped_server.log_tail()}"
+    assert status.get("status") == "DONE", f"{status.get('status')}\n{details}\n{srv.log_tail()}"
+
+
+def test_train_continues_the_shipped_model_then_infer_serves_it(shipped_server, client):
+    model_pt = shipped_server.bundle / "models" / "model.pt"
+    shipped = load_weights(BUNDLE / "models" / "pretrained" / "model.pt")
+    assert load_weights(model_pt).keys() == shipped.keys()
+    _train(shipped_server, client, MODEL_NAME)
+    log = shipped_server.log_path.read_text(errors="replace")
+    assert f"{MODEL_NAME}/models/model.pt: loaded 118 of 118 tensors." in log, "the same classes: every tensor"
     assert model_pt.is_file(), "the trained model is served from models/model.pt"
     after = load_weights(model_pt)
     assert after.keys() == shipped.keys(), "the same network (the shipped U-Net), continued"
@@ -162,3 +178,32 @@ def test_train_continues_the_shipped_model_then_infer_serves_it(shipped_server, 
     label_file, _ = client.infer(MODEL_NAME, "wide", {})
     label = read_image(label_file)
     assert label.shape == (64, 96) and label.max() < 5
+
+
+def test_train_with_other_classes_fine_tunes_the_shipped_model_then_infer_serves_them(shipped_server, client):
+    """The copy made with ``--class_names rest membrane`` serves the shipped model (and its 5 labels) until its first
+    ``/train``, which fine-tunes it for the 2 classes; /info and /infer then serve those, without a restart."""
+    import torch
+
+    model_pt = shipped_server.bundles[TWO_CLASS_MODEL] / "models" / "model.pt"
+    shipped = torch.load(BUNDLE / "models" / "pretrained" / "model.pt", map_location="cpu", weights_only=True)
+    shipped_labels = {name: i for i, name in enumerate(shipped["model_info"]["class_names"])}
+    assert client.info()["models"][TWO_CLASS_MODEL]["labels"] == shipped_labels, "the labels of the model served"
+    _train(shipped_server, client, TWO_CLASS_MODEL)
+    log = shipped_server.log_path.read_text(errors="replace")
+    assert (f"{TWO_CLASS_MODEL}/models/model.pt: loaded 116 of 118 tensors; re-initialised head.weight, head.bias "
+            "for 2 classes (rest, membrane; the checkpoint's: ") in log
+    trained = torch.load(model_pt, map_location="cpu", weights_only=True)
+    assert trained["model_info"]["class_names"] == TWO_CLASSES
+    assert trained["model_info"]["network"]["out_channels"] == 2
+    assert trained["model"].keys() == shipped["model"].keys()
+    assert trained["model"]["head.weight"].shape[0] == 2 and trained["model"]["head.bias"].shape == (2,)
+    assert not (model_pt.parents[1] / "data").exists(), "the pre-flight checked the datastore's images, no synthetic set"
+
+    labels = {"rest": 0, "membrane": 1}
+    assert client.info()["models"][TWO_CLASS_MODEL]["labels"] == labels, "/info: the new model's classes"
+    label_file, params = client.infer(TWO_CLASS_MODEL, "wide", {})
+    label = read_image(label_file)
+    assert label.shape == (64, 96) and set(np.unique(label).tolist()) <= {0, 1}
+    assert params["label_names"] == labels
+    assert client.info()["models"][MODEL_NAME]["labels"] == shipped_labels, "the other copy keeps its classes"
