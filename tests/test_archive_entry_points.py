@@ -31,11 +31,7 @@ DRIVER = REPO / "tests" / "archive_entry_points.py"
 #: the checkpoint dictionary itself, whose "model" is compared).
 GIVE_SHIPPED = ["load_inference", "load_inference_key", "load_training", "load_infer", "load_eval",
                 "workflow_inference", "ckpt_export_inference", "verify_net_in_out_inference",
-                "monailabel_inference", "monailabel_train", "download_large_files",
-                pytest.param("workflow_evaluate", marks=pytest.mark.xfail(strict=True, reason=(
-                    "evaluate.json keeps train.json's network_def (the configured, untrained network) and loads the "
-                    "checkpoint into 'network' only: ConfigWorkflow(['train.json', 'evaluate.json'], "
-                    "workflow_type='eval').network_def is not the shipped network")))]
+                "monailabel_inference", "monailabel_train", "download_large_files", "workflow_evaluate", "load_ts_module"]
 #: Entry points that refuse (train.json builds a new, untrained network), with the start of their one message.
 REFUSE = {
     "load_default": "RunFolderError: {model} is the model this bundle ships",

@@ -9,6 +9,7 @@ or change what a network computes (e.g. :class:`scripts.visualize.FeatureMapCapt
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -19,6 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from scripts.networks.wrappers import unwrap_network
 
@@ -83,6 +85,19 @@ class _LiveTensors:
             weakref.finalize(t, self._free, key)
 
 
+class _OperatorOutputs(TorchDispatchMode):
+    """Adds the output of every operator run inside it to a :class:`_LiveTensors` (for modules without hooks)."""
+
+    def __init__(self, tracker: _LiveTensors) -> None:
+        super().__init__()
+        self.tracker = tracker
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.tracker.add(out)
+        return out
+
+
 def estimate_activation_bytes(
     network: Callable[..., Any], probe: torch.Tensor, hook_module: torch.nn.Module | None = None
 ) -> int:
@@ -90,6 +105,8 @@ def estimate_activation_bytes(
 
     Counts every tensor that enters or leaves a module of the network while it is alive (tracked by storage, freed
     tensors subtracted), plus the input and the output; not counted: the weights, and scratch memory inside a kernel.
+    A module that takes no hooks (TorchScript) is measured by the outputs of every operator it runs instead (a
+    :class:`~torch.utils._python_dispatch.TorchDispatchMode`; the same peak as the hooks on an eager network).
     The network is run in eval mode (its mode is restored), so batch-norm statistics are not touched; during the
     pass :func:`is_probing` is true.
 
@@ -105,16 +122,18 @@ def estimate_activation_bytes(
     module = hook_module if hook_module is not None else unwrap_network(network)
     handles = []
     modes = []
+    scripted = isinstance(module, torch.jit.ScriptModule)
     if isinstance(module, torch.nn.Module):
         for m in module.modules():
-            handles.append(m.register_forward_pre_hook(lambda _m, args: tracker.add(args)))
-            handles.append(m.register_forward_hook(lambda _m, _args, out: tracker.add(out)))
+            if not scripted:
+                handles.append(m.register_forward_pre_hook(lambda _m, args: tracker.add(args)))
+                handles.append(m.register_forward_hook(lambda _m, _args, out: tracker.add(out)))
             modes.append((m, m.training))
         module.eval()
     token = _PROBING.set(True)
     try:
         tracker.add(probe)
-        with torch.no_grad():
+        with torch.no_grad(), (_OperatorOutputs(tracker) if scripted else contextlib.nullcontext()):
             out = network(probe)
         tracker.add(out)
         peak = tracker.peak
