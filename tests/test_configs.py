@@ -118,3 +118,16 @@ def test_references_into_handler_lists_name_the_handler_they_mean(workflow, key,
     ref = parser[key]
     assert isinstance(ref, str) and ref.startswith("@"), f"{key} should reference a handler list item, got {ref!r}"
     assert parser[ref[1:].replace("::", "#")]["_target_"] == target, f"{key} -> {ref} is not {target}"
+
+
+def test_metadata_reads_as_written():
+    """MONAI reads ``metadata.json`` as it is written. (MONAI >= 1.4 takes ``optional_packages_version``, which Model
+    Zoo bundles use, as a deprecated name of ``required_packages_version`` and replaces the required list with it:
+    every package stays in ``required_packages_version``; the manual says which ones inference does not need.) The
+    output ``value_range`` is empty: the network returns logits, which have no bounds (the schema takes numbers only)."""
+    raw = _load("metadata.json")
+    parser = ConfigParser()
+    parser.read_meta(str(CONFIGS / "metadata.json"))
+    assert "optional_packages_version" not in raw
+    assert parser["_meta_::required_packages_version"] == raw["required_packages_version"]
+    assert raw["network_data_format"]["outputs"]["pred"]["value_range"] == []

@@ -7,7 +7,6 @@ from typing import Any
 
 from ignite.engine import Engine
 from monai.handlers import TensorBoardStatsHandler as _MonaiTensorBoardStatsHandler
-from torch.utils.tensorboard import SummaryWriter
 
 __all__ = ["TensorBoardStatsHandler"]
 
@@ -27,6 +26,8 @@ class TensorBoardStatsHandler(_MonaiTensorBoardStatsHandler):
 
     def attach(self, engine: Engine) -> None:
         if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter  # here: only training needs tensorboard
+
             self._writer = SummaryWriter(log_dir=self._log_dir)
         super().attach(engine)
 
