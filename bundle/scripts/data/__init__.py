@@ -10,9 +10,9 @@ from .drosophila import crop_grid, find_drosophila_sections, map_label_values, p
 from .folders import pair_files, parse_class_map, prepare_folders
 from .header import ImageHeader, read_header
 from .integrity import DatasetError, check_datalist
-from .loading import NamingCompose, ThreadDataLoader, collate_naming_files, item_name
 from .intensity import INTENSITY_RULES, IntensityScaling, intensity_scaling
 from .io import SUPPORTED_EXTENSIONS, file_stem, has_alpha, image_extension, read_image, to_uint8, write_png
+from .loading import NamingCompose, ThreadDataLoader, collate_naming_files, item_name
 from .synthetic import ensure_synthetic_dataset, generate_dataset, make_sample
 
 __all__ = [

@@ -51,7 +51,9 @@ def parse_class_map(class_map: str | dict) -> dict[int, int]:
         try:
             value, index = int(value), int(index)
         except (TypeError, ValueError):
-            raise ValueError(f"class map entry {value}:{index} must hold two integers (label value:class index).") from None
+            raise ValueError(
+                f"class map entry {value}:{index} must hold two integers (label value:class index)."
+            ) from None
         if value in result:
             raise ValueError(f"class map gives label value {value} twice.")
         if not 0 <= index <= 255:
@@ -66,7 +68,7 @@ def parse_class_map(class_map: str | dict) -> dict[int, int]:
         raise ValueError(
             f"class map {class_map_text(result)} leaves class index(es) {', '.join(map(str, missing))} without a label "
             f"value: classes must be numbered 0..{len(used) - 1} without gaps (an empty class cannot be learned and "
-            f"distorts the mean IoU). Renumber, e.g. --class-map \"{renumbered}\"."
+            f'distorts the mean IoU). Renumber, e.g. --class-map "{renumbered}".'
         )
     return result
 
@@ -244,6 +246,9 @@ def prepare_folders(
     )
     path = write_json(out / "datalist.json", datalist)
     logger.info(
-        "prepared %d images (%d/%d/%d items) in %s", len(pairs), *(len(datalist[k]) for k in ("training", "validation", "testing")), out
+        "prepared %d images (%d/%d/%d items) in %s",
+        len(pairs),
+        *(len(datalist[k]) for k in ("training", "validation", "testing")),
+        out,
     )
     return path

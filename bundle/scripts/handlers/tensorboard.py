@@ -20,7 +20,9 @@ class TensorBoardStatsHandler(_MonaiTensorBoardStatsHandler):
     """
 
     def __init__(self, summary_writer: Any = None, log_dir: str | os.PathLike = "./runs", **kwargs: Any) -> None:
-        super().__init__(summary_writer=False if summary_writer is None else summary_writer, log_dir=str(log_dir), **kwargs)
+        super().__init__(
+            summary_writer=False if summary_writer is None else summary_writer, log_dir=str(log_dir), **kwargs
+        )
         if summary_writer is None:
             self._writer, self.internal_writer, self._log_dir = None, True, str(log_dir)
 

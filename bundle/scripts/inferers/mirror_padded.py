@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from monai.data.meta_tensor import MetaTensor
 from monai.inferers import Inferer
-
 from scripts.checks import check_option
 from scripts.networks.size_rule import size_rule_of
 from scripts.networks.wrappers import unwrap_network

@@ -25,7 +25,6 @@ import weakref
 from typing import Any
 
 import torch
-
 from scripts.checks import check_positive_int
 
 __all__ = [

@@ -1,5 +1,5 @@
-
 from .atomic_save_image import AtomicSaveImaged, atomic_writer
+from .border_weights import UNetBorderWeightMap, UNetBorderWeightMapd, border_distances
 from .difficult_pixels import (
     DifficultPixelRefine,
     DifficultPixelRefined,
@@ -8,6 +8,5 @@ from .difficult_pixels import (
     refine_difficult_pixels,
 )
 from .intensity import ScaleIntensityByRule, ScaleIntensityByRuled
-from .save_probabilities import SaveProbabilityMaps, SaveProbabilityMapsd, read_probability_map
-from .border_weights import UNetBorderWeightMap, UNetBorderWeightMapd, border_distances
 from .mirror_pad import PAD_MODES, MirrorSpatialPad, MirrorSpatialPadd, mirror_pad
+from .save_probabilities import SaveProbabilityMaps, SaveProbabilityMapsd, read_probability_map

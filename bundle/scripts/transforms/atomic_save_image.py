@@ -7,7 +7,6 @@ import functools
 
 from monai.data.image_writer import ImageWriter
 from monai.transforms import SaveImaged
-
 from scripts.atomic import atomic_path
 
 __all__ = ["AtomicSaveImaged", "atomic_writer"]

@@ -8,7 +8,6 @@ import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, ScaleIntensityRange, Transform
-
 from scripts.data.intensity import check_intensity_rule, intensity_scaling
 
 __all__ = ["ScaleIntensityByRule", "ScaleIntensityByRuled"]

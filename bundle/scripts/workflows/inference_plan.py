@@ -25,7 +25,6 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
-
 from scripts.atomic import remove_leftovers
 from scripts.checks import check_positive_int
 from scripts.data.header import read_header
@@ -146,8 +145,11 @@ class InferencePlan(Sequence):
         paths = [str(item["image"]) for item in self.datalist]
         names = unique_output_names(paths)
         inputs, taken = set(paths), {n.casefold() for n in names}
-        self.earlier = [r for p, r in previous.items()
-                        if p not in inputs and str(r.get(OUTPUT_NAME_KEY, "")).casefold() not in taken]
+        self.earlier = [
+            r
+            for p, r in previous.items()
+            if p not in inputs and str(r.get(OUTPUT_NAME_KEY, "")).casefold() not in taken
+        ]
         for item, path, name in zip(self.datalist, paths, names):
             outputs = [f"{name}_seg{self.label_ext}"]
             if self.save_probabilities:
@@ -157,15 +159,27 @@ class InferencePlan(Sequence):
             if self.pictures:
                 outputs.append(f"pictures/{picture_folder(name)}/input.png")
             record: dict[str, Any] = {
-                "input": path, "output_name": name, "status": "pending", "stage": None, "reason": None,
-                "outputs": outputs, "intensity": None, "size": None, "channels": None, "dtype": None, "seconds": None,
+                "input": path,
+                "output_name": name,
+                "status": "pending",
+                "stage": None,
+                "reason": None,
+                "outputs": outputs,
+                "intensity": None,
+                "size": None,
+                "channels": None,
+                "dtype": None,
+                "seconds": None,
                 "model_sha256": self.model_sha256,
             }
             self.records.append(record)
             before = previous.get(path, {})
             if not self.overwrite and self._done(before, outputs):
-                record.update(status="skipped", stage="pre-flight",
-                              reason="done by an earlier run with this model; --overwrite True replaces its outputs")
+                record.update(
+                    status="skipped",
+                    stage="pre-flight",
+                    reason="done by an earlier run with this model; --overwrite True replaces its outputs",
+                )
                 continue
             recorded = before.get("model_sha256", self.model_sha256)  # a report of v0.7.1 records none
             if not self.overwrite and before.get("status") in DONE and recorded != self.model_sha256:
@@ -178,21 +192,30 @@ class InferencePlan(Sequence):
             if header.channels != self.in_channels:
                 kind = {1: "grey", 2: "grey + alpha", 3: "RGB", 4: "RGB + alpha"}.get(header.channels, "")
                 want = {1: "grey", 3: "RGB"}.get(self.in_channels, f"{self.in_channels}-channel")
-                record.update(status="failed", stage="pre-flight", reason=(
-                    f"{path}: {header.channels} channel(s) ({kind}) but the model takes {self.in_channels} ({want}); "
-                    f"convert the image to {want} (e.g. `python -m scripts.data.prepare folders` writes grey/RGB PNGs), "
-                    f"or use a model trained with in_channels={header.channels}."))
+                record.update(
+                    status="failed",
+                    stage="pre-flight",
+                    reason=(
+                        f"{path}: {header.channels} channel(s) ({kind}) but the model takes {self.in_channels} ({want}); "
+                        f"convert the image to {want} (e.g. `python -m scripts.data.prepare folders` writes grey/RGB PNGs), "
+                        f"or use a model trained with in_channels={header.channels}."
+                    ),
+                )
                 continue
             rule, peak = self.intensity_rule, self.intensity_max
             try:
-                scaling = intensity_scaling(None, rule, peak, header.dtype) if _header_suffices(
-                    header.dtype, rule, peak) else None
+                scaling = (
+                    intensity_scaling(None, rule, peak, header.dtype)
+                    if _header_suffices(header.dtype, rule, peak)
+                    else None
+                )
                 if scaling is None and rule != "percentile":
                     scaling = intensity_scaling(read_image(path), rule, peak, header.dtype)
             except ValueError as e:
                 msg = str(e)
-                record.update(status="failed", stage="pre-flight",
-                              reason=msg if msg.startswith(path) else f"{path}: {msg}")
+                record.update(
+                    status="failed", stage="pre-flight", reason=msg if msg.startswith(path) else f"{path}: {msg}"
+                )
                 continue
             if scaling is None:  # "percentile": computed from the pixels when the image is loaded
                 record["intensity"] = {"rule": "percentile", "range": None}
@@ -206,8 +229,11 @@ class InferencePlan(Sequence):
 
     def _done(self, before: dict, outputs: list[str]) -> bool:
         """Whether an earlier run finished this file with this model and every output (see the class docstring)."""
-        return (before.get("status") in DONE and before.get("model_sha256") == self.model_sha256
-                and all((Path(self.output_dir) / o).exists() for o in outputs))
+        return (
+            before.get("status") in DONE
+            and before.get("model_sha256") == self.model_sha256
+            and all((Path(self.output_dir) / o).exists() for o in outputs)
+        )
 
     def problems(self) -> list[str]:
         """The refused inputs' reasons."""
@@ -218,13 +244,19 @@ class InferencePlan(Sequence):
         counts = {s: sum(r["status"] == s for r in self.records) for s in ("pending", "skipped", "failed")}
         logger.info(
             "pre-flight: %d input(s): %d to predict, %d skipped (outputs exist%s), %d refused; intensity_rule=%s",
-            len(self.records), counts["pending"], counts["skipped"],
-            "" if self.overwrite else "; --overwrite True replaces them", counts["failed"], self.intensity_rule,
+            len(self.records),
+            counts["pending"],
+            counts["skipped"],
+            "" if self.overwrite else "; --overwrite True replaces them",
+            counts["failed"],
+            self.intensity_rule,
         )
         if self.other_model:
             logger.warning(
                 "pre-flight: %d input(s) were predicted by another model (not sha256 %s) and are predicted again: %s",
-                len(self.other_model), self.model_sha256, ", ".join(Path(p).name for p in self.other_model[:20]),
+                len(self.other_model),
+                self.model_sha256,
+                ", ".join(Path(p).name for p in self.other_model[:20]),
             )
         problems = self.problems()
         if problems:
@@ -236,7 +268,9 @@ class InferencePlan(Sequence):
             logger.warning(
                 "pre-flight: %d image(s) do not fit the model's range and are scaled by their own %s percentiles "
                 "(intensity_rule auto): %s",
-                len(switched), "0.5/99.5", ", ".join(Path(r["input"]).name for r in switched[:20]),
+                len(switched),
+                "0.5/99.5",
+                ", ".join(Path(r["input"]).name for r in switched[:20]),
             )
         return self
 
