@@ -20,7 +20,7 @@ from bundle_runner import REPO
 pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated")
 
 DOCS = [REPO / "README.md", REPO / "bundle" / "docs" / "README.md", REPO / "bundle" / "docs" / "experiments.md",
-        REPO / "benchmarks" / "README.md"]
+        REPO / "benchmarks" / "README.md", REPO / "bundle" / "docs" / "model_zoo.md"]
 #: Programs a documented command may start with.
 PROGRAMS = ("python", "python3", ".venv/bin/python", "bash", "source", "monailabel", "curl", "export", "cd", "torchrun", "sha256sum", "mkdir")
 #: Repository files named in commands: configs, tools, schemas.

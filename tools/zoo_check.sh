@@ -12,8 +12,8 @@
 #      verify_net_in_out, ckpt_export): the schema is this repo's tools/schemas copy, where the zoo's
 #      ci/prepare_schema.py would download it;
 #   2. its formatting settings (setup.cfg, pyproject.toml, .pre-commit-config.yaml) on models/<name>/: isort --check,
-#      black --check --skip-magic-trailing-comma (as its runtests.sh), flake8, and the JSON hook pretty-format-json
-#      --no-sort-keys --indent=4 (checking, not fixing).
+#      black --check --skip-magic-trailing-comma (as its runtests.sh), flake8, the JSON hook pretty-format-json
+#      --no-sort-keys --indent=4 (checking, not fixing) and its other file hooks but check-added-large-files.
 # Prints each command and its output; exits non-zero on the first failure.
 set -euo pipefail
 
@@ -51,4 +51,12 @@ run "$FORMAT_PYTHON" -m black --skip-magic-trailing-comma --check "models/$NAME"
 run "$FORMAT_PYTHON" -m flake8 "models/$NAME" --count --statistics
 mapfile -t JSONS < <(find "models/$NAME" -name '*.json' | sort)
 run "$FORMAT_PYTHON" -m pre_commit_hooks.pretty_format_json --no-sort-keys --indent=4 "${JSONS[@]}"
+# the zoo's other pre-commit hooks on the text files (the fixers fix the scratch copy and fail when they had to);
+# not check-added-large-files: a contribution carries large_files.json instead of models/model.pt
+mapfile -t TEXTS < <(find "models/$NAME" -type f ! -path "*/models/$NAME/models/*" | sort)
+mapfile -t PYS < <(find "models/$NAME" -name '*.py' | sort)
+for hook in end_of_file_fixer trailing_whitespace_fixer mixed_line_ending detect_private_key check_case_conflict; do
+    run "$FORMAT_PYTHON" -m "pre_commit_hooks.$hook" "${TEXTS[@]}"
+done
+run "$FORMAT_PYTHON" -m pre_commit_hooks.check_docstring_first "${PYS[@]}"
 echo "zoo checks passed: $NAME ($(basename "$ARCHIVE"))"
