@@ -22,8 +22,8 @@ from monai.bundle import ConfigParser
 #: Top-level keys both train.json and inference.json define, with one meaning: the network choice and its
 #: hyper-parameters, the data conventions, the default data, paths and devices. (``overwrite`` and ``inferer`` are
 #: also in both, with other meanings: a training run folder vs. finished outputs; inference's inferers differ.)
-SHARED = ("bundle_root", "ckpt_dir", "data_root", "dataset_dir", "synthetic", "datalist_file", "device", "amp", "deterministic",
-          "allow_tf32", "in_channels", "num_classes", "class_names", "intensity_max", "patch_size", "features",
+SHARED = ("bundle_root", "ckpt_dir", "data_root", "dataset_dir", "synthetic", "datalist_file", "device", "amp",
+          "deterministic", "allow_tf32", "in_channels", "num_classes", "class_names", "intensity_max", "patch_size", "features",
           "padding", "batch_norm", "dropout", "xnet_skip", "networks")
 
 #: The config files as the workflows merge them.
@@ -124,7 +124,8 @@ def test_metadata_reads_as_written():
     """MONAI reads ``metadata.json`` as it is written. (MONAI >= 1.4 takes ``optional_packages_version``, which Model
     Zoo bundles use, as a deprecated name of ``required_packages_version`` and replaces the required list with it:
     every package stays in ``required_packages_version``; the manual says which ones inference does not need.) The
-    output ``value_range`` is empty: the network returns logits, which have no bounds (the schema takes numbers only)."""
+    output ``value_range`` is empty: the network returns logits, which have no bounds (the schema takes numbers
+    only)."""
     raw = _load("metadata.json")
     parser = ConfigParser()
     parser.read_meta(str(CONFIGS / "metadata.json"))

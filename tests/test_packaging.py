@@ -571,6 +571,7 @@ def test_weights_url_lets_download_large_files_fetch_the_model(tmp_path):
         download_large_files(bundle_path=str(root))
     assert pb.main(["--bundle", str(bundle), "--out", str(tmp_path / "dist"), "--check", "--no-git-check",
                     "--weights-url", template]) == 0
-    for bad, message in (("https://example.org/{file}", "has no {version}"), ("https://x/{version}/{weights}", "placeholder")):
+    for bad, message in (("https://example.org/{file}", "has no {version}"),
+                         ("https://x/{version}/{weights}", "placeholder")):
         with pytest.raises(pb.PackagingError, match=re.escape(message)):
             pb.package_bundle(bundle, tmp_path / "dist2", weights_url=bad)

@@ -34,7 +34,8 @@ if [[ -z "$ARCHIVE" ]]; then
 fi
 git clone -q "$ZOO" "$SCRATCH/zoo"
 echo "zoo: $(git -C "$SCRATCH/zoo" log -1 --format='%H %cd')"
-"$PYTHON" -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" "$ARCHIVE" "$SCRATCH/zoo/models"
+"$PYTHON" -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" \
+    "$ARCHIVE" "$SCRATCH/zoo/models"
 BUNDLE=$SCRATCH/zoo/models/$NAME
 mkdir -p "$BUNDLE/eval"
 cp "$REPO/tools/schemas/meta_schema_20240725.json" "$BUNDLE/eval/schema.json"
@@ -53,7 +54,7 @@ mapfile -t JSONS < <(find "models/$NAME" -name '*.json' | sort)
 run "$FORMAT_PYTHON" -m pre_commit_hooks.pretty_format_json --no-sort-keys --indent=4 "${JSONS[@]}"
 # the zoo's other pre-commit hooks on the text files (the fixers fix the scratch copy and fail when they had to);
 # not check-added-large-files: a contribution carries large_files.json instead of models/model.pt
-mapfile -t TEXTS < <(find "models/$NAME" -type f ! -path "*/models/$NAME/models/*" | sort)
+mapfile -t TEXTS < <(find "models/$NAME" -type f ! -path "models/$NAME/models/*" | sort)
 mapfile -t PYS < <(find "models/$NAME" -name '*.py' | sort)
 for hook in end_of_file_fixer trailing_whitespace_fixer mixed_line_ending detect_private_key check_case_conflict; do
     run "$FORMAT_PYTHON" -m "pre_commit_hooks.$hook" "${TEXTS[@]}"
