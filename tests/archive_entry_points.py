@@ -88,6 +88,16 @@ def monailabel_copy(config: str, key: str = "network_def"):
     return parser.get_parsed_content(key)
 
 
+def load_ts_module():
+    """``load(..., load_ts_module=True)`` after the manual's one command that makes ``models/model.ts`` in the
+    extracted bundle (the archive ships ``model.pt`` only)."""
+    ckpt_export(net_id="network_def", filepath="models/model.ts", ckpt_file="models/model.pt",
+                meta_file="configs/metadata.json", config_file="configs/inference.json")
+    module, saved_meta, extra = load(name, load_ts_module=True, config_files=["inference.json"], **kw)
+    assert saved_meta["version"] == ConfigParser.load_config_file(meta)["version"] and extra["inference.json"]
+    return module
+
+
 def check_large_files():
     download_large_files(bundle_path=str(root))  # downloads nothing: the file is there with the pinned sha256
     return torch.load(root / "models" / "model.pt", weights_only=True)
@@ -111,6 +121,7 @@ entries = {
     "monailabel_inference": lambda: monailabel_copy("inference.json"),
     "monailabel_train": lambda: monailabel_copy("train.json", "initial_network"),  # what its /train trains
     "download_large_files": check_large_files,
+    "load_ts_module": load_ts_module,  # last: it adds models/model.ts to the extracted bundle
 }
 os.chdir(root)
 only = os.environ.get("ENTRY_POINTS")

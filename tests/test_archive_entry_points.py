@@ -3,9 +3,10 @@ line (issue: ``monai.bundle.load`` returned random weights without a word).
 
 The real bundle is packaged with ``tools/package_bundle.py``, extracted, and each entry point is run on it offline
 from a fresh process inside the extracted folder (``tests/archive_entry_points.py``): ``monai.bundle.load`` with
-each workflow type, ``ConfigWorkflow``, ``ckpt_export`` and ``verify_net_in_out`` as the Model Zoo's
-``verify_bundle.py`` calls them, ``download_large_files`` and the MONAI Label app copy. Every network given is
-compared tensor by tensor with ``bundle/models/pretrained/model.pt``.
+each workflow type, ``ConfigWorkflow`` (``evaluate.json``'s ``network_def`` too), ``ckpt_export`` and
+``verify_net_in_out`` as the Model Zoo's ``verify_bundle.py`` calls them, ``download_large_files``, the MONAI Label
+app copy, and ``load(..., load_ts_module=True)`` after the documented export of ``models/model.ts``. Every network
+given is compared tensor by tensor with ``bundle/models/pretrained/model.pt``.
 """
 
 from __future__ import annotations
@@ -31,11 +32,8 @@ DRIVER = REPO / "tests" / "archive_entry_points.py"
 #: the checkpoint dictionary itself, whose "model" is compared).
 GIVE_SHIPPED = ["load_inference", "load_inference_key", "load_training", "load_infer", "load_eval",
                 "workflow_inference", "ckpt_export_inference", "verify_net_in_out_inference",
-                "monailabel_inference", "monailabel_train", "download_large_files",
-                pytest.param("workflow_evaluate", marks=pytest.mark.xfail(strict=True, reason=(
-                    "evaluate.json keeps train.json's network_def (the configured, untrained network) and loads the "
-                    "checkpoint into 'network' only: ConfigWorkflow(['train.json', 'evaluate.json'], "
-                    "workflow_type='eval').network_def is not the shipped network")))]
+                "monailabel_inference", "monailabel_train", "download_large_files", "workflow_evaluate",
+                "load_ts_module"]
 #: Entry points that refuse (train.json builds a new, untrained network), with the start of their one message.
 REFUSE = {
     "load_default": "RunFolderError: {model} is the model this bundle ships",

@@ -1,6 +1,6 @@
 """The configs as MONAI and MONAI Label read them: the definitions train.json and inference.json share are pinned
-equal, handler lists hold dicts, every import is used, MONAI's property checks pass; importing ``scripts`` leaves
-the interpreter's exception hook alone.
+equal, handler lists hold dicts, every import is used; importing ``scripts`` leaves the interpreter's exception
+hook alone. (MONAI's property checks run in ``tests/test_zoo_style.py``, as the Model Zoo runs them.)
 
 Why the shared keys are copies: MONAI resolves a ``%file.json#key`` macro against the working directory before any
 config code runs and an ``@`` reference cannot leave its file, so no config text reaches the other file from the
@@ -22,8 +22,8 @@ from monai.bundle import ConfigParser
 #: Top-level keys both train.json and inference.json define, with one meaning: the network choice and its
 #: hyper-parameters, the data conventions, the default data, paths and devices. (``overwrite`` and ``inferer`` are
 #: also in both, with other meanings: a training run folder vs. finished outputs; inference's inferers differ.)
-SHARED = ("bundle_root", "ckpt_dir", "data_root", "synthetic", "datalist_file", "device", "amp", "deterministic",
-          "allow_tf32", "in_channels", "num_classes", "class_names", "intensity_max", "patch_size", "features",
+SHARED = ("bundle_root", "ckpt_dir", "data_root", "dataset_dir", "synthetic", "datalist_file", "device", "amp",
+          "deterministic", "allow_tf32", "in_channels", "num_classes", "class_names", "intensity_max", "patch_size", "features",
           "padding", "batch_norm", "dropout", "xnet_skip", "networks")
 
 #: The config files as the workflows merge them.
@@ -92,24 +92,6 @@ def test_every_import_is_used(workflow):
     assert not unused, f"{files[-1]}: no expression uses {unused}"
 
 
-@pytest.mark.parametrize("config, workflow_type", [("train.json", "train"), ("inference.json", "infer")])
-def test_monai_property_checks_pass(tmp_path, config, workflow_type):
-    """``ConfigWorkflow.check_properties`` finds every required property and the optional ones where MONAI looks
-    (it reads ``train#handlers`` items as dicts). ``dataset_dir``, required by MONAI but unused by these configs
-    (their data is ``datalist_file``), is given as a setting."""
-    from monai.bundle import ConfigWorkflow
-
-    tiny = {"bundle_root": str(tmp_path), "dataset_dir": str(tmp_path / "data"), "features": [4, 8, 16],
-            "patch_size": [64, 64], "cache_workers": 0, "show_progress": False,
-            "synthetic": {"num_train": 2, "num_val": 1, "num_test": 1, "size": 64, "seed": 0}}
-    if workflow_type == "infer":  # a model to infer with: the shipped one (tmp_path holds none)
-        tiny["pretrained_path"] = str(BUNDLE / "models" / "pretrained" / "model.pt")
-    workflow = ConfigWorkflow(config_file=str(CONFIGS / config), workflow_type=workflow_type,
-                              meta_file=str(CONFIGS / "metadata.json"), **tiny)
-    workflow.initialize()
-    assert workflow.check_properties() == []
-
-
 def test_importing_scripts_leaves_the_exception_hook_alone():
     """Only the entry points install the hook that prints a UserError as one message: every config's first
     ``initialize`` step and the ``python -m scripts...`` command lines."""
@@ -138,3 +120,17 @@ def test_references_into_handler_lists_name_the_handler_they_mean(workflow, key,
     ref = parser[key]
     assert isinstance(ref, str) and ref.startswith("@"), f"{key} should reference a handler list item, got {ref!r}"
     assert parser[ref[1:].replace("::", "#")]["_target_"] == target, f"{key} -> {ref} is not {target}"
+
+
+def test_metadata_reads_as_written():
+    """MONAI reads ``metadata.json`` as it is written. (MONAI >= 1.4 takes ``optional_packages_version``, which Model
+    Zoo bundles use, as a deprecated name of ``required_packages_version`` and replaces the required list with it:
+    every package stays in ``required_packages_version``; the manual says which ones inference does not need.) The
+    output ``value_range`` is empty: the network returns logits, which have no bounds (the schema takes numbers
+    only)."""
+    raw = _load("metadata.json")
+    parser = ConfigParser()
+    parser.read_meta(str(CONFIGS / "metadata.json"))
+    assert "optional_packages_version" not in raw
+    assert parser["_meta_::required_packages_version"] == raw["required_packages_version"]
+    assert raw["network_data_format"]["outputs"]["pred"]["value_range"] == []

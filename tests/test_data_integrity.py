@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +134,9 @@ def test_all_problems_in_one_error_with_cap(tmp_path):
     assert all(s in message for s in ("img/0.png: file not found", "lab/1.png: label values [9]", "lab/none.png"))
     with pytest.raises(DatasetError, match=r"and 2 more problem\(s\)"):
         check_datalist(path, 3, max_listed=1)
+    # raised in a loader worker process, it comes back pickled: the same problems and message
+    again = pickle.loads(pickle.dumps(info.value))
+    assert (again.problems, str(again)) == (info.value.problems, message)
 
 
 def test_bad_arguments(tmp_path):

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated
 
 DOCS = [REPO / "README.md", REPO / "bundle" / "docs" / "README.md", REPO / "bundle" / "docs" / "experiments.md",
         REPO / "benchmarks" / "README.md"] + [REPO / "bundle" / "docs" / f"{page}.md" for page in
-        ("measure", "finetune", "bioimageio", "dask", "volumes")]
+        ("measure", "finetune", "bioimageio", "dask", "volumes", "model_zoo")]
 #: Programs a documented command may start with.
 PROGRAMS = ("python", "python3", ".venv/bin/python", ".venv-bioimageio/bin/python", ".venv-bioimageio/bin/bioimageio", "bash", "source", "monailabel", "curl",
             "export", "cd", "torchrun", "sha256sum", "mkdir", "dask")

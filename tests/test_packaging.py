@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -537,3 +538,40 @@ def test_round_trip_package_download_load_infer(tmp_path):
         expected = inferer(image.T[None, None], loaded.eval()).argmax(1)[0].T.numpy()
     seg = np.asarray(Image.open(extracted / "outputs" / "b_seg.png"))
     assert (seg == expected).mean() > 0.999
+
+
+def test_weights_url_lets_download_large_files_fetch_the_model(tmp_path):
+    """``--weights-url``: the archive's large_files.json names where each model file is published (here a
+    ``file://`` folder laid out like release assets), so a copy without the weights (a Model Zoo contribution) gets
+    them back with MONAI's ``download_large_files``, checked against the pinned sha256; bad templates are refused."""
+    from monai.bundle import download_large_files
+
+    bundle = make_bundle(tmp_path / "b")
+    (bundle / "models" / "model.ts").unlink()
+    pin(bundle)
+    releases = tmp_path / "releases"
+    template = releases.as_uri() + "/v{version}/{name}_{file}"
+    result = pb.package_bundle(bundle, tmp_path / "dist", weights_url=template)
+    extracted = tmp_path / "x"
+    with zipfile.ZipFile(result.archive) as zf:
+        zf.extractall(extracted)
+    root = extracted / NAME
+    manifest = json.loads((root / pb.MANIFEST).read_text())
+    url = f"{releases.as_uri()}/v0.1.0/{NAME}_model.pt"
+    assert [(f["path"], f["url"]) for f in manifest["large_files"]] == [("models/model.pt", url)]
+    published = releases / "v0.1.0" / f"{NAME}_model.pt"  # the release asset
+    published.parent.mkdir(parents=True)
+    (root / "models" / "model.pt").rename(published)
+    download_large_files(bundle_path=str(root))
+    assert (root / "models" / "model.pt").read_bytes() == (bundle / "models" / "model.pt").read_bytes()
+
+    published.write_bytes(b"other weights")  # a url serving other bytes is refused by the pinned sha256
+    (root / "models" / "model.pt").unlink()
+    with pytest.raises(Exception, match="(?i)hash|md5|sha256|check"):
+        download_large_files(bundle_path=str(root))
+    assert pb.main(["--bundle", str(bundle), "--out", str(tmp_path / "dist"), "--check", "--no-git-check",
+                    "--weights-url", template]) == 0
+    for bad, message in (("https://example.org/{file}", "has no {version}"),
+                         ("https://x/{version}/{weights}", "placeholder")):
+        with pytest.raises(pb.PackagingError, match=re.escape(message)):
+            pb.package_bundle(bundle, tmp_path / "dist2", weights_url=bad)

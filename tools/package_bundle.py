@@ -6,6 +6,7 @@ Usage (from the repository root)::
     python tools/package_bundle.py                      # bundle/ -> dist/microscopy_cell_segmentation_v<version>.zip
     python tools/package_bundle.py --bundle bundle --out dist --name microscopy_cell_segmentation
     python tools/package_bundle.py --check              # run every check, write nothing
+    python tools/package_bundle.py --weights-url "https://github.com/OWNER/REPO/releases/download/v{version}/{file}"
 
 The archive follows the MONAI bundle layout, everything under one top folder named after the bundle, so that
 ``monai.bundle.download(name=<name>, url=...)`` extracts it to ``<bundle_dir>/<name>/``::
@@ -20,9 +21,13 @@ The archive follows the MONAI bundle layout, everything under one top folder nam
                                 (.ts); no resumable checkpoints
     <name>/models/pretrained/model.pt   the shipped weights, only beside a trained models/model.pt
 
-The archive's ``large_files.json`` pins the model files under their archive paths (``url`` stays empty: the
-weights travel inside the archive, and in the repository, so there is nothing to download; MONAI's
-``download_large_files`` only checks their sha256).
+The archive's ``large_files.json`` pins the model files under their archive paths. Their ``url`` is empty (the
+weights travel inside the archive and the repository; MONAI's ``download_large_files`` only checks their sha256),
+unless ``--weights-url TEMPLATE`` gives where each file is published, e.g. as release assets:
+``https://github.com/OWNER/REPO/releases/download/v{version}/{file}`` (``{version}``, required, the bundle's version;
+``{name}`` the bundle id; ``{path}`` the archive path ``models/model.pt``; ``{file}`` its file name). A copy without
+the model files (a Model Zoo contribution, whose files must stay under 1 MB) then gets them with
+``python -m monai.bundle download_large_files --bundle_path <bundle>``, checked against the pinned sha256.
 
 Nothing else: no ``data/``, ``eval/``, ``logs/``, ``outputs/``, ``runs/``, egg-info, hidden files or caches.
 
@@ -95,6 +100,7 @@ __all__ = [
     "list_bundle_files",
     "git_unbumped_changes",
     "archive_contents",
+    "fill_weights_url",
     "build_archive",
     "package_bundle",
     "main",
@@ -337,8 +343,8 @@ def make_manifest(bundle: Path, version: str, weights: list[str]) -> dict:
     entries = [{"path": rel, "url": "", "hash_val": _sha256_file(Path(bundle) / rel), "hash_type": "sha256"}
                for rel in sorted(weights)]
     return {"_desc_": "written by tools/package_bundle.py: the model files this version ships, by sha256 "
-                      "(check an extracted bundle with `python -m monai.bundle download_large_files`); no url: "
-                      "the weights travel inside the archive and the repository",
+                      "(`python -m monai.bundle download_large_files` checks them in an extracted bundle and fetches "
+                      "a missing one from its url, set by package_bundle.py --weights-url)",
             "version": version, "large_files": entries}
 
 
@@ -460,18 +466,41 @@ def _zip_date_time() -> tuple:
     return min(max(t, DEFAULT_DATE_TIME), (2107, 12, 31, 23, 59, 58))
 
 
-def archive_contents(bundle: Path, files: list[str]) -> dict[str, bytes]:
+def fill_weights_url(template: str, version: str, name: str, path: str) -> str:
+    """``template`` (see the module docstring) filled in for one model file.
+
+    Raises:
+        PackagingError: no ``{version}`` in it (a url must not serve another version's weights), or an unknown
+            placeholder.
+    """
+    if "{version}" not in template:
+        raise PackagingError(
+            f"--weights-url {template!r} has no {{version}}: each version's weights need their own url (e.g. "
+            "https://github.com/OWNER/REPO/releases/download/v{version}/{file})."
+        )
+    try:
+        return template.format(version=version, name=name, path=path, file=PurePosixPath(path).name)
+    except (KeyError, IndexError, ValueError) as e:
+        raise PackagingError(
+            f"--weights-url {template!r}: {e!r} is not a placeholder; use {{version}}, {{name}}, {{path}}, {{file}}."
+        ) from None
+
+
+def archive_contents(bundle: Path, files: list[str], url_template: str | None = None,
+                     name: str = DEFAULT_NAME) -> dict[str, bytes]:
     """The archive's files (archive path under the top folder -> bytes): ``files`` (bundle-relative) as they are,
     except that the shipped weights ``models/pretrained/model.pt`` (.ts) become ``models/model.pt`` (.ts) when the
     bundle has no trained one (the Model Zoo layout, see the module docstring), and ``large_files.json`` then pins
-    them under that path."""
+    them under that path; with ``url_template`` (:func:`fill_weights_url`) its entries get their ``url``."""
     moved = {f"models/pretrained/{m}": f"models/{m}" for m in MODEL_FILES
              if f"models/pretrained/{m}" in files and f"models/{m}" not in files}
     contents = {moved.get(rel, rel): (bundle / rel).read_bytes() for rel in files}
-    if moved and MANIFEST in contents:
+    if (moved or url_template) and MANIFEST in contents:
         manifest = json.loads(contents[MANIFEST])
         for entry in manifest.get("large_files", []):
             entry["path"] = moved.get(entry["path"], entry["path"])
+            if url_template:
+                entry["url"] = fill_weights_url(url_template, str(manifest.get("version")), name, entry["path"])
         contents[MANIFEST] = (json.dumps(manifest, indent=4) + "\n").encode("utf-8")
     return contents
 
@@ -506,6 +535,7 @@ def package_bundle(
     name: str = DEFAULT_NAME,
     check_only: bool = False,
     git_check: bool = True,
+    weights_url: str | None = None,
 ) -> PackageResult:
     """Check the bundle and write ``<out>/<name>_v<version>.zip`` and ``<out>/<name>_v<version>.zip.sha256``.
 
@@ -515,6 +545,8 @@ def package_bundle(
         name: bundle id (lower case letters, digits, underscores).
         check_only: run every check but write nothing.
         git_check: run the git not-bumped check (skipped anyway outside a git work tree).
+        weights_url: where the model files are published (a template, see :func:`fill_weights_url`), written into the
+            archive's ``large_files.json``; ``None``: no url.
 
     Raises:
         PackagingError: a check failed; the message names the fix.
@@ -533,6 +565,8 @@ def package_bundle(
             f"{bundle}: missing {', '.join(missing)}; a MONAI bundle needs a LICENSE file at its root and a "
             "docs/README.md (the model card). Add them and package again."
         )
+    if weights_url is not None:
+        fill_weights_url(weights_url, version, name, "models/model.pt")  # a bad template refused before anything
     notes = []
     if git_check:
         changed, note = git_unbumped_changes(bundle, version)
@@ -557,7 +591,7 @@ def package_bundle(
             (bundle / MANIFEST).write_text(json.dumps(new_manifest, indent=4) + "\n", encoding="utf-8")
             files = list_bundle_files(bundle)
     archive = out / f"{name}_v{version}.zip"
-    contents = archive_contents(bundle, files)
+    contents = archive_contents(bundle, files, weights_url, name)
     if check_only:
         buffer = io.BytesIO()
         members = build_archive(name, contents, buffer)
@@ -601,13 +635,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--check", action="store_true", help="run every check, write nothing")
     parser.add_argument(
+        "--weights-url", default=None, metavar="TEMPLATE",
+        help="where the model files are published, for the archive's large_files.json, e.g. "
+             "'https://github.com/OWNER/REPO/releases/download/v{version}/{file}' ({version} {name} {path} {file})",
+    )
+    parser.add_argument(
         "--no-git-check", action="store_true",
         help="skip the git not-bumped check (local experiments only: never share an archive made this way)",
     )
     args = parser.parse_args(argv)
     try:
         result = package_bundle(
-            args.bundle, args.out, args.name, check_only=args.check, git_check=not args.no_git_check
+            args.bundle, args.out, args.name, check_only=args.check, git_check=not args.no_git_check,
+            weights_url=args.weights_url,
         )
     except PackagingError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from scripts.errors import RunFolderError
 
 __all__ = ["TMP_SUFFIX", "NoCheckpointError", "atomic_save", "latest_checkpoint", "non_finite_entries"]
@@ -68,7 +67,6 @@ def non_finite_entries(obj: Any, prefix: str = "") -> list[str]:
     if isinstance(obj, (list, tuple)):
         return [n for i, v in enumerate(obj) for n in non_finite_entries(v, f"{prefix}/{i}" if prefix else str(i))]
     return []
-
 
 
 def latest_checkpoint(ckpt_dir: str, prefix: str = "checkpoint") -> str:

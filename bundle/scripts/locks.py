@@ -69,10 +69,17 @@ class FolderLock:
             ) from None
         except OSError as e:  # e.g. a network file system without flock
             os.close(fd)
-            logger.warning("%s: cannot lock the folder (%s); going on without the one-run-per-folder lock.", self.folder, e)
+            logger.warning(
+                "%s: cannot lock the folder (%s); going on without the one-run-per-folder lock.", self.folder, e
+            )
             return self
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": self.purpose,
-                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)[:500]}
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "purpose": self.purpose,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": " ".join(sys.argv)[:500],
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
         self._fd = fd
@@ -102,8 +109,10 @@ def _read_holder(fd: int) -> dict:
 def _describe(holder: dict) -> str:
     if not holder:
         return "holder unknown"
-    return (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('started', '?')}: "
-            f"{holder.get('command', '?')}")
+    return (
+        f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('started', '?')}: "
+        f"{holder.get('command', '?')}"
+    )
 
 
 def _rank() -> int:

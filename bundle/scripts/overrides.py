@@ -22,8 +22,18 @@ __all__ = ["check_overrides", "cli_overrides", "overridden", "unknown_overrides"
 
 #: ``monai.bundle run``'s own arguments (not config keys).
 RUN_ARGUMENTS = frozenset(
-    {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file",
-     "workflow_type", "workflow_name"}
+    {
+        "run_id",
+        "init_id",
+        "final_id",
+        "meta_file",
+        "config_file",
+        "logging_file",
+        "tracking",
+        "args_file",
+        "workflow_type",
+        "workflow_name",
+    }
 )
 
 

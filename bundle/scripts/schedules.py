@@ -79,8 +79,14 @@ class StepSchedule(EpochSchedule, MultiStepLR):
         last_epoch: the index of the last epoch, as PyTorch's (-1: a new run).
     """
 
-    def __init__(self, optimizer: Optimizer, total_epochs: int, milestones: Iterable[int], gamma: float = 0.1,
-                 last_epoch: int = -1) -> None:
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        total_epochs: int,
+        milestones: Iterable[int],
+        gamma: float = 0.1,
+        last_epoch: int = -1,
+    ) -> None:
         _check_length(total_epochs)
         milestones = list(milestones)
         self.total_epochs = total_epochs
@@ -102,7 +108,7 @@ class StepSchedule(EpochSchedule, MultiStepLR):
 
     def closed_form_lr(self) -> list[float]:
         drops = bisect.bisect_right(sorted(self.milestones.elements()), self.last_epoch)
-        return [base * self.gamma ** drops for base in self.base_lrs]
+        return [base * self.gamma**drops for base in self.base_lrs]
 
     def plan(self) -> str:
         steps = sorted(self.milestones.elements())

@@ -26,8 +26,11 @@ def _int(minimum: int) -> tuple[Callable[[Any], bool], str]:
 
 def _int_list(length: int | None, minimum: int) -> tuple[Callable[[Any], bool], str]:
     def ok(v: Any) -> bool:
-        return (isinstance(v, (list, tuple)) and (len(v) == length if length else len(v) >= 2)
-                and all(is_int(x, minimum) for x in v))
+        return (
+            isinstance(v, (list, tuple))
+            and (len(v) == length if length else len(v) >= 2)
+            and all(is_int(x, minimum) for x in v)
+        )
 
     what = f"a list of {length} integers >= {minimum}" if length else f"a list of at least 2 integers >= {minimum}"
     return ok, what
@@ -46,9 +49,16 @@ RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "in_channels": (*_int(1), "--in_channels 1"),
     "learning_rate": (is_positive_number, "a number > 0", "--learning_rate 0.001"),
     "intensity_max": (is_positive_number, "a number > 0", "--intensity_max 255"),
-    "time_limit_s": (lambda v: v is None or is_positive_number(v), "a number of seconds > 0, or None", "--time_limit_s 3600"),
-    "dropout": (lambda v: isinstance(v, Real) and not isinstance(v, bool) and 0 <= v < 1, "a number in [0, 1)",
-                "--dropout 0.1"),
+    "time_limit_s": (
+        lambda v: v is None or is_positive_number(v),
+        "a number of seconds > 0, or None",
+        "--time_limit_s 3600",
+    ),
+    "dropout": (
+        lambda v: isinstance(v, Real) and not isinstance(v, bool) and 0 <= v < 1,
+        "a number in [0, 1)",
+        "--dropout 0.1",
+    ),
     "patch_size": (*_int_list(2, 1), '--patch_size "[256, 256]"'),
     "features": (*_int_list(None, 1), '--features "[32, 64, 128, 256, 512]"'),
     "resume": (lambda v: isinstance(v, bool), "True or False", "--resume True"),

@@ -53,7 +53,7 @@ def load_datalist(path: str | os.PathLike, key: str = "training") -> list[dict]:
         raise FileNotFoundError(f"{path}: datalist file not found.")
     try:
         content = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
+    except ValueError as e:  # UnicodeDecodeError included
         raise ValueError(f"{path}: not a valid JSON datalist: {e}") from e
     if not isinstance(content, dict):
         raise ValueError(f"{path}: a datalist must be a JSON object with lists under keys such as 'training'.")

@@ -58,7 +58,9 @@ REFERENCE = (
     "Stephan Gerhard, Jan Funke, Julien Martel, Albert Cardona, Richard Fetter. Segmented anisotropic ssTEM "
     "dataset of neural tissue. figshare, 2013. doi:10.6084/m9.figshare.856713"
 )
-_VERSION = 3  # 2: sources with sha256, the fold assignment and the outputs' sha256 in manifest.json; 3: *_sections lists
+_VERSION = (
+    3  # 2: sources with sha256, the fold assignment and the outputs' sha256 in manifest.json; 3: *_sections lists
+)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -127,7 +129,9 @@ def find_drosophila_sections(src: str | os.PathLike) -> tuple[list[tuple[int, Pa
     labs = indexed(lab_dir, r"labels(\d+)\.png")
     if not raws:
         raise ValueError(f"{raw_dir}: no NN.tif sections found.")
-    unpaired = [str(raws[i]) for i in sorted(set(raws) - set(labs))] + [str(labs[i]) for i in sorted(set(labs) - set(raws))]
+    unpaired = [str(raws[i]) for i in sorted(set(raws) - set(labs))] + [
+        str(labs[i]) for i in sorted(set(labs) - set(raws))
+    ]
     if unpaired:
         raise ValueError(f"{src}: sections without a raw/label partner: {', '.join(unpaired)}.")
     labelled = [(i, raws[i], labs[i]) for i in sorted(raws)]
@@ -174,6 +178,7 @@ def crop_grid(height: int, width: int, crop: int) -> list[tuple[int, int, int, i
     When a side is not a multiple of ``crop``, one more tile flush with that border is added (it overlaps its
     neighbour), so no labelled pixel is dropped. A side shorter than ``crop`` gives no tile.
     """
+
     def starts(n: int) -> list[int]:
         s = list(range(0, n - crop + 1, crop))
         if s and s[-1] + crop < n:
@@ -260,7 +265,9 @@ def prepare_drosophila(
         if image.ndim != 2 or image.dtype != np.uint8:
             raise ValueError(f"{raw_path}: expected an 8-bit grey section, got {image.dtype} of shape {image.shape}.")
         if label.shape != image.shape:
-            raise ValueError(f"{lab_path}: label shape {label.shape} differs from its section {raw_path.name} {image.shape}.")
+            raise ValueError(
+                f"{lab_path}: label shape {label.shape} differs from its section {raw_path.name} {image.shape}."
+            )
         if shape is not None and image.shape != shape:
             raise ValueError(f"{raw_path}: section shape {image.shape} differs from the others {shape}.")
         shape = image.shape
@@ -327,8 +334,13 @@ def prepare_drosophila(
     written += [p.name for p in datalist_paths] + ["classes.json", "README.txt"]
     manifest["outputs"] = {rel: sha256_file(out / rel) for rel in written}
     write_json(manifest_path, manifest)
-    logger.info("prepared %d sections (%d crops) and %d unlabelled sections in %s",
-                len(labelled), sum(len(v) for v in crops.values()), len(unlabelled), out)
+    logger.info(
+        "prepared %d sections (%d crops) and %d unlabelled sections in %s",
+        len(labelled),
+        sum(len(v) for v in crops.values()),
+        len(unlabelled),
+        out,
+    )
     return datalist_paths
 
 

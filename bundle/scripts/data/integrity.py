@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-
 from scripts.checks import check_positive_int
 from scripts.errors import UserError
 
@@ -26,13 +25,18 @@ class DatasetError(UserError, ValueError):
     """One or more problems in a dataset; ``problems`` holds one message per problem."""
 
     def __init__(self, problems: Sequence[str], source: str = "dataset", max_listed: int = 20):
-        self.problems = list(problems)
+        problems = list(problems)
+        super().__init__(problems, source, max_listed)  # its own arguments: pickle (worker processes) rebuilds it
+        self.problems = problems
         listed = self.problems[:max_listed]
         more = len(self.problems) - len(listed)
         lines = [f"{source}: {len(self.problems)} problem(s) found:"] + [f"  - {p}" for p in listed]
         if more > 0:
             lines.append(f"  ... and {more} more problem(s).")
-        super().__init__("\n".join(lines))
+        self.message = "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def _load(datalist: Any, keys: Sequence[str], base_dir) -> tuple[str, dict[str, Any], Path]:
@@ -43,7 +47,7 @@ def _load(datalist: Any, keys: Sequence[str], base_dir) -> tuple[str, dict[str, 
             raise DatasetError([f"{path}: datalist file not found; check the datalist_file setting."], str(path))
         try:
             content = json.loads(path.read_text())
-        except (ValueError, UnicodeDecodeError) as e:
+        except ValueError as e:  # UnicodeDecodeError included
             raise DatasetError([f"{path}: not valid JSON ({e})."], str(path)) from e
         if not isinstance(content, dict):
             raise DatasetError([f"{path}: a datalist must be a JSON object with lists under its keys."], str(path))

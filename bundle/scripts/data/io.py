@@ -14,15 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = [
-    "SUPPORTED_EXTENSIONS",
-    "has_alpha",
-    "image_extension",
-    "read_image",
-    "write_png",
-    "to_uint8",
-    "file_stem",
-]
+__all__ = ["SUPPORTED_EXTENSIONS", "has_alpha", "image_extension", "read_image", "write_png", "to_uint8", "file_stem"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,9 +87,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     ext = image_extension(path)
     if ext is None:
-        raise ValueError(
-            f"{path}: unsupported image file extension; use one of {', '.join(SUPPORTED_EXTENSIONS)}."
-        )
+        raise ValueError(f"{path}: unsupported image file extension; use one of {', '.join(SUPPORTED_EXTENSIONS)}.")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image file not found.")
     try:

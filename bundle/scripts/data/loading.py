@@ -18,7 +18,6 @@ from monai.data import ThreadDataLoader as _MonaiThreadDataLoader
 from monai.data import list_data_collate
 from monai.data.thread_buffer import ThreadBuffer
 from monai.transforms import Compose
-
 from scripts.errors import DataLoadingError, UserError
 
 __all__ = ["NamingCompose", "ThreadDataLoader", "collate_naming_files", "item_name"]
@@ -90,7 +89,7 @@ class _RaisingBuffer(ThreadBuffer):
     def enqueue_values(self) -> None:
         try:
             super().enqueue_values()
-        except BaseException as e:  # noqa: BLE001 - handed over to the consumer
+        except BaseException as e:  # noqa: B036 - handed over to the consumer, which raises it
             self.error = e
 
     def __iter__(self):

@@ -69,9 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--in-channels", type=int, default=None, help="expected image channels (1 grey, 3 RGB)")
     c.add_argument("--keys", nargs="+", default=["training", "validation"], help="datalist lists to check")
     c.add_argument("--no-labels", action="store_true", help="items need no label (e.g. inference lists)")
-    c.add_argument("--config", nargs="+", default=[str(Path(__file__).resolve().parents[2] / "configs" / "train.json")],
-                   help="training config(s) whose train#deterministic_transforms read every item as training will "
-                        "(default: the bundle's train.json)")
+    c.add_argument(
+        "--config",
+        nargs="+",
+        default=[str(Path(__file__).resolve().parents[2] / "configs" / "train.json")],
+        help="training config(s) whose train#deterministic_transforms read every item as training will "
+        "(default: the bundle's train.json)",
+    )
     c.add_argument("--no-loader", action="store_true", help="skip reading the items through the training transforms")
     return p
 
@@ -80,7 +84,8 @@ def _training_transforms(config_files: Sequence[str]):
     from monai.bundle import ConfigParser
 
     return ConfigParser(ConfigParser.load_config_files(list(config_files))).get_parsed_content(
-        "train#deterministic_transforms")
+        "train#deterministic_transforms"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,7 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(generate_dataset(args.out, args.num_train, args.num_val, args.num_test, args.size, args.seed))
         else:
             summary = check_datalist(
-                args.datalist, args.num_classes, args.in_channels, tuple(args.keys), require_labels=not args.no_labels,
+                args.datalist,
+                args.num_classes,
+                args.in_channels,
+                tuple(args.keys),
+                require_labels=not args.no_labels,
                 transform=None if args.no_loader else _training_transforms(args.config),
             )
             print(json.dumps(summary, indent=1))

@@ -82,7 +82,9 @@ def make_sample(size=256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     # ---- cell tessellation on warped coordinates ----
     spacing = rng.uniform(40.0, 56.0)  # mean distance between cell centres (px)
     gy, gx = max(int(round(h / spacing)), 1) + 2, max(int(round(w / spacing)), 1) + 2
-    cy, cx = np.meshgrid((np.arange(gy) - 1 + 0.5) * h / (gy - 2), (np.arange(gx) - 1 + 0.5) * w / (gx - 2), indexing="ij")
+    cy, cx = np.meshgrid(
+        (np.arange(gy) - 1 + 0.5) * h / (gy - 2), (np.arange(gx) - 1 + 0.5) * w / (gx - 2), indexing="ij"
+    )
     seeds = np.stack([cy.ravel(), cx.ravel()], 1) + rng.uniform(-0.42, 0.42, (cy.size, 2)) * spacing
     # extra small cells (thin neurites, glial processes) between the big ones
     n_small = rng.poisson(0.25 * cy.size)
@@ -115,7 +117,11 @@ def make_sample(size=256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     # tapered extracellular gaps along ~15% of walls between neurons
     u, v = cell_rand[cell] + cell_rand[other], cell_rand[cell] * cell_rand[other]  # symmetric in the pair
     pair_rand = np.modf(np.abs(np.sin(78.233 * u + 12.9898 * v)) * 43758.5453)[0]  # hash -> uniform in [0, 1)
-    gap_width = (pair_rand < rng.uniform(0.08, 0.2)) * np.clip(_smooth_noise(rng, shape, 8.0, 1.0) + 0.5, 0.0, 1.5) * rng.uniform(2.0, 5.0)
+    gap_width = (
+        (pair_rand < rng.uniform(0.08, 0.2))
+        * np.clip(_smooth_noise(rng, shape, 8.0, 1.0) + 0.5, 0.0, 1.5)
+        * rng.uniform(2.0, 5.0)
+    )
 
     label = np.full(shape, INTRACELLULAR, np.uint8)
     label[is_glia[cell]] = GLIA
@@ -232,12 +238,7 @@ def _params(num_train: int, num_val: int, num_test: int, size, seed: int) -> dic
 
 
 def generate_dataset(
-    out_dir: str | os.PathLike,
-    num_train: int = 16,
-    num_val: int = 4,
-    num_test: int = 4,
-    size=256,
-    seed: int = 0,
+    out_dir: str | os.PathLike, num_train: int = 16, num_val: int = 4, num_test: int = 4, size=256, seed: int = 0
 ) -> Path:
     """Write a synthetic dataset in the bundle's layout.
 
@@ -284,12 +285,7 @@ def generate_dataset(
 
 
 def ensure_synthetic_dataset(
-    out_dir: str | os.PathLike,
-    num_train: int = 16,
-    num_val: int = 4,
-    num_test: int = 4,
-    size=256,
-    seed: int = 0,
+    out_dir: str | os.PathLike, num_train: int = 16, num_val: int = 4, num_test: int = 4, size=256, seed: int = 0
 ) -> str:
     """Return the synthetic datalist path under ``out_dir``, generating the dataset only when needed.
 
@@ -318,4 +314,3 @@ def ensure_synthetic_dataset(
     if manifest.exists():
         manifest.unlink()
     return str(generate_dataset(out, num_train, num_val, num_test, tuple(params["size"]), seed))
-

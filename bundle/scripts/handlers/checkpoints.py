@@ -26,7 +26,6 @@ from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader as _MonaiCheckpointLoader
 from monai.handlers import CheckpointSaver as _MonaiCheckpointSaver
-
 from scripts.checkpoint_files import atomic_save, non_finite_entries
 from scripts.errors import ConfigError, DivergenceError, RunFolderError, UserError
 from scripts.schedules import EpochSchedule
@@ -95,9 +94,11 @@ class CheckpointSaver(_MonaiCheckpointSaver):
         super().__init__(*args, **kwargs)
         self.engine_key = engine_key
         self._n_saved = kwargs.get("n_saved")
-        for ckpt, fixed in ((self._final_checkpoint, kwargs.get("final_filename")),
-                            (self._key_metric_checkpoint, kwargs.get("key_metric_filename")),
-                            (self._interval_checkpoint, None)):
+        for ckpt, fixed in (
+            (self._final_checkpoint, kwargs.get("final_filename")),
+            (self._key_metric_checkpoint, kwargs.get("key_metric_filename")),
+            (self._interval_checkpoint, None),
+        ):
             if ckpt is not None:
                 ckpt.save_handler = AtomicDiskSaver(self.save_dir, filename=fixed)
 
@@ -124,8 +125,10 @@ class CheckpointSaver(_MonaiCheckpointSaver):
         ckpt = self._interval_checkpoint
         if self._n_saved == 1 and ckpt is not None and ckpt.last_checkpoint and idist.get_rank() == 0:
             keep = Path(ckpt.last_checkpoint).name
-            pattern = re.compile(rf"^{re.escape(ckpt.filename_prefix + '_' if ckpt.filename_prefix else '')}"
-                                 rf"checkpoint_{ckpt.score_name}=\d+\.pt$")
+            pattern = re.compile(
+                rf"^{re.escape(ckpt.filename_prefix + '_' if ckpt.filename_prefix else '')}"
+                rf"checkpoint_{ckpt.score_name}=\d+\.pt$"
+            )
             for path in Path(self.save_dir).iterdir():
                 if path.name != keep and pattern.match(path.name):
                     path.unlink(missing_ok=True)
@@ -164,8 +167,15 @@ class ResumeCheckpointLoader(_MonaiCheckpointLoader):
     raises one :class:`~scripts.errors.UserError` naming the file.
     """
 
-    def __init__(self, *args: Any, engine_key: str | None = "trainer", learning_rate: float | None = None,
-                 follow_epochs: bool = True, optional: Sequence[str] = (), **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        engine_key: str | None = "trainer",
+        learning_rate: float | None = None,
+        follow_epochs: bool = True,
+        optional: Sequence[str] = (),
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.engine_key = engine_key
         self.learning_rate = learning_rate
@@ -184,8 +194,9 @@ class ResumeCheckpointLoader(_MonaiCheckpointLoader):
         try:
             if not self.follow_epochs or any(key in self.load_dict for key in self.optional):
                 saved = torch.load(self.load_path, map_location="cpu", weights_only=True)
-                absent = {key: self.load_dict.pop(key) for key in self.optional
-                          if key in self.load_dict and key not in saved}
+                absent = {
+                    key: self.load_dict.pop(key) for key in self.optional if key in self.load_dict and key not in saved
+                }
                 for key in absent:
                     self.logger.info(f"{self.load_path} holds no {key!r} entry (an earlier version): left as it is.")
                 planned = saved.get(self.engine_key, {}).get("max_epochs") if self.engine_key else None
@@ -222,8 +233,10 @@ class ResumeCheckpointLoader(_MonaiCheckpointLoader):
             saved = "another length" if schedule.total_epochs is None else f"{schedule.total_epochs} epochs"
             schedule.set_total_epochs(configured)
             lrs = ", ".join(f"{lr:.3g}" for lr in schedule.get_last_lr())
-            self.logger.info(f"Resumed with the configured schedule, {schedule.plan()} (the checkpoint's: {saved}); "
-                             f"learning rate now {lrs} at epoch {schedule.last_epoch}.")
+            self.logger.info(
+                f"Resumed with the configured schedule, {schedule.plan()} (the checkpoint's: {saved}); "
+                f"learning rate now {lrs} at epoch {schedule.last_epoch}."
+            )
         if self.learning_rate is not None:
             self._apply_learning_rate(float(self.learning_rate))
 
@@ -243,5 +256,3 @@ class ResumeCheckpointLoader(_MonaiCheckpointLoader):
             if scheduler is not None and hasattr(scheduler, "_last_lr"):
                 scheduler._last_lr[i] = group["lr"]
             self.logger.info(f"Resumed with learning_rate {lr:g} instead of the checkpoint's {initial:g}.")
-
-

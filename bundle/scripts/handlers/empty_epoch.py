@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from ignite.engine import Engine, Events
-
 from scripts.errors import DataLoadingError
 
 __all__ = ["FailOnEmptyEpoch"]

@@ -14,7 +14,6 @@ from monai.data import list_data_collate
 from monai.engines.utils import IterationEvents
 from monai.handlers import from_engine
 from monai.utils import CommonKeys
-
 from scripts.checkpoint_files import NoCheckpointError, latest_checkpoint
 from scripts.errors import DivergenceError
 
@@ -55,8 +54,12 @@ class StopOnNonFiniteLoss:
         output_transform: picks the loss out of ``engine.state.output`` when checked after an iteration.
     """
 
-    def __init__(self, ckpt_dir: str | None = None, explosion_factor: float | None = 1e4,
-                 output_transform: Callable | None = None) -> None:
+    def __init__(
+        self,
+        ckpt_dir: str | None = None,
+        explosion_factor: float | None = 1e4,
+        output_transform: Callable | None = None,
+    ) -> None:
         self.ckpt_dir = ckpt_dir
         self.explosion_factor = explosion_factor
         self.output_transform = output_transform or from_engine(["loss"], first=True)
@@ -91,7 +94,9 @@ class StopOnNonFiniteLoss:
             return
         bad = [n for n, g in grads if not bool(torch.isfinite(g).all())]
         if bad:
-            self._stop(engine, f"the gradients of {len(bad)} parameter(s) ({', '.join(bad[:3])}) are NaN or infinite", True)
+            self._stop(
+                engine, f"the gradients of {len(bad)} parameter(s) ({', '.join(bad[:3])}) are NaN or infinite", True
+            )
 
     def after_iteration(self, engine: Engine) -> None:
         self._check_loss(engine, _value(self.output_transform(engine.state.output)), before_step=False)
@@ -100,10 +105,21 @@ class StopOnNonFiniteLoss:
         when = " after the epoch's last optimiser step" if after_last_step else ""
         if not math.isfinite(value):
             self._stop(engine, f"the training loss became {value}{when}", before_step)
-        reference = self.reference if self.reference is not None else (self._first_epoch[0] if self._first_epoch else None)
-        if self.explosion_factor is not None and reference is not None and reference > 0 and value > self.explosion_factor * reference:
-            self._stop(engine, f"the training loss exploded to {value:.4g}{when}, more than "
-                       f"{self.explosion_factor:g} times its first-epoch value {reference:.4g}", before_step)
+        reference = (
+            self.reference if self.reference is not None else (self._first_epoch[0] if self._first_epoch else None)
+        )
+        if (
+            self.explosion_factor is not None
+            and reference is not None
+            and reference > 0
+            and value > self.explosion_factor * reference
+        ):
+            self._stop(
+                engine,
+                f"the training loss exploded to {value:.4g}{when}, more than "
+                f"{self.explosion_factor:g} times its first-epoch value {reference:.4g}",
+                before_step,
+            )
         if self.reference is None and not after_last_step:
             self._first_epoch.append(value)
 
@@ -113,7 +129,9 @@ class StopOnNonFiniteLoss:
         network = getattr(engine, "network", None)
         if network is None:
             return
-        bad = [n for n, p in network.state_dict().items() if p.is_floating_point() and not bool(torch.isfinite(p).all())]
+        bad = [
+            n for n, p in network.state_dict().items() if p.is_floating_point() and not bool(torch.isfinite(p).all())
+        ]
         if bad:
             self._stop(engine, f"{len(bad)} weight tensor(s) ({', '.join(bad[:3])}) became NaN or infinite", False)
         loss = self._last_batch_loss(engine)
@@ -157,12 +175,16 @@ class StopOnNonFiniteLoss:
         optimizer = getattr(engine, "optimizer", None)
         if optimizer is not None:
             lr = f" (now {optimizer.param_groups[0]['lr']:g})"
-        resume = (f"the last checkpoint, {Path(last).name} in {self.ckpt_dir}, is finite: resume from it with "
-                  f"--resume True and a lower --learning_rate{lr}" if last else
-                  f"no resumable checkpoint was written yet: train again with a lower --learning_rate{lr}")
+        resume = (
+            f"the last checkpoint, {Path(last).name} in {self.ckpt_dir}, is finite: resume from it with "
+            f"--resume True and a lower --learning_rate{lr}"
+            if last
+            else f"no resumable checkpoint was written yet: train again with a lower --learning_rate{lr}"
+        )
         raise DivergenceError(
             f"{what} at epoch {engine.state.epoch}, iteration {engine.state.iteration}; training stopped"
-            f"{' before the optimiser step' if before_step else ''} and nothing was saved from this state. {resume[0].upper()}{resume[1:]}. "
+            f"{' before the optimiser step' if before_step else ''} and nothing was saved from this state. "
+            f"{resume[0].upper()}{resume[1:]}. "
             "Other causes: images not normalised (check --intensity_max), labels outside the class map (run the "
             "integrity check)."
         )

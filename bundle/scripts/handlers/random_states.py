@@ -49,13 +49,23 @@ def transform_generators(transforms: Any) -> list[np.random.RandomState]:
 
 def _np_state_to_torch(state: tuple) -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = state
-    return {"name": name, "keys": torch.from_numpy(np.asarray(keys, np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    return {
+        "name": name,
+        "keys": torch.from_numpy(np.asarray(keys, np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached),
+    }
 
 
 def _np_state_from_torch(state: dict[str, Any]) -> tuple:
-    return (state["name"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"],
-            state["cached_gaussian"])
+    return (
+        state["name"],
+        state["keys"].numpy().astype(np.uint32),
+        state["pos"],
+        state["has_gauss"],
+        state["cached_gaussian"],
+    )
 
 
 class RandomStates:

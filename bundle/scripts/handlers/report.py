@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 from ignite.engine import Engine, Events
-
 from scripts.metrics.confusion import format_table, per_image_scores, scores_from_confusion
 
 __all__ = ["SegmentationReport"]
@@ -133,7 +132,10 @@ class SegmentationReport:
             r = report["per_class"][name] if name != "mean" else report["mean"]
             a, m = r["accumulated"], r["per_image_mean"]
             rows.append([name, f(a["iou"]), f(a["dice"]), f(a["precision"]), f(a["recall"]), f(a["f1"]), f(m["iou"])])
-        return format_table(rows) + f"\nper-image mean IoU (mean over images of each image's mIoU): {f(report['per_image_mean_iou'])}"
+        return (
+            format_table(rows)
+            + f"\nper-image mean IoU (mean over images of each image's mIoU): {f(report['per_image_mean_iou'])}"
+        )
 
     def write(self, report: dict, cms: torch.Tensor, names: list[str] | None = None) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)

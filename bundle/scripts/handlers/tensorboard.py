@@ -7,7 +7,6 @@ from typing import Any
 
 from ignite.engine import Engine
 from monai.handlers import TensorBoardStatsHandler as _MonaiTensorBoardStatsHandler
-from torch.utils.tensorboard import SummaryWriter
 
 __all__ = ["TensorBoardStatsHandler"]
 
@@ -21,12 +20,16 @@ class TensorBoardStatsHandler(_MonaiTensorBoardStatsHandler):
     """
 
     def __init__(self, summary_writer: Any = None, log_dir: str | os.PathLike = "./runs", **kwargs: Any) -> None:
-        super().__init__(summary_writer=False if summary_writer is None else summary_writer, log_dir=str(log_dir), **kwargs)
+        super().__init__(
+            summary_writer=False if summary_writer is None else summary_writer, log_dir=str(log_dir), **kwargs
+        )
         if summary_writer is None:
             self._writer, self.internal_writer, self._log_dir = None, True, str(log_dir)
 
     def attach(self, engine: Engine) -> None:
         if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter  # here: only training needs tensorboard
+
             self._writer = SummaryWriter(log_dir=self._log_dir)
         super().attach(engine)
 

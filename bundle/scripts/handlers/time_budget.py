@@ -14,7 +14,6 @@ import time
 
 import ignite.distributed as idist
 from ignite.engine import Engine, Events
-
 from scripts.schedules import EpochSchedule
 
 __all__ = ["FitEpochsToBudget", "fit_epochs"]
@@ -85,16 +84,22 @@ class FitEpochsToBudget:
     def attach(self, engine: Engine) -> None:
         if self.budget_s is not None:
             if self.lr_scheduler is not None and not isinstance(self.lr_scheduler, EpochSchedule):
-                engine.logger.warning(f"time budget: {type(self.lr_scheduler).__name__} does not know its length (not "
-                                      "a scripts.schedules.EpochSchedule): the epochs are fitted, its schedule is not.")
+                engine.logger.warning(
+                    f"time budget: {type(self.lr_scheduler).__name__} does not know its length (not "
+                    "a scripts.schedules.EpochSchedule): the epochs are fitted, its schedule is not."
+                )
             engine.add_event_handler(Events.STARTED, self._started)
             engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def _started(self, engine: Engine) -> None:
         self.start, self.first_epoch_end, self.first_epoch = self.clock(), None, None
         done = engine.state.epoch
-        if (done and done >= (engine.state.max_epochs or 0) and self.epoch_s is not None
-                and self.used_before_s + self.epoch_s <= self.budget_s):
+        if (
+            done
+            and done >= (engine.state.max_epochs or 0)
+            and self.epoch_s is not None
+            and self.used_before_s + self.epoch_s <= self.budget_s
+        ):
             engine.state.max_epochs = done + 1  # a finished run, resumed with a larger budget: refitted after it
 
     def __call__(self, engine: Engine) -> None:
@@ -113,8 +118,10 @@ class FitEpochsToBudget:
         engine.state.max_epochs = planned
         if isinstance(self.lr_scheduler, EpochSchedule):  # stepped for this epoch already (attached after it)
             self.lr_scheduler.set_total_epochs(planned, keep_past=True)
-        engine.logger.info(f"time budget: {used_s:.0f} of {self.budget_s:.0f} s used after epoch {epoch}, "
-                           f"{epoch_s:.1f} s per epoch: {planned} epochs planned")
+        engine.logger.info(
+            f"time budget: {used_s:.0f} of {self.budget_s:.0f} s used after epoch {epoch}, "
+            f"{epoch_s:.1f} s per epoch: {planned} epochs planned"
+        )
 
     def used_s(self) -> float:
         """Training seconds used so far: earlier processes' (from the checkpoint) plus this one's."""
@@ -134,9 +141,13 @@ class FitEpochsToBudget:
         """
         state = state if isinstance(state, dict) else {}
         used, epoch_s = state.get("used_s"), state.get("epoch_s")
-        if (not isinstance(used, (int, float)) or not used >= 0
-                or not (epoch_s is None or isinstance(epoch_s, (int, float)) and epoch_s > 0)):
-            raise ValueError("a time-budget state needs a non-negative 'used_s' and a positive 'epoch_s' or None, "
-                             f"got {state!r}.")
+        if (
+            not isinstance(used, (int, float))
+            or not used >= 0
+            or not (epoch_s is None or isinstance(epoch_s, (int, float)) and epoch_s > 0)
+        ):
+            raise ValueError(
+                "a time-budget state needs a non-negative 'used_s' and a positive 'epoch_s' or None, " f"got {state!r}."
+            )
         self.used_before_s = float(used)
         self.epoch_s = None if epoch_s is None else float(epoch_s)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 from ignite.engine import Engine, Events
-
 from scripts.errors import user_error_in
 
 __all__ = ["QuietUserErrors"]

@@ -9,6 +9,7 @@ or change what a network computes (e.g. :class:`scripts.visualize.FeatureMapCapt
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -19,8 +20,8 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-
 from scripts.networks.wrappers import unwrap_network
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .tiling import TileGeometry, candidate_strides, tile_layout
 
@@ -83,6 +84,19 @@ class _LiveTensors:
             weakref.finalize(t, self._free, key)
 
 
+class _OperatorOutputs(TorchDispatchMode):
+    """Adds the output of every operator run inside it to a :class:`_LiveTensors` (for modules without hooks)."""
+
+    def __init__(self, tracker: _LiveTensors) -> None:
+        super().__init__()
+        self.tracker = tracker
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.tracker.add(out)
+        return out
+
+
 def estimate_activation_bytes(
     network: Callable[..., Any], probe: torch.Tensor, hook_module: torch.nn.Module | None = None
 ) -> int:
@@ -90,6 +104,8 @@ def estimate_activation_bytes(
 
     Counts every tensor that enters or leaves a module of the network while it is alive (tracked by storage, freed
     tensors subtracted), plus the input and the output; not counted: the weights, and scratch memory inside a kernel.
+    A module that takes no hooks (TorchScript) is measured by the outputs of every operator it runs instead (a
+    :class:`~torch.utils._python_dispatch.TorchDispatchMode`; the same peak as the hooks on an eager network).
     The network is run in eval mode (its mode is restored), so batch-norm statistics are not touched; during the
     pass :func:`is_probing` is true.
 
@@ -105,16 +121,18 @@ def estimate_activation_bytes(
     module = hook_module if hook_module is not None else unwrap_network(network)
     handles = []
     modes = []
+    scripted = isinstance(module, torch.jit.ScriptModule)
     if isinstance(module, torch.nn.Module):
         for m in module.modules():
-            handles.append(m.register_forward_pre_hook(lambda _m, args: tracker.add(args)))
-            handles.append(m.register_forward_hook(lambda _m, _args, out: tracker.add(out)))
+            if not scripted:
+                handles.append(m.register_forward_pre_hook(lambda _m, args: tracker.add(args)))
+                handles.append(m.register_forward_hook(lambda _m, _args, out: tracker.add(out)))
             modes.append((m, m.training))
         module.eval()
     token = _PROBING.set(True)
     try:
         tracker.add(probe)
-        with torch.no_grad():
+        with torch.no_grad(), _OperatorOutputs(tracker) if scripted else contextlib.nullcontext():
             out = network(probe)
         tracker.add(out)
         peak = tracker.peak
@@ -142,8 +160,10 @@ def _probe(network: Callable[..., Any], probe: torch.Tensor) -> tuple[int, int]:
 
 
 def _fewest_pixels(
-    options: Sequence[Sequence[int]], layout: Callable[[list[int]], TileGeometry],
-    footprint: Callable[[TileGeometry], tuple[int, int]], budget: float,
+    options: Sequence[Sequence[int]],
+    layout: Callable[[list[int]], TileGeometry],
+    footprint: Callable[[TileGeometry], tuple[int, int]],
+    budget: float,
 ) -> tuple[TileGeometry, int, int | None]:
     """Among the layouts of the stride ``options`` (per dim, memory decreasing along each list), the one computing
     the fewest input pixels (ties: fewer tiles) whose ``footprint`` (activation, fixed bytes) fits ``budget``:
@@ -191,8 +211,16 @@ class TilePlanner:
         self._geometry_cache: dict[tuple, TileGeometry] = {}
 
     def _bytes_per_pixel(
-        self, network: Any, net: Any, padding: str, div: int, border: int, dims: int, in_channels: int,
-        device: torch.device, dtype: torch.dtype,
+        self,
+        network: Any,
+        net: Any,
+        padding: str,
+        div: int,
+        border: int,
+        dims: int,
+        in_channels: int,
+        device: torch.device,
+        dtype: torch.dtype,
     ) -> tuple[float, int]:
         """(activation bytes per input-tile pixel, output channels) from a probe pass, cached."""
         key = (id(network), id(net), type(net).__name__, dims, in_channels, str(device), str(dtype))
@@ -205,9 +233,20 @@ class TilePlanner:
         return self._probe_cache[key]
 
     def plan(
-        self, network: Any, net: Any, padding: str, div: int, pad: int, border: int, image_size: tuple[int, ...],
-        in_channels: int | None, batch_size: int, device: torch.device | str | None, dtype: torch.dtype,
-        memory_budget_mb: float | None, safety: float,
+        self,
+        network: Any,
+        net: Any,
+        padding: str,
+        div: int,
+        pad: int,
+        border: int,
+        image_size: tuple[int, ...],
+        in_channels: int | None,
+        batch_size: int,
+        device: torch.device | str | None,
+        dtype: torch.dtype,
+        memory_budget_mb: float | None,
+        safety: float,
     ) -> TileGeometry:
         """The tiles for an image of ``image_size`` (see the class docstring), with ``activation_bytes`` set.
 
@@ -226,8 +265,24 @@ class TilePlanner:
             budget_mb = default // 256 * 256 if default >= 256 else default
         # the search is pure Python (hundreds of candidate layouts on a 4096^2 image): once per image size; the key
         # holds everything the plan depends on (the network's geometry too, in case its id is reused)
-        key = (id(network), id(net), type(net).__name__, padding, div, pad, border, safety, bpp, dims, in_channels,
-               str(device), str(dtype), image_size, batch_size, budget_mb)
+        key = (
+            id(network),
+            id(net),
+            type(net).__name__,
+            padding,
+            div,
+            pad,
+            border,
+            safety,
+            bpp,
+            dims,
+            in_channels,
+            str(device),
+            str(dtype),
+            image_size,
+            batch_size,
+            budget_mb,
+        )
         if key in self._geometry_cache:
             return self._geometry_cache[key]
         if len(self._geometry_cache) >= 256:
@@ -250,7 +305,9 @@ class TilePlanner:
             logger.warning(
                 "OverlapTileInferer: memory_budget_mb=%.0f is too small for an image of %s even with the smallest "
                 "tiles (estimated %.0f MiB); using them anyway. Raise memory_budget_mb or use a smaller network.",
-                budget_mb, list(image_size), need / 2**20,
+                budget_mb,
+                list(image_size),
+                need / 2**20,
             )
         self._geometry_cache[key] = replace(geo, activation_bytes=act)
         return self._geometry_cache[key]

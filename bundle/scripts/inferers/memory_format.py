@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-
 from scripts.checks import check_option
 
 __all__ = ["MEMORY_FORMATS", "channels_last_weights", "resolve_memory_format"]

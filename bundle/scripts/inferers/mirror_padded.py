@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from monai.data.meta_tensor import MetaTensor
 from monai.inferers import Inferer
-
 from scripts.checks import check_option
+from scripts.networks.size_rule import size_rule_of
 from scripts.networks.wrappers import unwrap_network
 from scripts.transforms.mirror_pad import PAD_MODES, mirror_pad
 
@@ -68,7 +68,7 @@ class MirrorPaddedInferer(Inferer):
         Raises:
             ValueError: ``inputs`` is not a (B, C, *spatial) tensor, or an output is smaller than the input.
         """
-        net = unwrap_network(network)
+        net = size_rule_of(unwrap_network(network))
         # plain tensors: a MetaTensor would make every op of the forward and backward pass (and the loss) track
         # metadata that training does not use
         image = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs

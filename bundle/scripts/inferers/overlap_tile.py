@@ -9,15 +9,14 @@ geometry is in :mod:`scripts.inferers.tiling`, the choice of tiles from a memory
 from __future__ import annotations
 
 import itertools
-from contextlib import nullcontext
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 from monai.data.meta_tensor import MetaTensor
 from monai.inferers import Inferer
 from monai.utils import optional_import
-
 from scripts.checks import check_option, check_positive_int, is_int
 from scripts.transforms.mirror_pad import PAD_MODES, mirror_pad
 
@@ -209,13 +208,24 @@ class OverlapTileInferer(Inferer):
             if len(roi) != dims:
                 raise ValueError(f"roi_size {self.roi_size} has {len(roi)} dims but the image has {dims}.")
             return tile_layout(net, padding, div, pad, border, fixed_strides(roi, image_size, div), image_size)
-        return self._planner.plan(network, net, padding, div, pad, border, image_size, in_channels, batch_size,
-                                  device, dtype, self.memory_budget_mb, self.safety)
+        return self._planner.plan(
+            network,
+            net,
+            padding,
+            div,
+            pad,
+            border,
+            image_size,
+            in_channels,
+            batch_size,
+            device,
+            dtype,
+            self.memory_budget_mb,
+            self.safety,
+        )
 
     # ------------------------------------------------------------------ inference
-    def __call__(
-        self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any
-    ) -> torch.Tensor:
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> torch.Tensor:
         """Predict ``inputs`` tile by tile.
 
         Args:
@@ -241,8 +251,14 @@ class OverlapTileInferer(Inferer):
         batch, image_size = image.shape[0], tuple(image.shape[2:])
         sw_device = self.sw_device or image.device
         out_device = self.device or image.device
-        geo = self.geometry(network, image_size, in_channels=image.shape[1], batch_size=batch, device=sw_device,
-                            dtype=image.dtype if image.is_floating_point() else torch.float32)
+        geo = self.geometry(
+            network,
+            image_size,
+            in_channels=image.shape[1],
+            batch_size=batch,
+            device=sw_device,
+            dtype=image.dtype if image.is_floating_point() else torch.float32,
+        )
         per_pass = self.sw_batch_size if self.roi_size is not None else 1
 
         after = [ps - p - s for ps, p, s in zip(geo.padded_size, geo.pad, image_size)]
@@ -260,8 +276,15 @@ class OverlapTileInferer(Inferer):
         return output
 
     def _run_tiles(
-        self, padded: torch.Tensor, chunks: list, geo: TileGeometry, network: Callable[..., Any],
-        sw_device: torch.device | str, out_device: torch.device | str, args: tuple, kwargs: dict,
+        self,
+        padded: torch.Tensor,
+        chunks: list,
+        geo: TileGeometry,
+        network: Callable[..., Any],
+        sw_device: torch.device | str,
+        out_device: torch.device | str,
+        args: tuple,
+        kwargs: dict,
     ) -> torch.Tensor:
         """The network over every chunk of tiles; the abutting kept outputs as one (B, C_out, *n_tiles*stride)
         float32 tensor on ``out_device``."""

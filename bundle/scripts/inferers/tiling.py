@@ -22,10 +22,18 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from scripts.networks.size_rule import size_rule_of
 from scripts.networks.wrappers import unwrap_network
 
-__all__ = ["TileGeometry", "candidate_strides", "ceil_to", "context_margins", "fixed_strides", "network_grid",
-           "tile_layout"]
+__all__ = [
+    "TileGeometry",
+    "candidate_strides",
+    "ceil_to",
+    "context_margins",
+    "fixed_strides",
+    "network_grid",
+    "tile_layout",
+]
 
 
 def ceil_to(value: int, divisor: int) -> int:
@@ -87,13 +95,15 @@ class TileGeometry:
 
 
 def network_grid(network: Any) -> tuple[Any, str, int]:
-    """``(unwrapped network, padding, size_divisor)``: a network without a string ``padding`` attribute is taken as
-    same-padding (torch's own conv layers have a numeric one), one without ``size_divisor`` as divisor 1.
+    """``(unwrapped network, padding, size_divisor)`` (for a TorchScript export of a bundle network, its
+    :func:`~scripts.networks.size_rule.size_rule_of` instead of the network): a network without a string
+    ``padding`` attribute is taken as same-padding (torch's own conv layers have a numeric one), one without
+    ``size_divisor`` as divisor 1.
 
     Raises:
         ValueError: ``network.padding`` is a string other than ``"valid"`` or ``"same"``.
     """
-    net = unwrap_network(network)
+    net = size_rule_of(unwrap_network(network))
     div = int(getattr(net, "size_divisor", 1))
     padding = getattr(net, "padding", None)
     if not isinstance(padding, str):

@@ -9,10 +9,9 @@ import warnings
 from collections.abc import Callable, Sequence
 
 import torch
-from torch.nn.modules.loss import _Loss
-
 from monai.networks import one_hot
 from monai.utils import LossReduction
+from torch.nn.modules.loss import _Loss
 
 
 def at_least_float32(x: torch.Tensor) -> torch.Tensor:

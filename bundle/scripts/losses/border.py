@@ -6,9 +6,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.nn.modules.loss import _Loss
-
 from monai.utils import LossReduction
+from torch.nn.modules.loss import _Loss
 
 from ._base import at_least_float32, check_weight_count, per_class_weight
 
@@ -51,9 +50,7 @@ class BorderWeightedCELoss(_Loss):
     """
 
     def __init__(
-        self,
-        weight: Sequence[float] | torch.Tensor | None = None,
-        reduction: LossReduction | str = LossReduction.MEAN,
+        self, weight: Sequence[float] | torch.Tensor | None = None, reduction: LossReduction | str = LossReduction.MEAN
     ) -> None:
         super().__init__(reduction=LossReduction(reduction).value)
         cw = per_class_weight(weight)

@@ -8,10 +8,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from monai.transforms import LoadImage
 from monai.utils import convert_to_numpy
-
 from scripts.checks import check_option, check_positive_int
 
 __all__ = ["compute_class_weights", "CLASS_WEIGHT_MODES"]

@@ -6,9 +6,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.nn.modules.loss import _Loss
-
 from monai.utils import LossReduction
+from torch.nn.modules.loss import _Loss
 
 from ._base import at_least_float32, check_weight_count, per_class_weight
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-
 from monai.utils import LossReduction
 
 from ._base import SoftRegionLoss

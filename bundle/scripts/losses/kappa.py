@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-
 from monai.utils import LossReduction
-
 from scripts.checks import check_option
 
 from ._base import SoftRegionLoss

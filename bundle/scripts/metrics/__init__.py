@@ -1,1 +1,7 @@
-from .confusion import SegmentationConfusionMatrix, confusion_matrix, format_table, per_image_scores, scores_from_confusion
+from .confusion import (
+    SegmentationConfusionMatrix,
+    confusion_matrix,
+    format_table,
+    per_image_scores,
+    scores_from_confusion,
+)

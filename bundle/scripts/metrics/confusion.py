@@ -22,7 +22,9 @@ SCORE_NAMES = ("iou", "dice", "precision", "recall", "f1")
 def _to_index_map(x: torch.Tensor, name: str) -> torch.Tensor:
     """(B, 1, *spatial) index map or (B, C, *spatial) scores/one-hot -> (B, N) int64 class indices."""
     if x.ndim < 3:
-        raise ValueError(f"{name} must be batch-first with a channel dimension, (B, C, H, W); got shape {tuple(x.shape)}.")
+        raise ValueError(
+            f"{name} must be batch-first with a channel dimension, (B, C, H, W); got shape {tuple(x.shape)}."
+        )
     x = x.argmax(dim=1) if x.shape[1] > 1 else x[:, 0]
     return x.reshape(x.shape[0], -1).long()
 

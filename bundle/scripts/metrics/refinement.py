@@ -21,12 +21,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from monai.utils import convert_data_type
+from scripts.metrics.confusion import confusion_matrix, format_table, scores_from_confusion
+from scripts.transforms.difficult_pixels import DifficultPixelRefine
 from skimage.measure import label as connected_components
 from skimage.metrics import adapted_rand_error
 from skimage.segmentation import expand_labels
-
-from scripts.metrics.confusion import confusion_matrix, format_table, scores_from_confusion
-from scripts.transforms.difficult_pixels import DifficultPixelRefine
 
 __all__ = ["cell_regions", "membrane_rand_error", "RefinementEvaluation", "format_refinement_table"]
 
@@ -90,14 +89,18 @@ class RefinementEvaluation:
 
     def __init__(self, refiner: DifficultPixelRefine, num_classes: int, membrane_class: int) -> None:
         if num_classes < 2 or not 0 <= membrane_class < num_classes:
-            raise ValueError(f"need num_classes >= 2 and 0 <= membrane_class < num_classes, got {num_classes}, {membrane_class}.")
+            raise ValueError(
+                f"need num_classes >= 2 and 0 <= membrane_class < num_classes, got {num_classes}, {membrane_class}."
+            )
         self.refiner = refiner
         self.num_classes = num_classes
         self.membrane_class = membrane_class
         self.reset()
 
     def reset(self) -> None:
-        self.confusion = {k: torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64) for k in ("before", "after")}
+        self.confusion = {
+            k: torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64) for k in ("before", "after")
+        }
         self.rand_errors: dict[str, list[float]] = {"before": [], "after": []}
         self.difficult_pixels = 0
         self.pixels = 0
@@ -161,7 +164,9 @@ def format_refinement_table(results: dict, class_names: Sequence[str]) -> str:
     def f(v: float) -> str:
         return "n/a" if v != v else f"{v:.4f}"
 
-    rows = [["class", "precision before", "precision after", "recall before", "recall after", "IoU before", "IoU after"]]
+    rows = [
+        ["class", "precision before", "precision after", "recall before", "recall after", "IoU before", "IoU after"]
+    ]
     for i, name in enumerate(class_names):
         rows.append([name] + [f(d[m][i]) for m in ("precision", "recall", "iou") for d in (before, after)])
     rows.append(["mean IoU", "", "", "", "", f(before["mean_iou"]), f(after["mean_iou"])])

@@ -8,7 +8,6 @@ from typing import Tuple, Union
 
 import torch
 import torch.nn as nn
-
 from scripts.networks.blocks import check_network_args
 from scripts.networks.checkpoint import CheckpointLoadMixin
 from scripts.networks.config import init_args

@@ -22,7 +22,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.layers.factories import Conv, Norm, Pool
-
 from scripts.checks import check_option, check_positive_int, is_int
 
 __all__ = [

@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-
 from scripts.errors import UserError
 from scripts.networks.config import build_network, describe_network, is_buildable
 from scripts.networks.model_info import MODEL_INFO_KEY, describe_mismatch
@@ -32,8 +31,18 @@ from scripts.overrides import overridden
 
 #: Config settings that shape the network (a command-line override of one of them is worth a warning when the
 #: checkpoint's own configuration overrules it).
-NETWORK_SETTINGS = ("network_def", "networks", "features", "padding", "batch_norm", "dropout", "xnet_skip",
-                    "in_channels", "num_classes", "class_names")
+NETWORK_SETTINGS = (
+    "network_def",
+    "networks",
+    "features",
+    "padding",
+    "batch_norm",
+    "dropout",
+    "xnet_skip",
+    "in_channels",
+    "num_classes",
+    "class_names",
+)
 
 __all__ = [
     "MODEL_KEY",
@@ -59,7 +68,7 @@ MODEL_KEY = "model"
 #: What to tell the owner of a bare state dict: which overrides rebuild the network it was trained with.
 _NETWORK_OVERRIDES = (
     "--network_def, --features, --padding, --num_classes, --in_channels as it was trained (e.g. "
-    "--features \"[16,32,64,128,256]\" for a model trained with configs/quickstart.json)"
+    '--features "[16,32,64,128,256]" for a model trained with configs/quickstart.json)'
 )
 
 
@@ -82,7 +91,7 @@ class ModelError(*_error_bases()):  # type: ignore[misc]
 
     status_code = 422
 
-    def __init__(self, message: str):
+    def __init__(self, message: str):  # noqa: B042 - HTTPException's __init__ takes other arguments; pickles as is
         ValueError.__init__(self, message)
         self.detail = message
         self.headers = None
@@ -145,7 +154,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[Mapping[str, Any], dict[st
 
 
 def check_state_dict(
-    network: nn.Module, state_dict: Mapping[str, Any], strict: bool = True, source: str | None = None,
+    network: nn.Module,
+    state_dict: Mapping[str, Any],
+    strict: bool = True,
+    source: str | None = None,
     model_info: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Check that ``state_dict`` fits ``network``; return the network's keys it lacks (``strict=False`` only).
@@ -165,23 +177,32 @@ def check_state_dict(
                 "--padding) or point to a checkpoint of this network."
             )
     own = network.state_dict()
-    shapes = [k for k, v in state_dict.items() if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    shapes = [
+        k for k, v in state_dict.items() if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
+    ]
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     if shapes or (strict and (missing or unexpected)):
         parts = []
         if shapes:
             k = shapes[0]
-            parts.append(f"{len(shapes)} tensors differ in shape (e.g. {k}: {list(state_dict[k].shape)} saved vs "
-                         f"{list(own[k].shape)} here)")
+            parts.append(
+                f"{len(shapes)} tensors differ in shape (e.g. {k}: {list(state_dict[k].shape)} saved vs "
+                f"{list(own[k].shape)} here)"
+            )
         if strict and missing:
             parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
         if strict and unexpected:
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        hint = ("they were saved by another network configuration: a model.pt with model_info builds its own "
+        hint = (
+            (
+                "they were saved by another network configuration: a model.pt with model_info builds its own "
                 "network (let network_def build it; restart a MONAI Label server after replacing model.pt); for a "
                 f"model.pt without model_info (saved before this bundle recorded it), override {_NETWORK_OVERRIDES}"
-                ) if model_info is None else "they do not match the file's own model_info: the file is damaged or was edited"
+            )
+            if model_info is None
+            else "they do not match the file's own model_info: the file is damaged or was edited"
+        )
         raise CheckpointMismatchError(
             f"{where}the weights do not fit the {type(network).__name__} built here ({', '.join(parts)}; it has "
             f"{len(own)} tensors); {hint}."
@@ -204,7 +225,12 @@ class CheckpointLoadMixin:
         if missing:
             logger.warning(
                 "Partial load into %s: %d of %d tensors are not in the checkpoint and keep their current values "
-                "(e.g. %s).", type(self).__name__, len(missing), len(self.state_dict()), missing[0])  # type: ignore[attr-defined]
+                "(e.g. %s).",
+                type(self).__name__,
+                len(missing),
+                len(self.state_dict()),
+                missing[0],
+            )  # type: ignore[attr-defined]
         return super().load_state_dict(weights, strict=strict, assign=assign)  # type: ignore[misc]
 
 
@@ -230,7 +256,9 @@ def network_from_checkpoint(path: str | os.PathLike | None, default: nn.Module |
     saved = dict((info or {}).get("network") or {})
     if not is_buildable(saved):  # no model_info, or a network outside scripts.networks (only its class is recorded)
         if default is None:
-            raise ValueError(f"{path} records no buildable network: give the config's network (default) to load it into.")
+            raise ValueError(
+                f"{path} records no buildable network: give the config's network (default) to load it into."
+            )
         network = default
     else:
         network = build_network(saved)
@@ -243,9 +271,15 @@ def network_from_checkpoint(path: str | os.PathLike | None, default: nn.Module |
                 logger.log(
                     logging.WARNING if asked else logging.INFO,
                     "%s: building the network it was trained with; the config's differing values are not used "
-                    "(%s)%s.", path, "; ".join(diff),
-                    f"; your --{', --'.join(asked)} cannot change a trained network (train a new model for that)"
-                    if asked else "")
+                    "(%s)%s.",
+                    path,
+                    "; ".join(diff),
+                    (
+                        f"; your --{', --'.join(asked)} cannot change a trained network (train a new model for that)"
+                        if asked
+                        else ""
+                    ),
+                )
     check_state_dict(network, weights, strict=True, source=str(path), model_info=info)
     network.load_state_dict(weights)
     return network

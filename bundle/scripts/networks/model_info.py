@@ -22,7 +22,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch.nn as nn
-
 from scripts.networks.config import describe_network
 
 __all__ = ["MODEL_INFO_KEY", "ModelInfo", "describe_mismatch"]
@@ -33,8 +32,11 @@ MODEL_INFO_KEY = "model_info"
 def describe_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """``key: saved -> current`` for every key whose value differs (keys missing on one side included)."""
     keys = sorted(set(saved) | set(current))
-    return [f"{k}: {saved.get(k, '<absent>')!r} (saved) vs {current.get(k, '<absent>')!r} (now)" for k in keys
-            if saved.get(k, "<absent>") != current.get(k, "<absent>")]
+    return [
+        f"{k}: {saved.get(k, '<absent>')!r} (saved) vs {current.get(k, '<absent>')!r} (now)"
+        for k in keys
+        if saved.get(k, "<absent>") != current.get(k, "<absent>")
+    ]
 
 
 def _plain(value: Any) -> Any:

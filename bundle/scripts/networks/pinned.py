@@ -34,7 +34,9 @@ def pinned_hash(path: str | os.PathLike) -> tuple[str, str] | None:
         try:
             entries = json.loads(manifest.read_text(encoding="utf-8")).get("large_files", [])
         except (OSError, ValueError, AttributeError):
-            logger.warning("%s cannot be read as MONAI's large-files JSON; the pinned weights are not checked.", manifest)
+            logger.warning(
+                "%s cannot be read as MONAI's large-files JSON; the pinned weights are not checked.", manifest
+            )
             return None
         for entry in entries if isinstance(entries, list) else []:
             if isinstance(entry, dict) and (root / str(entry.get("path", ""))).resolve() == path:
@@ -75,6 +77,10 @@ def check_pinned_file(path: str | os.PathLike) -> str:
         "%s is not the file this bundle version ships: sha256 %s, %s pins %s. It was changed after packaging "
         "(edited, truncated or replaced); results will not match the model card. Restore it (e.g. `git checkout -- "
         "%s`, or extract the bundle archive again); put a model of your own at models/model.pt instead.",
-        path, found, manifest, expected, path,
+        path,
+        found,
+        manifest,
+        expected,
+        path,
     )
     return "differs"

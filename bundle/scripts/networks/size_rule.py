@@ -14,20 +14,23 @@ paper. With ``padding="same"`` the convolutions are zero-padded by 1 and the net
 :func:`scripts.networks.blocks.pad_to_multiple`), so any size is valid and the margin is 0.
 
 :class:`SizeRuleMixin` exposes the rule on each network (``padding``, ``depth``, ``size_divisor``, ``margin``,
-``receptive_field``, ``output_size()``, ``valid_input_size()``); an overlap-tile inferer reads it from there.
+``receptive_field``, ``output_size()``, ``valid_input_size()``); an overlap-tile inferer reads it from there, or
+from :func:`size_rule_of` for a TorchScript export (which keeps the attributes but not the methods).
 """
 
 from __future__ import annotations
 
 import math
+import weakref
+from typing import Any
 
 import torch
-
 from scripts.checks import check_positive_int
 
 __all__ = [
     "BLOCK_LOSS",
     "SizeRuleMixin",
+    "size_rule_of",
     "check_valid_input_size",
     "dependency_interval",
     "receptive_field",
@@ -205,3 +208,25 @@ class SizeRuleMixin:
             return min_output_size
         k = max(-(-(min_output_size + 2 * self.margin - self.smallest_input) // self.size_divisor), 0)
         return self.smallest_input + k * self.size_divisor
+
+
+class _SizeRule(SizeRuleMixin):
+    """The size rule of a network, from its attributes alone."""
+
+    def __init__(self, network: Any) -> None:
+        for name in ("padding", "depth", "size_divisor", "margin", "receptive_field", "smallest_input"):
+            setattr(self, name, getattr(network, name))
+
+
+_RULES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def size_rule_of(network: Any) -> Any:
+    """What carries ``network``'s size rule: the network itself, or for a TorchScript export of one of the bundle's
+    networks (its ``padding``, ``margin``, ... attributes kept, ``output_size()``/``valid_input_size()`` not) an
+    object with the rule's attributes and methods (one per network, so caches keyed by it keep working)."""
+    if hasattr(network, "valid_input_size") or not hasattr(network, "smallest_input"):
+        return network  # a network with its methods, or none of the bundle's: taken as it is
+    if network not in _RULES:
+        _RULES[network] = _SizeRule(network)
+    return _RULES[network]

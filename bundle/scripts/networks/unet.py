@@ -7,15 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 from monai.networks.layers.factories import Conv
-
-from scripts.networks.blocks import (
-    UNetDecoder,
-    UNetEncoder,
-    check_network_args,
-    crop_to,
-    he_init,
-    pad_to_multiple,
-)
+from scripts.networks.blocks import UNetDecoder, UNetEncoder, check_network_args, crop_to, he_init, pad_to_multiple
 from scripts.networks.checkpoint import CheckpointLoadMixin
 from scripts.networks.config import init_args
 from scripts.networks.size_rule import SizeRuleMixin, check_valid_input_size
@@ -98,9 +90,7 @@ class UNet(CheckpointLoadMixin, nn.Module, SizeRuleMixin):
         self._init_size_rule(padding, len(features) - 1)
         conv_padding = 1 if padding == "same" else 0
         self.encoder = UNetEncoder(spatial_dims, in_channels, features, conv_padding, batch_norm, dropout)
-        self.decoder = UNetDecoder(
-            spatial_dims, features[-1], features[:-1], features[:-1], conv_padding, batch_norm
-        )
+        self.decoder = UNetDecoder(spatial_dims, features[-1], features[:-1], features[:-1], conv_padding, batch_norm)
         self.head = Conv[Conv.CONV, spatial_dims](features[0], out_channels, kernel_size=1)
         self.apply(he_init)
 

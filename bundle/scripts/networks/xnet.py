@@ -8,16 +8,8 @@ from typing import List, Tuple, Union
 import torch
 import torch.nn as nn
 from monai.networks.layers.factories import Conv
-
 from scripts.checks import check_option
-from scripts.networks.blocks import (
-    UNetDecoder,
-    UNetEncoder,
-    check_network_args,
-    crop_to,
-    he_init,
-    pad_to_multiple,
-)
+from scripts.networks.blocks import UNetDecoder, UNetEncoder, check_network_args, crop_to, he_init, pad_to_multiple
 from scripts.networks.checkpoint import CheckpointLoadMixin
 from scripts.networks.config import init_args
 from scripts.networks.size_rule import SizeRuleMixin, check_valid_input_size
@@ -100,7 +92,9 @@ class XNet(CheckpointLoadMixin, nn.Module, SizeRuleMixin):
         super().__init__()
         features = check_network_args(spatial_dims, in_channels, out_channels, features, padding, batch_norm, dropout)
         check_option("skip", skip, XNET_SKIP_MODES)
-        self.init_args = init_args(spatial_dims, in_channels, out_channels, features, padding, batch_norm, dropout, skip=skip)
+        self.init_args = init_args(
+            spatial_dims, in_channels, out_channels, features, padding, batch_norm, dropout, skip=skip
+        )
         self.skip = skip
         self._init_size_rule(padding, len(features) - 1)
         conv_padding = 1 if padding == "same" else 0
@@ -131,9 +125,7 @@ class XNet(CheckpointLoadMixin, nn.Module, SizeRuleMixin):
             both.append(torch.cat([maps1[level], maps2[level]], dim=1))
         return both, both
 
-    def forward(
-        self, x: torch.Tensor
-    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         starts: List[int] = []
         size: List[int] = []
         if self.padding == "same":

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 from monai.data.image_writer import ImageWriter
 from monai.transforms import SaveImaged
-
 from scripts.atomic import atomic_path
 from scripts.data.io import file_stem
 from scripts.data.stack_writers import write_section

@@ -23,12 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
-
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_dst_type, convert_to_numpy
-
+from scipy import ndimage
 from scripts.data.classes import MEMBRANE
 
 __all__ = ["UNetBorderWeightMap", "UNetBorderWeightMapd", "border_distances"]
@@ -125,9 +123,7 @@ class UNetBorderWeightMap(Transform):
             raise ValueError(f"`sigma` must be a finite number greater than 0 (pixels), got {sigma!r}.")
         if object_classes is not None:
             if isinstance(object_classes, (str, bytes)) or not isinstance(object_classes, Sequence):
-                raise ValueError(
-                    f"`object_classes` must be None or a list of class indices, got {object_classes!r}."
-                )
+                raise ValueError(f"`object_classes` must be None or a list of class indices, got {object_classes!r}.")
             if len(object_classes) == 0 or not all(
                 isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c >= 0 for c in object_classes
             ):

@@ -46,7 +46,6 @@ from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_data_type, convert_to_dst_type, ensure_tuple, ensure_tuple_rep
 from scipy import ndimage
-
 from scripts.checks import check_positive_int
 from scripts.errors import ConfigError
 
@@ -154,9 +153,7 @@ def refine_difficult_pixels(
         if not seeds.any():
             continue
         # iterations=0 repeats the (masked) dilation until the result stops changing
-        grown = ndimage.binary_dilation(
-            seeds, structure=structure, iterations=max_passes or 0, mask=unassigned | seeds
-        )
+        grown = ndimage.binary_dilation(seeds, structure=structure, iterations=max_passes or 0, mask=unassigned | seeds)
         taken = grown & unassigned
         refined[taken] = cls
         unassigned &= ~taken
@@ -266,7 +263,9 @@ class DifficultPixelRefine(Transform):
         _check_probabilities(img)
         num_classes, spatial = img.shape[0], img.ndim - 1
         if (spatial, self.connectivity) not in _CONNECTIVITY:
-            raise ValueError(f"connectivity {self.connectivity} does not exist in {spatial}D; use 4/8 (2D) or 6/18/26 (3D).")
+            raise ValueError(
+                f"connectivity {self.connectivity} does not exist in {spatial}D; use 4/8 (2D) or 6/18/26 (3D)."
+            )
         self.check_num_classes(num_classes)
         prob, *_ = convert_data_type(img, np.ndarray)
         prob = prob.astype(np.float32, copy=False)

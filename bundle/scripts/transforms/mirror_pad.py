@@ -22,7 +22,6 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_dst_type, convert_to_tensor, fall_back_tuple
-
 from scripts.checks import check_option
 
 __all__ = ["PAD_MODES", "MirrorSpatialPad", "MirrorSpatialPadd", "mirror_pad"]

@@ -20,7 +20,6 @@ import tifffile
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
-
 from scripts.atomic import atomic_path
 from scripts.data.io import file_stem
 from scripts.data.stack_writers import write_section
@@ -51,8 +50,9 @@ def read_probability_map(path: str | Path) -> np.ndarray:
 
 class SaveProbabilityMaps(Transform):
     """Saves a (C, *spatial) probability tensor as ``<output_dir>/<name><postfix>.tif`` (C pages, ``dtype`` storage,
-    zlib compressed; see the module docstring), under a temporary name renamed into place (:mod:`scripts.atomic`). ``<name>`` is the image's ``output_name`` metadata (the inference
-    pre-flight's unique name) when present, else the input file's stem.
+    zlib compressed; see the module docstring), under a temporary name renamed into place (:mod:`scripts.atomic`).
+    ``<name>`` is the image's ``output_name`` metadata (the inference pre-flight's unique name) when present, else the
+    input file's stem.
 
     MONAI's readers return 2D images transposed with respect to the file ((W, H), ``reverse_indexing``); the same
     convention is undone here so that page ``c`` lines up pixel for pixel with the input image file. The class names

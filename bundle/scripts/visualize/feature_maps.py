@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.engines.utils import IterationEvents
 from monai.utils import ensure_tuple, min_version, optional_import
-
 from scripts.inferers.memory import is_probing
 from scripts.networks.wrappers import unwrap_network
 from scripts.visualize.confidence import colormap_rgb
@@ -211,8 +210,9 @@ class FeatureMapCapture:
         try:
             module.register_forward_hook(lambda *_: None).remove()
         except RuntimeError as e:  # TorchScript: "register_forward_hook is not supported on ScriptModules"
-            logger.warning("FeatureMapCapture: no feature-map picture: %s takes no forward hooks (%s).",
-                           type(module).__name__, e)
+            logger.warning(
+                "FeatureMapCapture: no feature-map picture: %s takes no forward hooks (%s).", type(module).__name__, e
+            )
             return
         if self.feature_module is not None:
             names = tuple(ensure_tuple(self.feature_module))
@@ -270,13 +270,18 @@ class FeatureMapCapture:
         if channels is None or not isinstance(pred, torch.Tensor):
             return
         if pred.ndim < 3 or pred.shape[1] != channels + 1:
-            logger.warning("FeatureMapCapture: the inferer returned %s channels, not the network's %d plus the "
-                           "feature map; no feature-map picture.", pred.shape[1] if pred.ndim > 1 else "no", channels)
+            logger.warning(
+                "FeatureMapCapture: the inferer returned %s channels, not the network's %d plus the "
+                "feature map; no feature-map picture.",
+                pred.shape[1] if pred.ndim > 1 else "no",
+                channels,
+            )
             return
         plain = pred.as_tensor() if isinstance(pred, MetaTensor) else pred
         logits = plain[:, :channels]
-        output[self.pred_key] = MetaTensor(logits).copy_meta_from(pred, copy_attr=False) if isinstance(
-            pred, MetaTensor) else logits
+        output[self.pred_key] = (
+            MetaTensor(logits).copy_meta_from(pred, copy_attr=False) if isinstance(pred, MetaTensor) else logits
+        )
         output[self.output_key] = plain[:, channels:].float()
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
 from scripts.data.classes import CLASS_COLORS, class_palette
 
 __all__ = ["grey_image", "label_to_rgb", "overlay_labels", "legend_image"]
@@ -119,6 +118,8 @@ def legend_image(names: Sequence[str], colors: Sequence[Sequence[int]] | None = 
     draw = ImageDraw.Draw(img)
     for i, (text, colour) in enumerate(zip(texts, palette)):
         top = 4 + i * row
-        draw.rectangle([4, top, 4 + swatch - 1, top + swatch - 1], fill=tuple(int(c) for c in colour), outline=(0, 0, 0))
+        draw.rectangle(
+            [4, top, 4 + swatch - 1, top + swatch - 1], fill=tuple(int(c) for c in colour), outline=(0, 0, 0)
+        )
         draw.text((swatch + 10, top + 2), text, fill=(0, 0, 0), font=font)
     return np.asarray(img)

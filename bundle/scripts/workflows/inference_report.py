@@ -30,7 +30,6 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
-
 from scripts.data.datalist import write_json
 from scripts.data.stack_writers import abort_sections
 from scripts.data.stacks import SECTION_KEY
@@ -218,7 +217,11 @@ class InferenceReport:
         counts = self.counts()
         logger.info(
             "inference: %d ok, %d skipped (outputs existed), %d failed, of %d input(s); report %s",
-            counts["ok"], counts["skipped"], counts["failed"], len(self.plan.records), path,
+            counts["ok"],
+            counts["skipped"],
+            counts["failed"],
+            len(self.plan.records),
+            path,
         )
         failed = [r for r in self.plan.records if r["status"] == "failed"]
         if failed:

@@ -56,8 +56,13 @@ class PendingArchive:
 
     def __init__(self, folders: list[Path], archive_root: Path) -> None:
         self.archive_root = archive_root
-        self.files = [(folder, path) for folder in folders if folder.is_dir()
-                      for path in sorted(folder.iterdir()) if path.name not in SHIPPED]
+        self.files = [
+            (folder, path)
+            for folder in folders
+            if folder.is_dir()
+            for path in sorted(folder.iterdir())
+            if path.name not in SHIPPED
+        ]
         self.target: Path | None = None
 
     def commit(self) -> Path:
@@ -73,13 +78,22 @@ class PendingArchive:
                 if path.exists():
                     shutil.move(str(path), str(target / folder.name / path.name))
             self.target = target
-            logger.warning("Moved the previous run's %s to %s.",
-                           " and ".join(sorted({f.name + "/" for f, _ in self.files})), target)
+            logger.warning(
+                "Moved the previous run's %s to %s.",
+                " and ".join(sorted({f.name + "/" for f, _ in self.files})),
+                target,
+            )
         return self.target
 
 
-def prepare_run_folder(ckpt_dir: str, log_dir: str, resume: bool = False, overwrite: bool = False,
-                       archive_dir: str | None = None, defer: bool = False) -> str | PendingArchive | None:
+def prepare_run_folder(
+    ckpt_dir: str,
+    log_dir: str,
+    resume: bool = False,
+    overwrite: bool = False,
+    archive_dir: str | None = None,
+    defer: bool = False,
+) -> str | PendingArchive | None:
     """Make ``ckpt_dir``/``log_dir`` ready for one run, or refuse.
 
     Args:
@@ -126,8 +140,11 @@ def prepare_run_folder(ckpt_dir: str, log_dir: str, resume: bool = False, overwr
         return None
     pending = PendingArchive([ckpt, logs] if found else [logs], archive_root)
     if defer:
-        logger.info("The previous run in %s moves to %s/ once this run's first training step has succeeded.",
-                    ckpt.parent, archive_root)
+        logger.info(
+            "The previous run in %s moves to %s/ once this run's first training step has succeeded.",
+            ckpt.parent,
+            archive_root,
+        )
         return pending
     return str(pending.commit())
 
