@@ -13,8 +13,16 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["ConfigError", "DataLoadingError", "DivergenceError", "ExportError", "RunFolderError", "UserError",
-           "install_excepthook", "user_error_in"]
+__all__ = [
+    "ConfigError",
+    "DataLoadingError",
+    "DivergenceError",
+    "ExportError",
+    "RunFolderError",
+    "UserError",
+    "install_excepthook",
+    "user_error_in",
+]
 
 #: Environment variable that restores full tracebacks for user errors.
 DEBUG_ENV = "CELLSEG_DEBUG"

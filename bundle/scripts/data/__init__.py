@@ -10,12 +10,12 @@ from .drosophila import crop_grid, find_drosophila_sections, map_label_values, p
 from .folders import pair_files, parse_class_map, prepare_folders
 from .header import ImageHeader, read_header
 from .integrity import DatasetError, check_datalist
-from .loading import NamingCompose, ThreadDataLoader, collate_naming_files, item_name
 from .intensity import INTENSITY_RULES, IntensityScaling, intensity_scaling, training_statistics
-from .pixel_size import PixelSize, read_pixel_size
 from .io import SUPPORTED_EXTENSIONS, file_stem, has_alpha, image_extension, read_image, to_uint8, write_png
-from .synthetic import ensure_synthetic_dataset, generate_dataset, make_sample
+from .loading import NamingCompose, ThreadDataLoader, collate_naming_files, item_name
+from .pixel_size import PixelSize, read_pixel_size
 from .stacks import StackError, StackSource, open_stack
+from .synthetic import ensure_synthetic_dataset, generate_dataset, make_sample
 
 __all__ = [
     "CLASS_COLORS",

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from scripts.errors import UserError
+
 from .io import image_extension
 
 __all__ = ["InputError", "InputNotFoundError", "load_datalist", "list_images", "write_json"]

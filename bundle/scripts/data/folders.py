@@ -59,7 +59,9 @@ def parse_class_map(class_map: str | dict) -> dict[int, int]:
         try:
             value, index = int(value), int(index)
         except (TypeError, ValueError):
-            raise ValueError(f"class map entry {value}:{index} must hold two integers (label value:class index).") from None
+            raise ValueError(
+                f"class map entry {value}:{index} must hold two integers (label value:class index)."
+            ) from None
         if value in result:
             raise ValueError(f"class map gives label value {value} twice.")
         if not 0 <= index <= 255:
@@ -74,7 +76,7 @@ def parse_class_map(class_map: str | dict) -> dict[int, int]:
         raise ValueError(
             f"class map {class_map_text(result)} leaves class index(es) {', '.join(map(str, missing))} without a label "
             f"value: classes must be numbered 0..{len(used) - 1} without gaps (an empty class cannot be learned and "
-            f"distorts the mean IoU). Renumber, e.g. --class-map \"{renumbered}\"."
+            f'distorts the mean IoU). Renumber, e.g. --class-map "{renumbered}".'
         )
     return result
 
@@ -176,8 +178,11 @@ def _stack_sections(image_path: Path, label_path: Path):
         for k in range(images.sections):
             image = images.section(k)
             if low is not None:
-                image = np.zeros(image.shape, np.uint8) if high <= low else np.round(
-                    (image.astype(np.float64) - low) * (255.0 / (high - low))).astype(np.uint8)
+                image = (
+                    np.zeros(image.shape, np.uint8)
+                    if high <= low
+                    else np.round((image.astype(np.float64) - low) * (255.0 / (high - low))).astype(np.uint8)
+                )
             yield image, labels.section(k)
 
 
@@ -230,8 +235,10 @@ def prepare_folders(
     sections = {stem: _sections(image_path) for stem, image_path, _ in pairs}
     for stem, image_path, label_path in pairs:
         if _sections(label_path) != sections[stem]:
-            raise ValueError(f"{label_path}: holds {_sections(label_path)} section(s), its image {image_path.name} "
-                             f"{sections[stem]}; give a label stack of as many sections.")
+            raise ValueError(
+                f"{label_path}: holds {_sections(label_path)} section(s), its image {image_path.name} "
+                f"{sections[stem]}; give a label stack of as many sections."
+            )
     flat = [p for p in pairs if sections[p[0]] == 1]
     split_of = {}
     if flat:
@@ -259,8 +266,10 @@ def prepare_folders(
         else:
             n_val, n_test = _split_counts(n, val_fraction, test_fraction, f"sections of {image_path.name}")
             splits = ["testing"] * n_test + ["validation"] * n_val + ["training"] * (n - n_test - n_val)
-            units = ((section_name(stem, k, n), splits[k], pair)
-                     for k, pair in enumerate(_stack_sections(image_path, label_path)))
+            units = (
+                (section_name(stem, k, n), splits[k], pair)
+                for k, pair in enumerate(_stack_sections(image_path, label_path))
+            )
         for name, split, (image, label) in units:
             label = map_label_values(_label_2d(label, label_path), value_map, label_path)
             _write_unit(out, datalist, name, split, image, label, crop, image_path, label_path)
@@ -280,14 +289,26 @@ def prepare_folders(
     )
     path = write_json(out / "datalist.json", datalist)
     logger.info(
-        "prepared %d image(s) or stack(s), %d section(s) (%d/%d/%d items) in %s", len(pairs), sum(sections.values()),
-        *(len(datalist[k]) for k in ("training", "validation", "testing")), out
+        "prepared %d image(s) or stack(s), %d section(s) (%d/%d/%d items) in %s",
+        len(pairs),
+        sum(sections.values()),
+        *(len(datalist[k]) for k in ("training", "validation", "testing")),
+        out,
     )
     return path
 
 
-def _write_unit(out: Path, datalist: dict, stem: str, split: str, image: np.ndarray, label: np.ndarray, crop: int,
-                image_path: Path, label_path: Path) -> None:
+def _write_unit(
+    out: Path,
+    datalist: dict,
+    stem: str,
+    split: str,
+    image: np.ndarray,
+    label: np.ndarray,
+    crop: int,
+    image_path: Path,
+    label_path: Path,
+) -> None:
     """Write one whole image (a 2D file or a section of a stack) and its crops, and list them under ``split``."""
     if image.shape[:2] != label.shape:
         raise ValueError(

@@ -85,8 +85,14 @@ def read_header(path: str | os.PathLike) -> ImageHeader:
                 channels, dtype = _PIL_MODES[img.mode]
                 return ImageHeader((img.size[1], img.size[0]), channels, dtype)
         with open_stack(path) as volume:
-            return ImageHeader(tuple(volume.size), volume.channels, volume.dtype, sections=volume.sections,
-                               axes=volume.axes, hint=volume.hint)
+            return ImageHeader(
+                tuple(volume.size),
+                volume.channels,
+                volume.dtype,
+                sections=volume.sections,
+                axes=volume.axes,
+                hint=volume.hint,
+            )
     except StackError as e:
         return ImageHeader(problem=str(e))
     except Exception as e:  # noqa: BLE001 - any decoder failure: the file cannot be used

@@ -77,7 +77,8 @@ def _percentiles(image: np.ndarray, percentiles: Sequence[float] = PERCENTILES) 
 
 
 def training_statistics(
-    items: Iterable[Mapping[str, Any] | str | os.PathLike], intensity_max: float,
+    items: Iterable[Mapping[str, Any] | str | os.PathLike],
+    intensity_max: float,
     max_images: int = MAX_STATISTICS_IMAGES,
 ) -> dict[str, Any] | None:
     """The intensity statistics of a model's training images, recorded in its ``model_info`` (``train.json``'s
@@ -164,7 +165,10 @@ def header_suffices(
 
 
 def intensity_scaling(
-    image: np.ndarray | None, rule: str, intensity_max: float, dtype: np.dtype | str | None = None,
+    image: np.ndarray | None,
+    rule: str,
+    intensity_max: float,
+    dtype: np.dtype | str | None = None,
     statistics: Mapping[str, Any] | None = None,
 ) -> IntensityScaling:
     """The scaling ``rule`` gives an image (see the module docstring).

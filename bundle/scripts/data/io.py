@@ -20,7 +20,16 @@ logger = logging.getLogger(__name__)
 
 #: File name endings :func:`read_image` understands (lower case).
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (
-    ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".ome.tif", ".ome.tiff", ".nii", ".nii.gz")
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".tif",
+    ".tiff",
+    ".ome.tif",
+    ".ome.tiff",
+    ".nii",
+    ".nii.gz",
+)
 
 
 def image_extension(path: str | os.PathLike) -> str | None:

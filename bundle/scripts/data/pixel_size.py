@@ -15,9 +15,9 @@ import logging
 import math
 import os
 import re
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from xml.etree import ElementTree
 
 from .io import image_extension
 
@@ -30,10 +30,27 @@ MAX_PIXEL_SIZE_NM = 10_000.0
 
 #: Length unit -> nanometres (OME, ImageJ and NIfTI spellings, lower case).
 _NM_PER_UNIT = {
-    "nm": 1.0, "nanometer": 1.0, "nanometre": 1.0,
-    "µm": 1e3, "μm": 1e3, "um": 1e3, "micron": 1e3, "microns": 1e3, "micrometer": 1e3, "micrometre": 1e3,
-    "\\u00b5m": 1e3, "mm": 1e6, "millimeter": 1e6, "cm": 1e7, "centimeter": 1e7, "m": 1e9, "meter": 1e9,
-    "inch": 2.54e7, "in": 2.54e7, "å": 0.1, "angstrom": 0.1,
+    "nm": 1.0,
+    "nanometer": 1.0,
+    "nanometre": 1.0,
+    "µm": 1e3,
+    "μm": 1e3,
+    "um": 1e3,
+    "micron": 1e3,
+    "microns": 1e3,
+    "micrometer": 1e3,
+    "micrometre": 1e3,
+    "\\u00b5m": 1e3,
+    "mm": 1e6,
+    "millimeter": 1e6,
+    "cm": 1e7,
+    "centimeter": 1e7,
+    "m": 1e9,
+    "meter": 1e9,
+    "inch": 2.54e7,
+    "in": 2.54e7,
+    "å": 0.1,
+    "angstrom": 0.1,
 }
 
 
@@ -86,7 +103,7 @@ def _rational(tag) -> float | None:
 
 
 def _ome(xml: str, path: Path) -> PixelSize | None:
-    root = ET.fromstring(xml)
+    root = ElementTree.fromstring(xml)
     pixels = next((e for e in root.iter() if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
     if pixels is None:
         return None

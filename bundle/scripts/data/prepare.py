@@ -43,10 +43,16 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--num-folds", type=int, default=5, help="cross-validation folds (default 5)")
 
     f = sub.add_parser("folders", help="prepare your own images/ and labels/ folders, or a stack and its label stack")
-    f.add_argument("--images", required=True,
-                   help="folder of 2D images or stacks (PNG/JPEG/TIFF/NIfTI, grey or RGB), or one stack file")
-    f.add_argument("--labels", required=True,
-                   help="folder of label images with the same file stems, or the label stack of --images")
+    f.add_argument(
+        "--images",
+        required=True,
+        help="folder of 2D images or stacks (PNG/JPEG/TIFF/NIfTI, grey or RGB), or one stack file",
+    )
+    f.add_argument(
+        "--labels",
+        required=True,
+        help="folder of label images with the same file stems, or the label stack of --images",
+    )
     f.add_argument("--out", required=True, help="output folder")
     f.add_argument("--class-map", required=True, help="label value -> class index, e.g. '0:0,128:1,255:2'")
     f.add_argument("--val-fraction", type=float, default=0.2)

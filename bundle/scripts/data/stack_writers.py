@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from scripts.atomic import temporary_path
 
 from .stacks import StackSource, open_stack
@@ -43,8 +42,9 @@ class StackWriter:
     """Writes ``sections`` sections of ``shape`` (``(H, W)``, or ``(C, H, W)`` for per-class maps) and ``dtype`` into
     ``target``, through a temporary file (see the module docstring). ``source`` is the input file it follows."""
 
-    def __init__(self, target: str | os.PathLike, source: str | os.PathLike, sections: int,
-                 shape: Sequence[int], dtype: Any) -> None:
+    def __init__(
+        self, target: str | os.PathLike, source: str | os.PathLike, sections: int, shape: Sequence[int], dtype: Any
+    ) -> None:
         self.target, self.source = Path(target), str(source)
         self.sections, self.shape, self.dtype = int(sections), tuple(int(n) for n in shape), np.dtype(dtype)
         self.written = 0
@@ -55,8 +55,10 @@ class StackWriter:
         """Append the next section."""
         section = np.asarray(section)
         if section.shape != self.shape:
-            raise ValueError(f"{self.target}: section {self.written} has shape {list(section.shape)}, the stack "
-                             f"{list(self.shape)}.")
+            raise ValueError(
+                f"{self.target}: section {self.written} has shape {list(section.shape)}, the stack "
+                f"{list(self.shape)}."
+            )
         if self.written >= self.sections:
             raise ValueError(f"{self.target}: all {self.sections} sections are written already.")
         self._write(np.ascontiguousarray(section.astype(self.dtype, copy=False)))
@@ -99,9 +101,19 @@ class TiffStackWriter(StackWriter):
         info: the ImageJ ``Info`` text (e.g. how probabilities are stored).
     """
 
-    def __init__(self, target, source, sections, shape, dtype, calibration: dict | None = None,
-                 section_axis: str = "Z", ome: bool = False, labels: Sequence[str] | None = None,
-                 info: str | None = None) -> None:
+    def __init__(
+        self,
+        target,
+        source,
+        sections,
+        shape,
+        dtype,
+        calibration: dict | None = None,
+        section_axis: str = "Z",
+        ome: bool = False,
+        labels: Sequence[str] | None = None,
+        info: str | None = None,
+    ) -> None:
         import tifffile
 
         super().__init__(target, source, sections, shape, dtype)
@@ -116,8 +128,9 @@ class TiffStackWriter(StackWriter):
 
         kwargs: dict = {"compression": "zlib", "metadata": None, "software": False}
         if "resolution" in self.calibration:
-            kwargs.update(resolution=self.calibration["resolution"],
-                          resolutionunit=self.calibration.get("resolutionunit", 1))
+            kwargs.update(
+                resolution=self.calibration["resolution"], resolutionunit=self.calibration.get("resolutionunit", 1)
+            )
         if self._first:
             kwargs["description"] = _PLACEHOLDER
             if not self.ome and (self.labels or self.info):
@@ -144,8 +157,13 @@ class TiffStackWriter(StackWriter):
         cal = self.calibration
         if self.ome:
             ome = tifffile.OmeXml()
-            ome.addimage(self.dtype, shape, (self.sections * channels, 1, 1, *self.shape[-2:], 1), axes=axes,
-                         **cal.get("ome", {}))
+            ome.addimage(
+                self.dtype,
+                shape,
+                (self.sections * channels, 1, 1, *self.shape[-2:], 1),
+                axes=axes,
+                **cal.get("ome", {}),
+            )
             return ome.tostring().encode("utf-8")
         meta = {k: cal[k] for k in ("spacing", "unit") if k in cal}
         if self.section_axis == "T" and "spacing" in meta:
@@ -193,8 +211,14 @@ class NiftiStackWriter(StackWriter):
             self._file = None
 
 
-def writer_for(target: str | os.PathLike, source: StackSource, shape: Sequence[int], dtype: Any,
-               labels: Sequence[str] | None = None, info: str | None = None) -> StackWriter:
+def writer_for(
+    target: str | os.PathLike,
+    source: StackSource,
+    shape: Sequence[int],
+    dtype: Any,
+    labels: Sequence[str] | None = None,
+    info: str | None = None,
+) -> StackWriter:
     """The writer of ``target`` following the input ``source``: NIfTI for a ``.nii``/``.nii.gz`` target (from a
     NIfTI input), else a TIFF stack (OME for an OME input and a ``.ome.tif`` target, ImageJ otherwise)."""
     cal = source.calibration()
@@ -205,8 +229,18 @@ def writer_for(target: str | os.PathLike, source: StackSource, shape: Sequence[i
         return NiftiStackWriter(target, source.path, source.sections, shape, dtype, header=cal["nifti_header"])
     cal.pop("nifti_header", None)
     ome = source.format == "ome" and name.endswith((".ome.tif", ".ome.tiff"))
-    return TiffStackWriter(target, source.path, source.sections, shape, dtype, calibration=cal,
-                           section_axis=source.section_axis or "Z", ome=ome, labels=labels, info=info)
+    return TiffStackWriter(
+        target,
+        source.path,
+        source.sections,
+        shape,
+        dtype,
+        calibration=cal,
+        section_axis=source.section_axis or "Z",
+        ome=ome,
+        labels=labels,
+        info=info,
+    )
 
 
 _OPEN: dict[str, StackWriter] = {}
@@ -219,8 +253,15 @@ def open_writers() -> list[StackWriter]:
         return list(_OPEN.values())
 
 
-def write_section(target: str | os.PathLike, source: str | os.PathLike, section: int, array: np.ndarray,
-                  dtype: Any = None, labels: Sequence[str] | None = None, info: str | None = None) -> Path | None:
+def write_section(
+    target: str | os.PathLike,
+    source: str | os.PathLike,
+    section: int,
+    array: np.ndarray,
+    dtype: Any = None,
+    labels: Sequence[str] | None = None,
+    info: str | None = None,
+) -> Path | None:
     """Write section ``section`` of the stack ``target`` that follows the input stack ``source``.
 
     Section 0 opens the writer (replacing one left open for the same target); the others must come in order; the
@@ -251,8 +292,10 @@ def write_section(target: str | os.PathLike, source: str | os.PathLike, section:
     elif writer is None or writer.written != section:
         if writer is not None:
             writer.abort()
-        raise ValueError(f"{target}: section {section} of {source} comes before the sections ahead of it were "
-                         "written (an earlier section failed); the stack is predicted again by the next run.")
+        raise ValueError(
+            f"{target}: section {section} of {source} comes before the sections ahead of it were "
+            "written (an earlier section failed); the stack is predicted again by the next run."
+        )
     try:
         writer.write(array)
         if writer.written == writer.sections:

@@ -28,14 +28,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import xml.etree.ElementTree as ET
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import numpy as np
-
 from scripts.errors import UserError
 
 from .io import image_extension
@@ -194,10 +193,12 @@ class TiffStack(StackSource):
         n = len(page_axes)
         if axes[-n:] != page_axes or shape[-n:] != page_shape:
             raise _tiff_problem(
-                path, f"its metadata gives the axes {axes} {list(shape)}, but each page holds {page_axes} "
+                path,
+                f"its metadata gives the axes {axes} {list(shape)}, but each page holds {page_axes} "
                 f"{list(page_shape)} ({page.samplesperpixel} samples per pixel)",
                 "re-save it with one grey page per section, e.g. tifffile.imwrite(path, stack, "
-                "photometric='minisblack')")
+                "photometric='minisblack')",
+            )
         index = [(a, s) for a, s in zip(axes[:-n], shape[:-n])]
         self._index_shape = tuple(s for _, s in index) or (1,)
         self._index_axes = "".join(a for a, _ in index)
@@ -209,16 +210,24 @@ class TiffStack(StackSource):
         where = f"axes {axes} {list(shape)}"
         if other:
             a, s = other[0]
-            raise _tiff_problem(path, f"holds {s} planes along axis {a!r} ({where}), neither sections (Z, T) nor "
-                                f"channels (C)", "save each of them as its own stack or image")
+            raise _tiff_problem(
+                path,
+                f"holds {s} planes along axis {a!r} ({where}), neither sections (Z, T) nor " f"channels (C)",
+                "save each of them as its own stack or image",
+            )
         if len(sections) > 1:
             named = " x ".join(f"{s} {a}" for a, s in sections)
-            raise _tiff_problem(path, f"holds {named} planes ({where}): two axes of sections, e.g. a time series of "
-                                "volumes", "save each time point as its own stack, e.g. tifffile.imwrite(f't{t}.tif', "
-                                "array[t])")
+            raise _tiff_problem(
+                path,
+                f"holds {named} planes ({where}): two axes of sections, e.g. a time series of " "volumes",
+                "save each time point as its own stack, e.g. tifffile.imwrite(f't{t}.tif', " "array[t])",
+            )
         if channels and samples > 1:
-            raise _tiff_problem(path, f"holds {channels[0][1]} channel pages of {samples} samples each ({where})",
-                                "save one grey or RGB page per section")
+            raise _tiff_problem(
+                path,
+                f"holds {channels[0][1]} channel pages of {samples} samples each ({where})",
+                "save one grey or RGB page per section",
+            )
         if "Y" not in page_axes or "X" not in page_axes or page_axes.replace("S", "") != "YX":
             raise _tiff_problem(path, f"pages of axes {page_axes} ({where}) are not 2D images", "re-export it")
         self._section_axis = sections[0][0] if sections else ""
@@ -228,14 +237,18 @@ class TiffStack(StackSource):
         self._planar = page_axes.startswith("S")
         self.size = tuple(s for a, s in zip(page_axes, page_shape) if a in "YX")
         if self._planar and samples in (3, 4) and not channels:
-            self.hint = (f"if these are {samples} sections, not {'RGB' if samples == 3 else 'RGB + alpha'} planes (as "
-                         f"tifffile.imwrite stores a ({samples}, H, W) array), save one page per section: "
-                         "tifffile.imwrite(path, stack, photometric='minisblack')")
+            self.hint = (
+                f"if these are {samples} sections, not {'RGB' if samples == 3 else 'RGB + alpha'} planes (as "
+                f"tifffile.imwrite stores a ({samples}, H, W) array), save one page per section: "
+                "tifffile.imwrite(path, stack, photometric='minisblack')"
+            )
         elif channels and not sections:
             kind = {"ome": "OME", "imagej": "ImageJ"}.get(self.format, "TIFF")
-            self.hint = (f"if these {self.channels} {kind} channel pages are sections, mark them as slices (Fiji: "
-                         f"Image > Properties, Slices {self.channels}, Channels 1) or save them with "
-                         "tifffile.imwrite(path, stack, imagej=True, metadata={'axes': 'ZYX'})")
+            self.hint = (
+                f"if these {self.channels} {kind} channel pages are sections, mark them as slices (Fiji: "
+                f"Image > Properties, Slices {self.channels}, Channels 1) or save them with "
+                "tifffile.imwrite(path, stack, imagej=True, metadata={'axes': 'ZYX'})"
+            )
 
     def close(self) -> None:
         self._tif.close()
@@ -269,8 +282,14 @@ class TiffStack(StackSource):
         if imagej.get("spacing"):
             out["spacing"] = float(imagej["spacing"])
         if self._tif.is_ome and self._tif.ome_metadata:
-            pixels = next((e for e in ET.fromstring(self._tif.ome_metadata).iter()
-                           if e.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+            pixels = next(
+                (
+                    e
+                    for e in ElementTree.fromstring(self._tif.ome_metadata).iter()
+                    if e.tag.rsplit("}", 1)[-1] == "Pixels"
+                ),
+                None,
+            )
             if pixels is not None:
                 out["ome"] = {k: v for k, v in pixels.attrib.items() if k.startswith(("PhysicalSize", "TimeIncrement"))}
         return out
@@ -293,7 +312,8 @@ class NiftiStack(StackSource):
         if any(n > 1 for n in shape[3:]):
             raise StackError(
                 f"{self.path}: holds a {len(shape)}-D NIfTI array {list(shape)}: time points or components beyond "
-                "(x, y, z); save each of them as its own 3D file.")
+                "(x, y, z); save each of them as its own 3D file."
+            )
         xyz = (shape + (1, 1, 1))[:3]
         if all(n > 1 for n in xyz):
             self._volume, self.sections, self.section_axis = True, xyz[2], "Z"
@@ -343,7 +363,8 @@ def open_stack(path: str | os.PathLike) -> StackSource:
     if ext in (".tif", ".tiff", ".ome.tif", ".ome.tiff"):
         return TiffStack(path)
     raise StackError(
-        f"{path}: not a TIFF or NIfTI file; stacks of sections are read from {', '.join(STACK_EXTENSIONS)}.")
+        f"{path}: not a TIFF or NIfTI file; stacks of sections are read from {', '.join(STACK_EXTENSIONS)}."
+    )
 
 
 def sample_pixels(path: str | os.PathLike, max_sections: int = 8) -> np.ndarray:
@@ -384,4 +405,3 @@ class OpenStacks:
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["max_open"])
-

@@ -26,13 +26,24 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("bioimageio", help="a BioImage Model Zoo model package (format 0.5)")
     b.add_argument("--out", required=True, help="package folder (new or empty; --overwrite replaces a package)")
-    b.add_argument("--image", required=True,
-                   help="a section the test tensors and cover are made from (only into the package), e.g. "
-                        "drosophila-vnc/stack1/raw/00.tif")
-    b.add_argument("--model", default=None, help="model.pt with model_info (default: the shipped "
-                                                 "bundle/models/pretrained/model.pt)")
+    b.add_argument(
+        "--image",
+        required=True,
+        help="a section the test tensors and cover are made from (only into the package), e.g. "
+        "drosophila-vnc/stack1/raw/00.tif",
+    )
+    b.add_argument(
+        "--model",
+        default=None,
+        help="model.pt with model_info (default: the shipped " "bundle/models/pretrained/model.pt)",
+    )
     b.add_argument("--zip", default=None, help="also write the package as this zip (for Fiji/deepImageJ, QuPath)")
-    b.add_argument("--test-size", type=int, default=256, help="side of the test output kept after the halo (default 256; the input adds the halo)")
+    b.add_argument(
+        "--test-size",
+        type=int,
+        default=256,
+        help="side of the test output kept after the halo (default 256; the input adds the halo)",
+    )
     b.add_argument("--name", default=None, help="package name (default: the shipped model's)")
     b.add_argument("--author", action="append", default=None, help="an author (repeat; default: metadata.json's)")
     b.add_argument("--license", default=None, help="SPDX licence of the weights (default CC-BY-NC-SA-3.0)")
@@ -50,10 +61,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     extra = {k: v for k, v in (("name", args.name), ("license", args.license)) if v is not None}
     try:
-        rdf = export_bioimageio(args.out, args.image, model=args.model, test_size=args.test_size,
-                                authors=args.author, license=extra.pop("license", LICENSE), zip_path=args.zip,
-                                overwrite=args.overwrite,
-                                command="python -m scripts.export " + " ".join(shlex.quote(a) for a in argv), **extra)
+        rdf = export_bioimageio(
+            args.out,
+            args.image,
+            model=args.model,
+            test_size=args.test_size,
+            authors=args.author,
+            license=extra.pop("license", LICENSE),
+            zip_path=args.zip,
+            overwrite=args.overwrite,
+            command="python -m scripts.export " + " ".join(shlex.quote(a) for a in argv),
+            **extra,
+        )
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -40,11 +40,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import scripts
 import tifffile
 import torch
 import yaml
-
-import scripts
 from scripts.data import read_image, to_uint8, write_png
 from scripts.errors import ExportError
 from scripts.export import torch_unet
@@ -72,22 +71,49 @@ FORMAT_VERSION = "0.5.12"
 LICENSE = "CC-BY-NC-SA-3.0"
 #: The papers and the data set (the manual's References).
 CITATIONS: list[dict[str, str]] = [
-    {"text": "Fujii H, Tanaka H, Ikeuchi M, Hotta K. X-Net with Different Loss Functions for Cell Image "
-             "Segmentation. CVPR Workshops 2021.",
-     "url": "https://openaccess.thecvf.com/CVPR2021_workshops/menu"},
-    {"text": "Ronneberger O, Fischer P, Brox T. U-Net: Convolutional Networks for Biomedical Image Segmentation. "
-             "MICCAI 2015.",
-     "doi": "10.1007/978-3-319-24574-4_28"},
-    {"text": "Gerhard S, Funke J, Martel J, Cardona A, Fetter R. Segmented anisotropic ssTEM dataset of neural "
-             "tissue. figshare 2013.",
-     "doi": "10.6084/m9.figshare.856713"},
+    {
+        "text": "Fujii H, Tanaka H, Ikeuchi M, Hotta K. X-Net with Different Loss Functions for Cell Image "
+        "Segmentation. CVPR Workshops 2021.",
+        "url": "https://openaccess.thecvf.com/CVPR2021_workshops/menu",
+    },
+    {
+        "text": "Ronneberger O, Fischer P, Brox T. U-Net: Convolutional Networks for Biomedical Image Segmentation. "
+        "MICCAI 2015.",
+        "doi": "10.1007/978-3-319-24574-4_28",
+    },
+    {
+        "text": "Gerhard S, Funke J, Martel J, Cardona A, Fetter R. Segmented anisotropic ssTEM dataset of neural "
+        "tissue. figshare 2013.",
+        "doi": "10.6084/m9.figshare.856713",
+    },
 ]
 #: Files the exporter writes into the package folder (``weights.pt`` and ``torch_unet.py`` for U-Nets only).
-PACKAGE_FILES = ("rdf.yaml", "README.md", "cover.jpg", "test_input.npy", "test_output.npy", "sample_input.png",
-                 "sample_output.tif", "weights.pt",
-                 "torch_unet.py", "weights_torchscript.pt", "weights.onnx")
-TAGS = ["2d", "semantic-segmentation", "electron-microscopy", "ssTEM", "neurons", "mitochondria", "synapses",
-        "drosophila", "unet", "pytorch", "monai"]
+PACKAGE_FILES = (
+    "rdf.yaml",
+    "README.md",
+    "cover.jpg",
+    "test_input.npy",
+    "test_output.npy",
+    "sample_input.png",
+    "sample_output.tif",
+    "weights.pt",
+    "torch_unet.py",
+    "weights_torchscript.pt",
+    "weights.onnx",
+)
+TAGS = [
+    "2d",
+    "semantic-segmentation",
+    "electron-microscopy",
+    "ssTEM",
+    "neurons",
+    "mitochondria",
+    "synapses",
+    "drosophila",
+    "unet",
+    "pytorch",
+    "monai",
+]
 
 
 def _sha256(path: str | os.PathLike) -> str:
@@ -112,12 +138,15 @@ def _prepare_folder(out_dir: Path, overwrite: bool) -> None:
         raise ExportError(f"--out {out_dir}: a file, not a folder; give a new folder for the package.")
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not overwrite:
-            raise ExportError(f"--out {out_dir} is not empty; give a new folder, or --overwrite to replace the "
-                              "package there.")
+            raise ExportError(
+                f"--out {out_dir} is not empty; give a new folder, or --overwrite to replace the " "package there."
+            )
         others = sorted(p.name for p in out_dir.iterdir() if p.name not in PACKAGE_FILES)
         if not (out_dir / "rdf.yaml").is_file() or others:
-            raise ExportError(f"--out {out_dir} holds other files than an exported package ({', '.join(others[:3]) or 'no rdf.yaml'}): "
-                              "--overwrite replaces a package only; give a new folder.")
+            raise ExportError(
+                f"--out {out_dir} holds other files than an exported package ({', '.join(others[:3]) or 'no rdf.yaml'}): "
+                "--overwrite replaces a package only; give a new folder."
+            )
         for name in PACKAGE_FILES:
             (out_dir / name).unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -125,24 +154,32 @@ def _prepare_folder(out_dir: Path, overwrite: bool) -> None:
 
 def _load_model(model: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     if not model.is_file():
-        raise ExportError(f"--model {model}: no such file; give a model.pt saved by this bundle (e.g. "
-                          "bundle/models/model.pt after training), or leave --model out for the shipped model.")
+        raise ExportError(
+            f"--model {model}: no such file; give a model.pt saved by this bundle (e.g. "
+            "bundle/models/model.pt after training), or leave --model out for the shipped model."
+        )
     weights, info = read_checkpoint(model)
     if not info or not is_buildable(info.get("network") or {}):
-        raise ExportError(f"--model {model} records no buildable network (no model_info): export a model.pt saved by "
-                          "this bundle (0.4 or later), e.g. bundle/models/model.pt after training.")
+        raise ExportError(
+            f"--model {model} records no buildable network (no model_info): export a model.pt saved by "
+            "this bundle (0.4 or later), e.g. bundle/models/model.pt after training."
+        )
     network = build_network(info["network"])
     network.load_state_dict(weights)
     network.eval()
     _, padding, _ = network_grid(network)
     if padding != "same" or network.init_args.get("spatial_dims") != 2:
-        raise ExportError(f"--model {model}: a {network.init_args.get('spatial_dims')}D {padding}-padding "
-                          f"{type(network).__name__}; the bioimage.io export takes 2D same-padding networks (a valid "
-                          "network's output is smaller than its input, which the package's tiling does not describe).")
+        raise ExportError(
+            f"--model {model}: a {network.init_args.get('spatial_dims')}D {padding}-padding "
+            f"{type(network).__name__}; the bioimage.io export takes 2D same-padding networks (a valid "
+            "network's output is smaller than its input, which the package's tiling does not describe)."
+        )
     for key in ("class_names", "intensity_max"):
         if info.get(key) is None:
-            raise ExportError(f"--model {model}: its model_info has no {key!r}; export a model.pt saved by this "
-                              "bundle's training (0.5 or later).")
+            raise ExportError(
+                f"--model {model}: its model_info has no {key!r}; export a model.pt saved by this "
+                "bundle's training (0.5 or later)."
+            )
     return network, info
 
 
@@ -152,28 +189,49 @@ def _read_section(image: Path, in_channels: int, intensity_max: float, test_size
     except (OSError, ValueError) as e:
         raise ExportError(f"--image: {e}") from None
     if pixels.shape[0] != in_channels:
-        raise ExportError(f"--image {image} has {pixels.shape[0]} channel(s), the model takes {in_channels}; give a "
-                          f"{'grey' if in_channels == 1 else 'RGB'} section.")
+        raise ExportError(
+            f"--image {image} has {pixels.shape[0]} channel(s), the model takes {in_channels}; give a "
+            f"{'grey' if in_channels == 1 else 'RGB'} section."
+        )
     low, high = float(pixels.min()), float(pixels.max())
     if low < 0 or high > intensity_max:
-        raise ExportError(f"--image {image}: values {low:g}..{high:g} lie outside the model's 0..{intensity_max:g} "
-                          "(intensity_max), the package's fixed input scaling; give an 8-bit section as trained.")
+        raise ExportError(
+            f"--image {image}: values {low:g}..{high:g} lie outside the model's 0..{intensity_max:g} "
+            "(intensity_max), the package's fixed input scaling; give an 8-bit section as trained."
+        )
     if min(pixels.shape[1:]) < test_size:
-        raise ExportError(f"--image {image} is {pixels.shape[1]}x{pixels.shape[2]}, smaller than the test input "
-                          f"({test_size} pixels: --test-size and the halo on both sides); give a larger section or a "
-                          "smaller --test-size.")
+        raise ExportError(
+            f"--image {image} is {pixels.shape[1]}x{pixels.shape[2]}, smaller than the test input "
+            f"({test_size} pixels: --test-size and the halo on both sides); give a larger section or a "
+            "smaller --test-size."
+        )
     return pixels.astype(np.float32)
 
 
 def _channel_names(in_channels: int) -> list[str]:
-    return ["grey"] if in_channels == 1 else ["red", "green", "blue"] if in_channels == 3 else \
-        [f"channel{i}" for i in range(in_channels)]
+    return (
+        ["grey"]
+        if in_channels == 1
+        else ["red", "green", "blue"] if in_channels == 3 else [f"channel{i}" for i in range(in_channels)]
+    )
 
 
 def package_description(
-    *, name: str, description: str, authors: Sequence[str], license: str, version: str, in_channels: int,
-    class_names: Sequence[str], intensity_max: float, size_min: int, size_step: int, halo: int,
-    state_dict_kwargs: dict[str, Any] | None, sha256: dict[str, str], files: dict[str, str],
+    *,
+    name: str,
+    description: str,
+    authors: Sequence[str],
+    license: str,
+    version: str,
+    in_channels: int,
+    class_names: Sequence[str],
+    intensity_max: float,
+    size_min: int,
+    size_step: int,
+    halo: int,
+    state_dict_kwargs: dict[str, Any] | None,
+    sha256: dict[str, str],
+    files: dict[str, str],
 ) -> dict[str, Any]:
     """The ``rdf.yaml`` content (a plain dict, format :data:`FORMAT_VERSION`); ``sha256``/``files`` give each
     file's hash and name by role (``test_input``, ``test_output``, ``cover``, ``documentation``,
@@ -187,6 +245,7 @@ def package_description(
 
     def input_size() -> dict[str, int]:  # a new dict per axis: no YAML anchors in rdf.yaml
         return {"min": size_min, "step": size_step}
+
     weights: dict[str, Any] = {}
     parent = None
     if state_dict_kwargs is not None:
@@ -197,10 +256,16 @@ def package_description(
             "comment": "the bundle's state dict; torch_unet.py is the bundle's U-Net in plain PyTorch",
         }
         parent = "pytorch_state_dict"
-    weights["torchscript"] = {**file("torchscript"), "pytorch_version": _torch_version(),
-                              "comment": "scripted (torch.jit.script): any size"}
-    weights["onnx"] = {**file("onnx"), "opset_version": ONNX_OPSET,
-                       "comment": "traced with dynamic batch and size (legacy exporter)"}
+    weights["torchscript"] = {
+        **file("torchscript"),
+        "pytorch_version": _torch_version(),
+        "comment": "scripted (torch.jit.script): any size",
+    }
+    weights["onnx"] = {
+        **file("onnx"),
+        "opset_version": ONNX_OPSET,
+        "comment": "traced with dynamic batch and size (legacy exporter)",
+    }
     if parent is None:
         weights["onnx"]["parent"] = "torchscript"
     else:
@@ -217,37 +282,57 @@ def package_description(
         "documentation": file("documentation"),
         "covers": [file("cover")],
         "tags": TAGS,
-        "inputs": [{
-            "id": "input",
-            "description": f"raw section, values 0..{intensity_max:g}",
-            "axes": [{"type": "batch"}, {"type": "channel", "channel_names": _channel_names(in_channels)},
-                     space("y", input_size()), space("x", input_size())],
-            "test_tensor": file("test_input"),
-            "sample_tensor": file("sample_input"),
-            "data": {"type": "float32", "range": [0.0, float(intensity_max)]},
-            "pad": {"mode": "reflect"},
-            "preprocessing": [
-                {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}},
-                {"id": "scale_linear", "kwargs": {"gain": 1.0 / float(intensity_max), "offset": 0.0}},
-                {"id": "clip", "kwargs": {"min": 0.0, "max": 1.0}},
-            ],
-        }],
-        "outputs": [{
-            "id": "probabilities",
-            "description": "softmax class probabilities, one channel per class",
-            "axes": [{"type": "batch"}, {"type": "channel", "channel_names": list(class_names)},
-                     space("y", {"tensor_id": "input", "axis_id": "y"}, halo=halo),
-                     space("x", {"tensor_id": "input", "axis_id": "x"}, halo=halo)],
-            "test_tensor": file("test_output"),
-            "sample_tensor": file("sample_output"),
-            "data": {"type": "float32", "range": [0.0, 1.0]},
-        }],
+        "inputs": [
+            {
+                "id": "input",
+                "description": f"raw section, values 0..{intensity_max:g}",
+                "axes": [
+                    {"type": "batch"},
+                    {"type": "channel", "channel_names": _channel_names(in_channels)},
+                    space("y", input_size()),
+                    space("x", input_size()),
+                ],
+                "test_tensor": file("test_input"),
+                "sample_tensor": file("sample_input"),
+                "data": {"type": "float32", "range": [0.0, float(intensity_max)]},
+                "pad": {"mode": "reflect"},
+                "preprocessing": [
+                    {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}},
+                    {"id": "scale_linear", "kwargs": {"gain": 1.0 / float(intensity_max), "offset": 0.0}},
+                    {"id": "clip", "kwargs": {"min": 0.0, "max": 1.0}},
+                ],
+            }
+        ],
+        "outputs": [
+            {
+                "id": "probabilities",
+                "description": "softmax class probabilities, one channel per class",
+                "axes": [
+                    {"type": "batch"},
+                    {"type": "channel", "channel_names": list(class_names)},
+                    space("y", {"tensor_id": "input", "axis_id": "y"}, halo=halo),
+                    space("x", {"tensor_id": "input", "axis_id": "x"}, halo=halo),
+                ],
+                "test_tensor": file("test_output"),
+                "sample_tensor": file("sample_output"),
+                "data": {"type": "float32", "range": [0.0, 1.0]},
+            }
+        ],
         "weights": weights,
     }
 
 
-def _documentation(name: str, class_names: Sequence[str], intensity_max: float, halo: int, size_min: int,
-                   size_step: int, model: Path, model_card: dict[str, Any] | None, command: str) -> str:
+def _documentation(
+    name: str,
+    class_names: Sequence[str],
+    intensity_max: float,
+    halo: int,
+    size_min: int,
+    size_step: int,
+    model: Path,
+    model_card: dict[str, Any] | None,
+    command: str,
+) -> str:
     classes = "\n".join(f"| {i} | {c} |" for i, c in enumerate(class_names))
     if model_card:
         test = model_card.get("test", {})
@@ -256,12 +341,18 @@ def _documentation(name: str, class_names: Sequence[str], intensity_max: float, 
             f"The shipped model, on 4 Drosophila ssTEM sections (stack 1, sections 0-3) never used in training or model "
             f"selection, whole 1024x1024 sections with overlap-tile inference: mean IoU {test.get('mean_iou')} "
             f"(per class: {', '.join(f'{k} {v}' for k, v in iou.items())}), pixel accuracy "
-            f"{test.get('pixel_accuracy')}. Training: {model_card.get('training', {}).get('data', '')}.")
+            f"{test.get('pixel_accuracy')}. Training: {model_card.get('training', {}).get('data', '')}."
+        )
     else:
-        validation = (f"This package was exported from `{model.name}`, trained by its user; measure it on labelled "
-                      "sections it has not seen, e.g. with the bundle's `evaluate.json`.")
-    trained_on = ("serial-section TEM images of neural tissue (the Drosophila larva ventral nerve cord, about 4.6 "
-                  "nm/pixel)" if model_card else "the images its user trained it on")
+        validation = (
+            f"This package was exported from `{model.name}`, trained by its user; measure it on labelled "
+            "sections it has not seen, e.g. with the bundle's `evaluate.json`."
+        )
+    trained_on = (
+        "serial-section TEM images of neural tissue (the Drosophila larva ventral nerve cord, about 4.6 " "nm/pixel)"
+        if model_card
+        else "the images its user trained it on"
+    )
     return f"""# {name}
 
 2D semantic segmentation into {len(class_names)} classes, trained on {trained_on}; exported from the MONAI bundle
@@ -358,9 +449,16 @@ def export_bioimageio(
     metadata = _metadata()
     card = metadata.get("pretrained_model") or {}
     model_card = card if card.get("sha256") == _sha256(model) else None
-    files = {"test_input": "test_input.npy", "test_output": "test_output.npy", "sample_input": "sample_input.png",
-             "sample_output": "sample_output.tif", "cover": "cover.jpg",
-             "documentation": "README.md", "torchscript": "weights_torchscript.pt", "onnx": "weights.onnx"}
+    files = {
+        "test_input": "test_input.npy",
+        "test_output": "test_output.npy",
+        "sample_input": "sample_input.png",
+        "sample_output": "sample_output.tif",
+        "cover": "cover.jpg",
+        "documentation": "README.md",
+        "torchscript": "weights_torchscript.pt",
+        "onnx": "weights.onnx",
+    }
 
     # test tensors: a centred crop with real context (the halo) and the bundle network's output for it as it is;
     # the same as images (sample tensors)
@@ -369,8 +467,10 @@ def export_bioimageio(
     np.save(out_dir / files["test_input"], crop[None].astype(np.float32))
     np.save(out_dir / files["test_output"], expected[None])
     sample = crop[0] if in_channels == 1 else np.moveaxis(crop, 0, -1)
-    write_png(out_dir / files["sample_input"],
-              np.clip(np.rint(sample), 0, 255).astype(np.uint8) if intensity_max <= 255 else to_uint8(sample))
+    write_png(
+        out_dir / files["sample_input"],
+        np.clip(np.rint(sample), 0, 255).astype(np.uint8) if intensity_max <= 255 else to_uint8(sample),
+    )
     tifffile.imwrite(out_dir / files["sample_output"], expected, compression="zlib")
     cover = centre_crop(pixels, cover_size)
     write_cover(out_dir / files["cover"], cover, bundle_probabilities(network, cover, intensity_max).argmax(0))
@@ -382,8 +482,12 @@ def export_bioimageio(
         save_state_dict(network, out_dir / files["state_dict"])
         shutil.copyfile(torch_unet.__file__, out_dir / files["architecture"])
     else:
-        logger.info("%s is a %s: no pytorch_state_dict weights (their architecture source is the U-Net's); "
-                    "TorchScript and ONNX only.", model, type(network).__name__)
+        logger.info(
+            "%s is a %s: no pytorch_state_dict weights (their architecture source is the U-Net's); "
+            "TorchScript and ONNX only.",
+            model,
+            type(network).__name__,
+        )
     probability_model = ProbabilityNetwork(network).eval()
     save_torchscript(probability_model, out_dir / files["torchscript"])
     save_onnx(probability_model, out_dir / files["onnx"], torch.as_tensor(crop[None]) / intensity_max)
@@ -391,16 +495,28 @@ def export_bioimageio(
     command = command or f"python -m scripts.export bioimageio --out {out_dir} --image {image} --model {model}"
     (out_dir / files["documentation"]).write_text(
         _documentation(name, class_names, intensity_max, halo, size_min, div, model, model_card, command),
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     sha256 = {role: _sha256(out_dir / f) for role, f in files.items()}
     rdf = package_description(
-        name=name, description=(
+        name=name,
+        description=(
             f"U-Net segmentation of ssTEM sections of neural tissue into {', '.join(class_names)} "
-            f"(softmax probabilities); from the MONAI bundle Microscopy cell segmentation, version {scripts.__version__}."),
-        authors=list(authors) if authors else [str(metadata.get("authors", "unknown"))], license=license,
-        version=str(scripts.__version__), in_channels=in_channels, class_names=class_names,
-        intensity_max=intensity_max, size_min=size_min, size_step=div, halo=halo, state_dict_kwargs=kwargs,
-        sha256=sha256, files=files)
+            f"(softmax probabilities); from the MONAI bundle Microscopy cell segmentation, version {scripts.__version__}."
+        ),
+        authors=list(authors) if authors else [str(metadata.get("authors", "unknown"))],
+        license=license,
+        version=str(scripts.__version__),
+        in_channels=in_channels,
+        class_names=class_names,
+        intensity_max=intensity_max,
+        size_min=size_min,
+        size_step=div,
+        halo=halo,
+        state_dict_kwargs=kwargs,
+        sha256=sha256,
+        files=files,
+    )
     rdf_path = out_dir / "rdf.yaml"
     rdf_path.write_text(yaml.safe_dump(rdf, sort_keys=False, width=120), encoding="utf-8")
     if zip_path is not None:

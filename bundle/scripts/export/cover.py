@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-
 from scripts.visualize.overlay import grey_image, overlay_labels
 
 __all__ = ["centre_crop", "write_cover"]
@@ -21,7 +20,7 @@ def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
     """The centred ``size x size`` crop of the last two axes of ``image`` (smaller sides are kept whole)."""
     h, w = image.shape[-2:]
     top, left = max((h - size) // 2, 0), max((w - size) // 2, 0)
-    return image[..., top:top + size, left:left + size]
+    return image[..., top : top + size, left : left + size]
 
 
 def write_cover(path: str | os.PathLike, image: np.ndarray, labels: np.ndarray, quality: int = 90) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn as nn
-
 from scripts.inferers import OverlapTileInferer
 from scripts.transforms import ScaleIntensityByRule
 
@@ -25,8 +24,13 @@ def to_channel_first(image: np.ndarray) -> np.ndarray:
     return image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
 
 
-def bundle_probabilities(network: nn.Module, image: np.ndarray, intensity_max: float, overlap_tile: bool = True,
-                         memory_budget_mb: float | None = None) -> np.ndarray:
+def bundle_probabilities(
+    network: nn.Module,
+    image: np.ndarray,
+    intensity_max: float,
+    overlap_tile: bool = True,
+    memory_budget_mb: float | None = None,
+) -> np.ndarray:
     """Class probabilities of ``image`` as the bundle's inference computes them.
 
     Args:

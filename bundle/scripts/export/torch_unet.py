@@ -32,8 +32,9 @@ __all__ = ["UNet2d"]
 def _conv_block(in_channels: int, out_channels: int, batch_norm: bool) -> nn.Sequential:
     layers: List[nn.Module] = []
     for i in range(2):
-        layers.append(nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1,
-                                bias=not batch_norm))
+        layers.append(
+            nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1, bias=not batch_norm)
+        )
         if batch_norm:
             layers.append(nn.BatchNorm2d(out_channels))
         layers.append(nn.ReLU(inplace=True))
@@ -74,8 +75,9 @@ class _Up(nn.Module):
 class _Decoder(nn.Module):
     def __init__(self, features: Sequence[int], batch_norm: bool):
         super().__init__()
-        self.ups = nn.ModuleList(_Up(features[level + 1], features[level], batch_norm)
-                                 for level in reversed(range(len(features) - 1)))
+        self.ups = nn.ModuleList(
+            _Up(features[level + 1], features[level], batch_norm) for level in reversed(range(len(features) - 1))
+        )
 
     def forward(self, x: torch.Tensor, skips: List[torch.Tensor]) -> torch.Tensor:
         for i, up in enumerate(self.ups):
@@ -112,8 +114,16 @@ class UNet2d(nn.Module):
     Shapes: ``(B, in_channels, H, W)`` -> ``(B, out_channels, H, W)``.
     """
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 5, features: Sequence[int] = (16, 32, 64, 128, 256),
-                 batch_norm: bool = True, dropout: float = 0.0, transpose_xy: bool = True, softmax: bool = True):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 5,
+        features: Sequence[int] = (16, 32, 64, 128, 256),
+        batch_norm: bool = True,
+        dropout: float = 0.0,
+        transpose_xy: bool = True,
+        softmax: bool = True,
+    ):
         super().__init__()
         features = [int(f) for f in features]
         self.size_divisor = 2 ** (len(features) - 1)
@@ -129,7 +139,7 @@ class UNet2d(nn.Module):
         x, starts, size = _pad_to_multiple(x, self.size_divisor)
         skips = self.encoder(x)
         y = self.head(self.decoder(skips[-1], skips[:-1]))
-        y = y[:, :, starts[0]:starts[0] + size[0], starts[1]:starts[1] + size[1]]
+        y = y[:, :, starts[0] : starts[0] + size[0], starts[1] : starts[1] + size[1]]
         if self.softmax:
             y = torch.softmax(y, dim=1)
         return y.transpose(-2, -1) if self.transpose_xy else y

@@ -14,11 +14,16 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-
 from scripts.networks import UNet
 
-__all__ = ["ONNX_OPSET", "ProbabilityNetwork", "architecture_kwargs", "save_onnx", "save_state_dict",
-           "save_torchscript"]
+__all__ = [
+    "ONNX_OPSET",
+    "ProbabilityNetwork",
+    "architecture_kwargs",
+    "save_onnx",
+    "save_state_dict",
+    "save_torchscript",
+]
 
 #: ONNX opset of the exported graph (the one ``monai.bundle onnx_export`` is documented with).
 ONNX_OPSET = 17
@@ -56,9 +61,15 @@ def architecture_kwargs(network: nn.Module) -> dict[str, Any] | None:
     args = network.init_args
     if args["spatial_dims"] != 2:
         return None
-    return {"in_channels": args["in_channels"], "out_channels": args["out_channels"],
-            "features": list(args["features"]), "batch_norm": args["batch_norm"], "dropout": args["dropout"],
-            "transpose_xy": True, "softmax": True}
+    return {
+        "in_channels": args["in_channels"],
+        "out_channels": args["out_channels"],
+        "features": list(args["features"]),
+        "batch_norm": args["batch_norm"],
+        "dropout": args["dropout"],
+        "transpose_xy": True,
+        "softmax": True,
+    }
 
 
 def save_state_dict(network: nn.Module, path: str | os.PathLike) -> Path:
@@ -85,7 +96,14 @@ def save_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor) 
         warnings.filterwarnings("ignore", message="The feature will be removed")
         warnings.filterwarnings("ignore", message="Converting a tensor to a Python boolean")
         axes = {0: "batch", 2: "y", 3: "x"}
-        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
-                          input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": axes, "output": axes})
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": axes, "output": axes},
+        )
     return Path(path)

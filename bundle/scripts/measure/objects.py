@@ -20,16 +20,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from skimage.measure import label, regionprops_table
-
 from scripts.atomic import atomic_path
 from scripts.data.pixel_size import PixelSize
+from skimage.measure import label, regionprops_table
 
 __all__ = ["OBJECT_COLUMNS", "ObjectTable", "measure_objects", "write_csv", "write_instance_map"]
 
 #: Columns of the per-image object table, in order.
-OBJECT_COLUMNS = ("id", "class", "class_index", "area_px", "area_um2", "perimeter_px", "perimeter_um",
-                  "centroid_y", "centroid_x", "mean_confidence")
+OBJECT_COLUMNS = (
+    "id",
+    "class",
+    "class_index",
+    "area_px",
+    "area_um2",
+    "perimeter_px",
+    "perimeter_um",
+    "centroid_y",
+    "centroid_x",
+    "mean_confidence",
+)
 
 
 @dataclass
@@ -112,13 +121,20 @@ def measure_objects(
                 area = int(props["area"][k])
                 mean_conf = float(props["intensity_mean"][k]) if confidence is not None else None
                 perimeter = float(props["perimeter"][k])
-                rows.append({
-                    "id": first + int(props["label"][k]), "class": name, "class_index": int(index),
-                    "area_px": area, "area_um2": area * px_um2 if px_um2 else None,
-                    "perimeter_px": perimeter, "perimeter_um": perimeter * px_um if px_um else None,
-                    "centroid_y": float(props["centroid-0"][k]), "centroid_x": float(props["centroid-1"][k]),
-                    "mean_confidence": mean_conf,
-                })
+                rows.append(
+                    {
+                        "id": first + int(props["label"][k]),
+                        "class": name,
+                        "class_index": int(index),
+                        "area_px": area,
+                        "area_um2": area * px_um2 if px_um2 else None,
+                        "perimeter_px": perimeter,
+                        "perimeter_um": perimeter * px_um if px_um else None,
+                        "centroid_y": float(props["centroid-0"][k]),
+                        "centroid_x": float(props["centroid-1"][k]),
+                        "mean_confidence": mean_conf,
+                    }
+                )
                 area_sum += area
                 if conf_sum is not None:
                     conf_sum += mean_conf * area

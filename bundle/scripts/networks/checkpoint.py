@@ -324,7 +324,9 @@ def model_intensity_statistics(path: str | os.PathLike | None) -> dict[str, Any]
     logger.info(
         "%s records no training intensity statistics (a model saved by v0.8.0 or earlier): intensity_rule auto keeps "
         "the rule of those versions, images whose values exceed intensity_max are scaled by their own 0.5/99.5 "
-        "percentiles onto 0..1 (train or fine-tune the model again to record them).", path)
+        "percentiles onto 0..1 (train or fine-tune the model again to record them).",
+        path,
+    )
     return None
 
 

@@ -30,7 +30,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-
 from scripts.errors import UserError
 from scripts.networks.checkpoint import NETWORK_SETTINGS, CheckpointMismatchError, ModelFileError, read_checkpoint
 from scripts.networks.config import build_network, describe_network, is_buildable, network_config
@@ -65,8 +64,10 @@ class FineTuneReport:
         text = f"loaded {len(self.loaded)} of {self.total} tensors"
         saved_in, new_in = self.in_channels
         if self.adapted:
-            text += (f"; adapted {', '.join(self.adapted)} from {saved_in} to {new_in} input channels (the saved "
-                     f"weights summed over their channels, divided by {new_in})")
+            text += (
+                f"; adapted {', '.join(self.adapted)} from {saved_in} to {new_in} input channels (the saved "
+                f"weights summed over their channels, divided by {new_in})"
+            )
         if self.reinitialised:
             text += f"; re-initialised {', '.join(self.reinitialised)} {self.class_text}"
         return text
@@ -121,9 +122,15 @@ def transfer_weights(
         elif saved_shape == shape:
             update[name] = saved
             report.loaded.append(name)
-        elif name in by_inputs and name not in by_classes and saved_shape is not None and len(saved_shape) == len(shape) \
-                and saved_shape[:1] + saved_shape[2:] == shape[:1] + shape[2:] and saved.is_floating_point() \
-                and saved_shape[1] == (saved_in_channels or saved_shape[1]):
+        elif (
+            name in by_inputs
+            and name not in by_classes
+            and saved_shape is not None
+            and len(saved_shape) == len(shape)
+            and saved_shape[:1] + saved_shape[2:] == shape[:1] + shape[2:]
+            and saved.is_floating_point()
+            and saved_shape[1] == (saved_in_channels or saved_shape[1])
+        ):
             update[name] = saved.sum(dim=1, keepdim=True).expand(shape) / new_in
             report.adapted.append(name)
             report.in_channels = (saved_shape[1], new_in)
@@ -134,8 +141,11 @@ def transfer_weights(
     if unfit:
         name = unfit[0]
         saved = weights.get(name)
-        example = (f"{name}: {list(saved.shape)} saved vs {list(shapes[name])} here" if isinstance(saved, torch.Tensor)
-                   else f"{name} is not in the file")
+        example = (
+            f"{name}: {list(saved.shape)} saved vs {list(shapes[name])} here"
+            if isinstance(saved, torch.Tensor)
+            else f"{name} is not in the file"
+        )
         raise CheckpointMismatchError(
             f"{source}: cannot fine-tune from it: {len(unfit)} of the {len(own)} tensors of the "
             f"{type(network).__name__} built here do not fit (e.g. {example}), "
@@ -189,27 +199,36 @@ def finetune_network(
         if missing_ok:
             logger.info("No %s yet: training %s from its initialisation.", path, type(default).__name__)
             return default
-        raise ModelFileError(f"--finetune_from {path}: no such model file; give a model.pt (e.g. the shipped "
-                             "bundle/models/pretrained/model.pt).")
+        raise ModelFileError(
+            f"--finetune_from {path}: no such model file; give a model.pt (e.g. the shipped "
+            "bundle/models/pretrained/model.pt)."
+        )
     weights, info = read_checkpoint(path)
     here = describe_network(default)
     want = {k: v for k, v in (("in_channels", in_channels), ("out_channels", out_channels)) if v is not None}
     saved = dict((info or {}).get("network") or {})
     if is_buildable(saved):
-        diff = describe_mismatch({k: v for k, v in saved.items() if k not in _OWN},
-                                 {k: v for k, v in here.items() if k not in _OWN})
+        diff = describe_mismatch(
+            {k: v for k, v in saved.items() if k not in _OWN}, {k: v for k, v in here.items() if k not in _OWN}
+        )
         config = {**saved, **{k: here[k] for k in _OWN if k in here}, **want}
         network = build_network(config)
         if diff:
             asked = [k for k in overridden(NETWORK_SETTINGS) if k not in ("in_channels", "num_classes", "class_names")]
-            logger.log(logging.WARNING if asked else logging.INFO,
-                       "%s: fine-tuning the network it was trained with; the config's differing values are not used "
-                       "(%s)%s.", path, "; ".join(diff),
-                       f"; your --{', --'.join(asked)} cannot change it (train from scratch for that)" if asked else "")
+            logger.log(
+                logging.WARNING if asked else logging.INFO,
+                "%s: fine-tuning the network it was trained with; the config's differing values are not used "
+                "(%s)%s.",
+                path,
+                "; ".join(diff),
+                f"; your --{', --'.join(asked)} cannot change it (train from scratch for that)" if asked else "",
+            )
     elif not is_buildable(here):
-        raise UserError(f"--finetune_from {path}: fine-tuning needs one of the bundle's networks (scripts.networks); "
-                        f"the checkpoint records {saved.get('_target_', 'no network')} and the config builds "
-                        f"{here['_target_']}.")
+        raise UserError(
+            f"--finetune_from {path}: fine-tuning needs one of the bundle's networks (scripts.networks); "
+            f"the checkpoint records {saved.get('_target_', 'no network')} and the config builds "
+            f"{here['_target_']}."
+        )
     else:
         config = {**here, **want}
         network = build_network(config) if want and any(here.get(k) != v for k, v in want.items()) else default
@@ -218,8 +237,9 @@ def finetune_network(
         same = [str(c) for c in class_names] == [str(c) for c in saved_names]
     else:
         same = not saved or saved.get("out_channels") in (None, config["out_channels"])
-    report = transfer_weights(network, weights, same_classes=same,
-                              saved_in_channels=saved.get("in_channels"), source=str(path))
+    report = transfer_weights(
+        network, weights, same_classes=same, saved_in_channels=saved.get("in_channels"), source=str(path)
+    )
     if report.reinitialised and saved_names is not None and class_names is not None:
         report.class_text += f" ({', '.join(map(str, class_names or []))}; the checkpoint's: {', '.join(saved_names)})"
     logger.info("Fine-tuning from %s: %s.", path, report)

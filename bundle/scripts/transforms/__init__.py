@@ -1,5 +1,5 @@
-
 from .atomic_save_image import AtomicSaveImaged, atomic_writer
+from .border_weights import UNetBorderWeightMap, UNetBorderWeightMapd, border_distances
 from .difficult_pixels import (
     DifficultPixelRefine,
     DifficultPixelRefined,
@@ -9,6 +9,5 @@ from .difficult_pixels import (
 )
 from .intensity import ScaleIntensityByRule, ScaleIntensityByRuled
 from .load_section import LoadSectiond, SectionReader
-from .save_probabilities import SaveProbabilityMaps, SaveProbabilityMapsd, read_probability_map
-from .border_weights import UNetBorderWeightMap, UNetBorderWeightMapd, border_distances
 from .mirror_pad import PAD_MODES, MirrorSpatialPad, MirrorSpatialPadd, mirror_pad
+from .save_probabilities import SaveProbabilityMaps, SaveProbabilityMapsd, read_probability_map

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, ScaleIntensityRange, Transform
-
 from scripts.data.header import read_header
 from scripts.data.intensity import check_intensity_rule, intensity_scaling
 

@@ -21,11 +21,11 @@ from monai.config import KeysCollection
 from monai.data import ImageReader
 from monai.transforms import LoadImage, MapTransform
 from monai.utils import ensure_tuple
-
 from scripts.data.io import image_extension
 from scripts.data.stacks import SECTION_KEY, SECTIONS_KEY, STACK_EXTENSIONS, STACK_SUFFIX, OpenStacks
 
 __all__ = ["LoadSectiond", "SectionReader"]
+
 
 class SectionReader(ImageReader):
     """MONAI ``ImageReader`` of one section of a stack (:mod:`scripts.data.stacks`).
@@ -71,8 +71,13 @@ class LoadSectiond(MapTransform):
         allow_missing_keys: skip keys whose stack is not in the item (e.g. an item without a label stack).
     """
 
-    def __init__(self, keys: KeysCollection, dtype: Any = np.float32, section_key: str = SECTION_KEY,
-                 allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        dtype: Any = np.float32,
+        section_key: str = SECTION_KEY,
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.section_key = section_key
         self.loader = LoadImage(image_only=True, dtype=dtype)

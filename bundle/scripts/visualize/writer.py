@@ -38,17 +38,16 @@ import numpy as np
 import torch
 from monai.data import decollate_batch
 from monai.utils import min_version, optional_import
-
 from scripts.atomic import atomic_folder
 from scripts.data.classes import CLASS_NAMES, class_palette
-from scripts.workflows.fault_tolerant import FAILED_KEY, root_cause
 from scripts.data.io import file_stem, write_png
-from scripts.workflows.inference_plan import picture_folder
-from scripts.workflows.output_names import OUTPUT_NAME_KEY, PICTURE_KEY
 from scripts.visualize.confidence import confidence_to_rgb, difficult_to_grey
 from scripts.visualize.feature_maps import feature_map_to_rgb
 from scripts.visualize.gallery import DEFAULT_COLUMNS, write_gallery
 from scripts.visualize.overlay import grey_image, legend_image, overlay_labels
+from scripts.workflows.fault_tolerant import FAILED_KEY, root_cause
+from scripts.workflows.inference_plan import picture_folder
+from scripts.workflows.output_names import OUTPUT_NAME_KEY, PICTURE_KEY
 
 Events, _ = optional_import("ignite.engine", "0.4.11", min_version, "Events")
 if TYPE_CHECKING:
@@ -79,8 +78,8 @@ class PictureWriter:
 
     A picture whose key is ``None``, or missing from an item, is not written. The file name comes from
     ``image.meta["filename_or_obj"]``; the folder from ``picture_key`` when the item has it (a section of a stack:
-    ``<name>_z<k>``, or empty: no pictures of that section), else from ``image.meta["output_name"]``. The gallery is written when the engine completes; rows are reset when it
-    starts.
+    ``<name>_z<k>``, or empty: no pictures of that section), else from ``image.meta["output_name"]``. The gallery
+    is written when the engine completes; rows are reset when it starts.
 
     Example (bundle config, in the evaluator's ``val_handlers``)::
 
@@ -138,8 +137,14 @@ class PictureWriter:
             raise ValueError(f"got {len(class_names)} class names but {len(class_colors)} colours.")
         self.output_dir = Path(output_dir)
         self.image_key = image_key
-        self.keys = {"pred": pred_key, "label": label_key, "confidence": confidence_key, "difficult": difficult_key,
-                     "refined": refined_key, "features": features_key}
+        self.keys = {
+            "pred": pred_key,
+            "label": label_key,
+            "confidence": confidence_key,
+            "difficult": difficult_key,
+            "refined": refined_key,
+            "features": features_key,
+        }
         self.gallery = gallery
         self.reverse_indexing = reverse_indexing
         self.alpha = alpha
@@ -259,8 +264,14 @@ class PictureWriter:
             ValueError: an array whose spatial size differs from the image's.
         """
         img = self._spatial(image)
-        arrays = {"pred": pred, "label": label, "confidence": confidence, "difficult": difficult,
-                  "refined": refined, "features": features}
+        arrays = {
+            "pred": pred,
+            "label": label,
+            "confidence": confidence,
+            "difficult": difficult,
+            "refined": refined,
+            "features": features,
+        }
         arrays = {kind: self._spatial(a) for kind, a in arrays.items() if a is not None}
         for kind, a in arrays.items():
             if a.shape[1:] != img.shape[1:]:
@@ -289,8 +300,12 @@ class PictureWriter:
         if "label" in arrays:
             save("label", overlay_labels(img, labels(arrays["label"]), self.class_colors, self.alpha))
         if "confidence" in arrays:
-            save("confidence", confidence_to_rgb(arrays["confidence"][0], num_classes=len(self.class_names),
-                                                 cmap=self.confidence_cmap))
+            save(
+                "confidence",
+                confidence_to_rgb(
+                    arrays["confidence"][0], num_classes=len(self.class_names), cmap=self.confidence_cmap
+                ),
+            )
         if "difficult" in arrays:
             save("difficult", difficult_to_grey(arrays["difficult"][0]))
         if "refined" in arrays:

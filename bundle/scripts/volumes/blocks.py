@@ -88,8 +88,15 @@ class BlockLedger:
 
     def mark(self, block: int, start: int, stop: int, seconds: float, worker: str | None = None) -> None:
         """Mark ``block`` done (after its data is written): the marker is renamed into place whole."""
-        info = {"block": block, "sections": [start, stop], "seconds": round(seconds, 3), "worker": worker,
-                "host": socket.gethostname(), "pid": os.getpid(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        info = {
+            "block": block,
+            "sections": [start, stop],
+            "seconds": round(seconds, 3),
+            "worker": worker,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         with atomic_path(self._marker(block)) as tmp:
             tmp.write_text(json.dumps(info) + "\n")
         self.log("done", block, f"{start}-{stop}")

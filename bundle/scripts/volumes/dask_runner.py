@@ -17,8 +17,9 @@ Workers (``LocalCluster``, unless ``workers``/``threads_per_worker``/``processes
 - CPU: ``cores // 4`` worker processes (at least 1; one worker runs in this process, as threads), one task at a
   time each, PyTorch using ``cores / workers`` threads per worker (at most ``OMP_NUM_THREADS`` when it is set).
 
-Each executing thread has its own copy of the network and inferer, unpickled from the bytes sent once (the inferer switches the weights' memory layout
-during a call, so a shared network is not safe to run from two threads). With automatic tiles (no
+Each executing thread has its own copy of the network and inferer, unpickled from the bytes sent once (the
+inferer switches the weights' memory layout during a call, so a shared network is not safe to run from two
+threads). With automatic tiles (no
 ``memory_budget_mb``), tasks sharing a host's memory on the CPU divide the inferer's default budget between them.
 Process workers start with ``spawn``: a Python program that runs this runner itself (not through
 ``python -m monai.bundle``) needs an ``if __name__ == "__main__":`` guard.
@@ -38,7 +39,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
 from scripts.atomic import atomic_path
 from scripts.backends import set_backends
 from scripts.checks import check_positive_int
@@ -125,17 +125,31 @@ def _predictor(shared: bytes, settings: WorkerSettings) -> SectionPredictor:
             if settings.device_type == "cuda":
                 address, name = _worker_name()
                 if not torch.cuda.is_available():
-                    raise VolumeError(f"the run asks for a GPU (--device cuda) but worker {address} has none; give "
-                                      "--device cpu, or start the workers on GPU nodes.")
+                    raise VolumeError(
+                        f"the run asks for a GPU (--device cuda) but worker {address} has none; give "
+                        "--device cpu, or start the workers on GPU nodes."
+                    )
                 index = int(name) % torch.cuda.device_count() if isinstance(name, int) else 0
                 device = torch.device("cuda", index)
-            if (settings.budget_share > 1 and device.type == "cpu" and hasattr(inferer, "memory_budget_mb")
-                    and inferer.memory_budget_mb is None and getattr(inferer, "roi_size", None) is None):
+            if (
+                settings.budget_share > 1
+                and device.type == "cpu"
+                and hasattr(inferer, "memory_budget_mb")
+                and inferer.memory_budget_mb is None
+                and getattr(inferer, "roi_size", None) is None
+            ):
                 from scripts.inferers import default_memory_budget_mb
 
                 inferer.memory_budget_mb = default_memory_budget_mb("cpu") / settings.budget_share
-            predictor = SectionPredictor(network.to(device).eval(), inferer, settings.intensity_rule,
-                                         settings.intensity_max, device, settings.amp, settings.probability_dtype)
+            predictor = SectionPredictor(
+                network.to(device).eval(),
+                inferer,
+                settings.intensity_rule,
+                settings.intensity_max,
+                device,
+                settings.amp,
+                settings.probability_dtype,
+            )
             _PREDICTORS[key] = predictor
     return predictor
 
@@ -241,11 +255,22 @@ class DaskVolumeRunner:
         workers, threads, processes, torch_threads = self.cluster_settings()
         if torch_threads and not processes:
             torch.set_num_threads(torch_threads)  # the workers are threads of this process (restored after the run)
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=processes,
-                               dashboard_address=None, memory_limit=0, silence_logs=logging.WARNING)
-        logger.info("volume: local Dask cluster of %d %s worker(s) x %d thread(s), PyTorch %s thread(s) each, on %s",
-                    workers, "process" if processes else "thread", threads, torch_threads or "default",
-                    self.device.type)
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=threads,
+            processes=processes,
+            dashboard_address=None,
+            memory_limit=0,
+            silence_logs=logging.WARNING,
+        )
+        logger.info(
+            "volume: local Dask cluster of %d %s worker(s) x %d thread(s), PyTorch %s thread(s) each, on %s",
+            workers,
+            "process" if processes else "thread",
+            threads,
+            torch_threads or "default",
+            self.device.type,
+        )
         return Client(cluster), cluster, torch_threads
 
     # ------------------------------------------------------------------ run
@@ -278,20 +303,33 @@ class DaskVolumeRunner:
             for address, nthreads in info.items():
                 hosts[get_address_host(address)] = hosts.get(get_address_host(address), 0) + int(nthreads)
             settings = WorkerSettings(
-                token=uuid.uuid4().hex, device_type=self.device.type, amp=self.amp,
-                intensity_rule=job.intensity_rule, intensity_max=job.intensity_max,
+                token=uuid.uuid4().hex,
+                device_type=self.device.type,
+                amp=self.amp,
+                intensity_rule=job.intensity_rule,
+                intensity_max=job.intensity_max,
                 probability_dtype=job.probability_dtype if job.save_probabilities else None,
-                torch_threads=torch_threads, deterministic=self.deterministic, allow_tf32=self.allow_tf32,
-                budget_share=max(hosts.values(), default=1), driver_pid=os.getpid(),
+                torch_threads=torch_threads,
+                deterministic=self.deterministic,
+                allow_tf32=self.allow_tf32,
+                budget_share=max(hosts.values(), default=1),
+                driver_pid=os.getpid(),
             )
             # pickled here, not by Dask (whose generic nn.Module serialiser loses the modules' hook dictionaries)
             payload = pickle.dumps((self.network.cpu().eval(), self.inferer), protocol=pickle.HIGHEST_PROTOCOL)
             shared = client.scatter(payload, broadcast=True, hash=False)
             t_ready = time.perf_counter()
-            logger.info("volume: %d worker(s) ready in %.1f s; predicting %d block(s) (%d sections)", len(info),
-                        t_ready - t_start, len(job.pending), sum(job.ranges[b][1] - job.ranges[b][0] for b in job.pending))
-            futures = [client.submit(run_block_task, job, b, shared, settings, key=f"block-{b}-{settings.token}",
-                                     pure=False) for b in job.pending]
+            logger.info(
+                "volume: %d worker(s) ready in %.1f s; predicting %d block(s) (%d sections)",
+                len(info),
+                t_ready - t_start,
+                len(job.pending),
+                sum(job.ranges[b][1] - job.ranges[b][0] for b in job.pending),
+            )
+            futures = [
+                client.submit(run_block_task, job, b, shared, settings, key=f"block-{b}-{settings.token}", pure=False)
+                for b in job.pending
+            ]
             last_log = time.perf_counter()
             already = total - len(job.pending)
             for future in as_completed(futures):
@@ -309,9 +347,16 @@ class DaskVolumeRunner:
                 if now - last_log >= self.progress_interval or done_blocks + len(failed) == len(futures):
                     rate = done_sections / max(now - t_ready, 1e-9)
                     left = sum(job.ranges[b][1] - job.ranges[b][0] for b in job.pending) - done_sections
-                    logger.info("volume: %d/%d block(s) done (%.0f%%), %d section(s) in %.1f s: %.2f sections/s%s",
-                                already + done_blocks, total, 100 * (already + done_blocks) / total, done_sections,
-                                now - t_ready, rate, f", about {left / rate:.0f} s left" if left > 0 and rate else "")
+                    logger.info(
+                        "volume: %d/%d block(s) done (%.0f%%), %d section(s) in %.1f s: %.2f sections/s%s",
+                        already + done_blocks,
+                        total,
+                        100 * (already + done_blocks) / total,
+                        done_sections,
+                        now - t_ready,
+                        rate,
+                        f", about {left / rate:.0f} s left" if left > 0 and rate else "",
+                    )
                     last_log = now
                 future.release()
             peaks = client.run(peak_memory_mib)
@@ -323,15 +368,24 @@ class DaskVolumeRunner:
             torch.set_num_threads(threads_before)
         t_end = time.perf_counter()
         summary = {
-            "blocks": total, "predicted": done_blocks, "failed": len(failed), "sections": done_sections,
-            "seconds": round(t_end - t_start, 3), "seconds_predicting": round(t_end - t_ready, 3),
+            "blocks": total,
+            "predicted": done_blocks,
+            "failed": len(failed),
+            "sections": done_sections,
+            "seconds": round(t_end - t_start, 3),
+            "seconds_predicting": round(t_end - t_ready, 3),
             "sections_per_second": round(done_sections / max(t_end - t_ready, 1e-9), 4),
-            "workers": len(peaks), "peak_memory_mib": {k: round(v, 1) for k, v in peaks.items()},
+            "workers": len(peaks),
+            "peak_memory_mib": {k: round(v, 1) for k, v in peaks.items()},
             "driver_peak_memory_mib": round(peak_memory_mib(), 1),
         }
-        logger.info("volume: %d block(s) predicted in %.1f s (%.2f sections/s); peak memory per worker: %s MiB",
-                    done_blocks, summary["seconds"], summary["sections_per_second"],
-                    ", ".join(f"{v:.0f}" for v in peaks.values()))
+        logger.info(
+            "volume: %d block(s) predicted in %.1f s (%.2f sections/s); peak memory per worker: %s MiB",
+            done_blocks,
+            summary["seconds"],
+            summary["sections_per_second"],
+            ", ".join(f"{v:.0f}" for v in peaks.values()),
+        )
         if self.summary:
             with atomic_path(job.ledger.folder / "summary.json") as tmp:
                 tmp.write_text(json.dumps(summary, indent=1) + "\n")
@@ -340,6 +394,7 @@ class DaskVolumeRunner:
             raise VolumeError(
                 f"{len(failed)} of {len(futures)} block(s) failed and are not written (the {done_blocks} others are "
                 "done and marked); fix the cause and run the same command again to predict only these:\n  - "
-                + "\n  - ".join(failed[:20]) + (f"\n  ... and {len(failed) - 20} more" if len(failed) > 20 else "")
+                + "\n  - ".join(failed[:20])
+                + (f"\n  ... and {len(failed) - 20} more" if len(failed) > 20 else "")
             )
         return summary

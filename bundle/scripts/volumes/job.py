@@ -48,8 +48,20 @@ logger = logging.getLogger(__name__)
 MAX_DEFAULT_BLOCK = 64
 
 #: Record keys that must match for an output to be resumed (the run id and the bundle version need not).
-_SETTINGS = ("input", "volume_key", "shape", "dtype", "model_sha256", "intensity_rule", "intensity_max",
-             "class_names", "probability_dtype", "block_sections", "chunk_size", "ome_zarr_version")
+_SETTINGS = (
+    "input",
+    "volume_key",
+    "shape",
+    "dtype",
+    "model_sha256",
+    "intensity_rule",
+    "intensity_max",
+    "class_names",
+    "probability_dtype",
+    "block_sections",
+    "chunk_size",
+    "ome_zarr_version",
+)
 
 
 def default_output(input: str | os.PathLike, output_dir: str | os.PathLike) -> str:
@@ -107,12 +119,16 @@ class VolumeJob:
         self.intensity_max = float(intensity_max)
         self.save_probabilities = bool(save_probabilities)
         if probability_dtype not in PROBABILITY_DTYPES:
-            raise VolumeError(f"probability_dtype must be one of {', '.join(PROBABILITY_DTYPES)}, got {probability_dtype!r}.")
+            raise VolumeError(
+                f"probability_dtype must be one of {', '.join(PROBABILITY_DTYPES)}, got {probability_dtype!r}."
+            )
         self.probability_dtype = probability_dtype
         self.block_sections = check_positive_int("block_sections", block_sections, allow_none=True)
         self.chunk_size = check_positive_int("chunk_size", chunk_size)
         if ome_zarr_version is not None and str(ome_zarr_version) not in NGFF_VERSIONS:
-            raise VolumeError(f"ome_zarr_version must be one of {', '.join(NGFF_VERSIONS)} or null, got {ome_zarr_version!r}.")
+            raise VolumeError(
+                f"ome_zarr_version must be one of {', '.join(NGFF_VERSIONS)} or null, got {ome_zarr_version!r}."
+            )
         self.ome_zarr_version = None if ome_zarr_version is None else str(ome_zarr_version)
         self.overwrite = bool(overwrite)
         self.model = None if model is None else str(model)
@@ -153,12 +169,18 @@ class VolumeJob:
         self.ledger.folder.mkdir(parents=True, exist_ok=True)
         self._lock = lock_folder(self.ledger.folder, purpose="volume inference")
         record = {
-            "input": self.input, "volume_key": source.key, "shape": list(source.shape), "dtype": source.dtype,
+            "input": self.input,
+            "volume_key": source.key,
+            "shape": list(source.shape),
+            "dtype": source.dtype,
             "model_sha256": file_sha256(self.model) if self.model and os.path.isfile(self.model) else None,
-            "intensity_rule": self.intensity_rule, "intensity_max": self.intensity_max,
+            "intensity_rule": self.intensity_rule,
+            "intensity_max": self.intensity_max,
             "class_names": self.class_names,
             "probability_dtype": self.probability_dtype if self.save_probabilities else None,
-            "block_sections": block, "chunk_size": self.chunk_size, "ome_zarr_version": version,
+            "block_sections": block,
+            "chunk_size": self.chunk_size,
+            "ome_zarr_version": version,
         }
         self._open_output(record, source)
         done = self.ledger.done()
@@ -191,8 +213,11 @@ class VolumeJob:
                 raise VolumeError(f"{out} exists and is not a zarr; give another --output (it is never deleted).")
             if not self.overwrite:
                 differ = [k for k in _SETTINGS if earlier is not None and earlier.get(k) != record[k]]
-                why = (f"an earlier run with other settings ({', '.join(differ)})" if differ else
-                       "a zarr this bundle did not write")
+                why = (
+                    f"an earlier run with other settings ({', '.join(differ)})"
+                    if differ
+                    else "a zarr this bundle did not write"
+                )
                 raise VolumeError(
                     f"{out} holds {why}; --overwrite True replaces it, or give another --output (the same command "
                     "and settings resume an interrupted run)."
@@ -204,10 +229,19 @@ class VolumeJob:
         image = label_image_parent(out)
         with atomic_folder(out) as tmp:  # never a half-made output: it appears whole, with its record
             create_output(
-                tmp, source.shape, record["block_sections"], self.chunk_size, record["ome_zarr_version"],
-                self.class_names, record, source.scale, source.units,
-                self.probability_dtype if self.save_probabilities else None, name=out.name,
-                label_image=image is not None, translation=source.translation,
+                tmp,
+                source.shape,
+                record["block_sections"],
+                self.chunk_size,
+                record["ome_zarr_version"],
+                self.class_names,
+                record,
+                source.scale,
+                source.units,
+                self.probability_dtype if self.save_probabilities else None,
+                name=out.name,
+                label_image=image is not None,
+                translation=source.translation,
             )
         if image is not None:
             list_label(image, out.name)
@@ -219,10 +253,16 @@ class VolumeJob:
         logger.info(
             "volume: %s; output %s (OME-Zarr %s%s%s); %d block(s) of %d section(s): %d done by an earlier run, %d to "
             "predict; intensity_rule=%s",
-            source.describe() if source else self.input, self.output, self.ome_zarr_version,
+            source.describe() if source else self.input,
+            self.output,
+            self.ome_zarr_version,
             ", a label image of the input" if label_image_parent(self.output) else "",
-            ", with probabilities" if self.save_probabilities else "", n, self.block_sections, n - len(self.pending),
-            len(self.pending), self.intensity_rule,
+            ", with probabilities" if self.save_probabilities else "",
+            n,
+            self.block_sections,
+            n - len(self.pending),
+            len(self.pending),
+            self.intensity_rule,
         )
         return self
 

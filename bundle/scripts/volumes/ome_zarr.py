@@ -25,12 +25,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from scripts.data.classes import class_palette
 
 from .sources import VolumeError, is_zarr, ngff_attrs
 
-__all__ = ["NGFF_VERSIONS", "RECORD_KEY", "create_output", "label_image_parent", "list_label", "read_record", "write_block"]
+__all__ = [
+    "NGFF_VERSIONS",
+    "RECORD_KEY",
+    "create_output",
+    "label_image_parent",
+    "list_label",
+    "read_record",
+    "write_block",
+]
 
 #: The OME-NGFF versions written, and the zarr format each is stored in.
 NGFF_VERSIONS: dict[str, int] = {"0.4": 2, "0.5": 3}
@@ -83,8 +90,14 @@ def _axes(names: str, units: Sequence[str | None]) -> list[dict]:
     return axes
 
 
-def _multiscales(version: str, name: str, axes: str, scale: Sequence[float], units: Sequence[str | None],
-                 translation: Sequence[float] | None = None) -> dict:
+def _multiscales(
+    version: str,
+    name: str,
+    axes: str,
+    scale: Sequence[float],
+    units: Sequence[str | None],
+    translation: Sequence[float] | None = None,
+) -> dict:
     transforms: list[dict] = [{"type": "scale", "scale": [float(s) for s in scale]}]
     if translation is not None and any(translation):
         transforms.append({"type": "translation", "translation": [float(t) for t in translation]})
@@ -159,13 +172,23 @@ def create_output(
     if probability_dtype is not None:
         prob = group.create_group(PROBABILITIES, overwrite=True)
         _create_array(prob, "0", (len(class_names), z, y, x), (1, *chunks), probability_dtype, zarr_format, "czyx")
-        prob_attrs = _multiscales(version, f"{name} probabilities", "czyx", (1.0, *scale), (None, *units),
-                                  None if translation is None else (0.0, *translation))
+        prob_attrs = _multiscales(
+            version,
+            f"{name} probabilities",
+            "czyx",
+            (1.0, *scale),
+            (None, *units),
+            None if translation is None else (0.0, *translation),
+        )
         one = {"uint8": 255, "uint16": 65535}.get(probability_dtype, 1)
         window = {"min": 0, "max": one, "start": 0, "end": one}
-        prob_attrs["omero"] = {"version": version, "channels": [
-            {"label": c, "active": True, "color": "%02X%02X%02X" % rgb, "window": window}
-            for c, rgb in zip(class_names, class_palette(len(class_names)))]}
+        prob_attrs["omero"] = {
+            "version": version,
+            "channels": [
+                {"label": c, "active": True, "color": "%02X%02X%02X" % rgb, "window": window}
+                for c, rgb in zip(class_names, class_palette(len(class_names)))
+            ],
+        }
         prob.attrs.update({**_ngff(version, prob_attrs), RECORD_KEY: {"probability_dtype": probability_dtype}})
 
 

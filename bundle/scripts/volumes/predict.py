@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import torch
 from monai.transforms import Activations, AsDiscrete
-
 from scripts.data.intensity import check_intensity_rule, intensity_scaling
 from scripts.transforms.intensity import ScaleIntensityByRule
 from scripts.transforms.save_probabilities import PROBABILITY_DTYPES
@@ -71,7 +70,9 @@ class SectionPredictor:
         self.device = torch.device(device)
         self.amp = bool(amp) and self.device.type == "cuda"
         if probability_dtype is not None and probability_dtype not in PROBABILITY_DTYPES:
-            raise ValueError(f"probability_dtype must be one of {', '.join(PROBABILITY_DTYPES)}, got {probability_dtype!r}.")
+            raise ValueError(
+                f"probability_dtype must be one of {', '.join(PROBABILITY_DTYPES)}, got {probability_dtype!r}."
+            )
         self.probability_dtype = probability_dtype
         self.softmax = Activations(softmax=True)
         self.argmax = AsDiscrete(argmax=True)

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from scripts.errors import UserError
 
 __all__ = ["HDF5_EXTENSIONS", "VolumeError", "VolumeSource", "is_zarr", "ngff_attrs", "open_volume"]
@@ -119,7 +118,8 @@ class VolumeSource:
         size = " x ".join(str(s) for s in self.shape)
         channels = f", {self.channels} channels" if self.channels != 1 else ""
         where = f"{self.path}" + (f" [{self.key}]" if self.key else "")
-        return f"{where}: {self.kind}{' ' + self.ngff_version if self.ngff_version else ''}, {size} (z, y, x){channels}, {self.dtype}"
+        version = f" {self.ngff_version}" if self.ngff_version else ""
+        return f"{where}: {self.kind}{version}, {size} (z, y, x){channels}, {self.dtype}"
 
 
 def _array_path(path: str, key: str | None) -> str:
@@ -146,7 +146,11 @@ def open_volume(path: str | os.PathLike, key: str | None = None, in_channels: in
             raise VolumeError(f"{path}: no such HDF5 file; give --input an existing .h5 file (or an OME-Zarr folder).")
         return _open_hdf5(path, key)
     if not is_zarr(path):
-        hint = "a 2-D image or a folder of them: use the normal inference (run inference)" if Path(path).exists() else "no such file or folder"
+        hint = (
+            "a 2-D image or a folder of them: use the normal inference (run inference)"
+            if Path(path).exists()
+            else "no such file or folder"
+        )
         raise VolumeError(
             f"{path}: not a zarr or HDF5 volume ({hint}); --input takes an OME-Zarr image (.zarr folder), a zarr "
             f"array, or an HDF5 file ({', '.join(HDF5_EXTENSIONS)}) with --volume_key naming its dataset."
@@ -172,13 +176,22 @@ def _open_zarr(path: str, key: str | None, in_channels: int) -> VolumeSource:
                 )
             key = arrays[0]
         if key not in node:
-            raise VolumeError(f"{path}: no array {key!r} in the group; --volume_key names one of: {', '.join(node.array_keys())}.")
+            raise VolumeError(
+                f"{path}: no array {key!r} in the group; --volume_key names one of: {', '.join(node.array_keys())}."
+            )
         array = node[key]
     else:
         array = node
     _check_3d(path, key, array.shape)
-    return VolumeSource(path=path, key=key, kind="zarr", shape=tuple(int(s) for s in array.shape), channels=1,
-                        dtype=str(array.dtype), chunk_sections=int(array.chunks[0]))
+    return VolumeSource(
+        path=path,
+        key=key,
+        kind="zarr",
+        shape=tuple(int(s) for s in array.shape),
+        channels=1,
+        dtype=str(array.dtype),
+        chunk_sections=int(array.chunks[0]),
+    )
 
 
 def _open_ome_zarr(path, group, ome, version, key, in_channels) -> VolumeSource:
@@ -194,7 +207,7 @@ def _open_ome_zarr(path, group, ome, version, key, in_channels) -> VolumeSource:
         raise VolumeError(f"{path}: OME-Zarr level {level!r} not found; --volume_key takes one of {paths}.")
     array = group[level]
     if not axes or len(axes) != array.ndim:
-        axes = ["t", "c", "z", "y", "x"][-array.ndim:]
+        axes = ["t", "c", "z", "y", "x"][-array.ndim :]
     shape = dict(zip(axes, array.shape))
     if axes[-3:] != ["z", "y", "x"] or any(a not in "tc" for a in axes[:-3]) or shape.get("t", 1) != 1:
         layout = ", ".join(f"{a}={s}" for a, s in shape.items())
@@ -209,8 +222,10 @@ def _open_ome_zarr(path, group, ome, version, key, in_channels) -> VolumeSource:
             f"{in_channels} channel(s), or a model trained with in_channels={channels}."
         )
     scale, translation = [1.0] * len(axes), [0.0] * len(axes)
-    for source in (_dataset(datasets, level).get("coordinateTransformations") or [],
-                   multiscale.get("coordinateTransformations") or []):  # the level's first, then the image's
+    for source in (
+        _dataset(datasets, level).get("coordinateTransformations") or [],
+        multiscale.get("coordinateTransformations") or [],
+    ):  # the level's first, then the image's
         for t in source:
             if t.get("type") == "scale" and len(t.get("scale", [])) == len(axes):
                 scale = [a * float(b) for a, b in zip(scale, t["scale"])]
@@ -219,10 +234,18 @@ def _open_ome_zarr(path, group, ome, version, key, in_channels) -> VolumeSource:
                 translation = [a + float(b) for a, b in zip(translation, t["translation"])]
     stored_axes = "".join(a for a in axes if a in "tczyx")
     return VolumeSource(
-        path=path, key=level, kind="ome-zarr", shape=(shape["z"], shape["y"], shape["x"]), channels=channels,
-        dtype=str(array.dtype), chunk_sections=int(array.chunks[axes.index("z")]), scale=tuple(scale[-3:]),
-        translation=tuple(translation[-3:]), units=tuple(units.get(a) for a in ("z", "y", "x")),
-        ngff_version=version or "0.4", axes=stored_axes,
+        path=path,
+        key=level,
+        kind="ome-zarr",
+        shape=(shape["z"], shape["y"], shape["x"]),
+        channels=channels,
+        dtype=str(array.dtype),
+        chunk_sections=int(array.chunks[axes.index("z")]),
+        scale=tuple(scale[-3:]),
+        translation=tuple(translation[-3:]),
+        units=tuple(units.get(a) for a in ("z", "y", "x")),
+        ngff_version=version or "0.4",
+        axes=stored_axes,
     )
 
 
@@ -249,7 +272,9 @@ def _open_hdf5(path: str, key: str | None) -> VolumeSource:
     with f:
         if key is None:
             found: list[str] = []
-            f.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) and obj.ndim == 3 else None)
+            f.visititems(
+                lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) and obj.ndim == 3 else None
+            )
             if len(found) != 1:
                 raise VolumeError(
                     f"{path}: {len(found)} 3-D datasets ({', '.join(found) or 'none'}); name the volume with "
@@ -263,6 +288,14 @@ def _open_hdf5(path: str, key: str | None) -> VolumeSource:
         size = ds.attrs.get("element_size_um")  # the (z, y, x) pixel size Fiji and ilastik write
         scale = tuple(float(s) for s in size) if size is not None and len(size) == 3 else (1.0, 1.0, 1.0)
         units = ("micrometer",) * 3 if size is not None and len(size) == 3 else (None, None, None)
-        return VolumeSource(path=path, key=key, kind="hdf5", shape=tuple(int(s) for s in ds.shape), channels=1,
-                            dtype=str(ds.dtype), chunk_sections=int(ds.chunks[0]) if ds.chunks else 1,
-                            scale=scale, units=units)
+        return VolumeSource(
+            path=path,
+            key=key,
+            kind="hdf5",
+            shape=tuple(int(s) for s in ds.shape),
+            channels=1,
+            dtype=str(ds.dtype),
+            chunk_sections=int(ds.chunks[0]) if ds.chunks else 1,
+            scale=scale,
+            units=units,
+        )

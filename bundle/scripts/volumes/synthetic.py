@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-
 from scripts.atomic import atomic_folder
 
 from .ome_zarr import NGFF_VERSIONS, _create_array, _multiscales, _ngff

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 from monai.data import Dataset
-
 from scripts.data.stacks import SECTION_KEY, STACK_SUFFIX
 
 from .output_names import OUTPUT_NAME_KEY

@@ -33,12 +33,12 @@ from urllib.parse import quote
 
 from scripts.atomic import remove_leftovers
 from scripts.checks import check_positive_int
-from scripts.errors import ConfigError
 from scripts.data.header import read_header
 from scripts.data.integrity import DatasetError
 from scripts.data.intensity import check_intensity_rule, header_suffices, intensity_scaling
 from scripts.data.io import read_image
 from scripts.data.stacks import SECTION_KEY, STACK_SUFFIX, sample_pixels, section_name, stack_extension
+from scripts.errors import ConfigError
 from scripts.networks.pinned import file_sha256
 
 from .output_names import OUTPUT_NAME_KEY, PICTURE_KEY, unique_output_names
@@ -163,21 +163,37 @@ class InferencePlan(Sequence):
         paths = [str(item["image"]) for item in self.datalist]
         names = unique_output_names(paths)
         inputs, taken = set(paths), {n.casefold() for n in names}
-        self.earlier = [r for p, r in previous.items()
-                        if p not in inputs and str(r.get(OUTPUT_NAME_KEY, "")).casefold() not in taken]
+        self.earlier = [
+            r
+            for p, r in previous.items()
+            if p not in inputs and str(r.get(OUTPUT_NAME_KEY, "")).casefold() not in taken
+        ]
         for item, path, name in zip(self.datalist, paths, names):
             before = previous.get(path, {})
             sections = int(before.get("sections") or 1)  # a finished stack's outputs are known before its header
             outputs = self._outputs(name, path, sections)
             record: dict[str, Any] = {
-                "input": path, "output_name": name, "status": "pending", "stage": None, "reason": None,
-                "outputs": outputs, "intensity": None, "size": None, "channels": None, "dtype": None,
-                "sections": sections, "seconds": None, "model_sha256": self.model_sha256,
+                "input": path,
+                "output_name": name,
+                "status": "pending",
+                "stage": None,
+                "reason": None,
+                "outputs": outputs,
+                "intensity": None,
+                "size": None,
+                "channels": None,
+                "dtype": None,
+                "sections": sections,
+                "seconds": None,
+                "model_sha256": self.model_sha256,
             }
             self.records.append(record)
             if not self.overwrite and self._done(before, outputs):
-                record.update(status="skipped", stage="pre-flight",
-                              reason="done by an earlier run with this model; --overwrite True replaces its outputs")
+                record.update(
+                    status="skipped",
+                    stage="pre-flight",
+                    reason="done by an earlier run with this model; --overwrite True replaces its outputs",
+                )
                 continue
             recorded = before.get("model_sha256", self.model_sha256)  # a report of v0.7.1 records none
             if not self.overwrite and before.get("status") in DONE and recorded != self.model_sha256:
@@ -186,28 +202,42 @@ class InferencePlan(Sequence):
             if header.problem:
                 record.update(status="failed", stage="pre-flight", reason=header.problem)
                 continue
-            record.update(size=list(header.size), channels=header.channels, dtype=header.dtype,
-                          sections=header.sections, outputs=self._outputs(name, path, header.sections))
+            record.update(
+                size=list(header.size),
+                channels=header.channels,
+                dtype=header.dtype,
+                sections=header.sections,
+                outputs=self._outputs(name, path, header.sections),
+            )
             if header.channels != self.in_channels:
                 kind = {1: "grey", 2: "grey + alpha", 3: "RGB", 4: "RGB + alpha"}.get(header.channels, "")
                 want = {1: "grey", 3: "RGB"}.get(self.in_channels, f"{self.in_channels}-channel")
                 hint = f"{header.hint}; else " if header.hint else ""
-                record.update(status="failed", stage="pre-flight", reason=(
-                    f"{path}: {header.channels} channel(s) ({kind}) but the model takes {self.in_channels} ({want}); "
-                    f"{hint}convert the image to {want} (e.g. `python -m scripts.data.prepare folders` writes grey/RGB "
-                    f"PNGs), or use a model trained with in_channels={header.channels}."))
+                record.update(
+                    status="failed",
+                    stage="pre-flight",
+                    reason=(
+                        f"{path}: {header.channels} channel(s) ({kind}) but the model takes {self.in_channels} ({want}); "
+                        f"{hint}convert the image to {want} (e.g. `python -m scripts.data.prepare folders` writes grey/RGB "
+                        f"PNGs), or use a model trained with in_channels={header.channels}."
+                    ),
+                )
                 continue
             rule, peak, stats = self.intensity_rule, self.intensity_max, self.intensity_statistics
             try:
-                scaling = intensity_scaling(None, rule, peak, header.dtype, stats) if header_suffices(
-                    header.dtype, rule, peak, stats) else None
+                scaling = (
+                    intensity_scaling(None, rule, peak, header.dtype, stats)
+                    if header_suffices(header.dtype, rule, peak, stats)
+                    else None
+                )
                 if scaling is None and rule != "percentile":
                     pixels = read_image(path) if header.sections == 1 else sample_pixels(path)
                     scaling = intensity_scaling(pixels, rule, peak, header.dtype, stats)
             except ValueError as e:
                 msg = str(e)
-                record.update(status="failed", stage="pre-flight",
-                              reason=msg if msg.startswith(path) else f"{path}: {msg}")
+                record.update(
+                    status="failed", stage="pre-flight", reason=msg if msg.startswith(path) else f"{path}: {msg}"
+                )
                 continue
             if scaling is None:  # "percentile": computed from the pixels when the image (section) is loaded
                 record["intensity"] = {"rule": "percentile", "range": None}
@@ -230,10 +260,15 @@ class InferencePlan(Sequence):
             return [sections // 2]
         if chosen == "all":
             return list(range(sections))
-        if isinstance(chosen, str) or not isinstance(chosen, Sequence) or not all(
-                isinstance(k, int) and not isinstance(k, bool) for k in chosen):
-            raise ConfigError(f"picture_sections must be null (the middle section), a list of section indices such "
-                              f"as \"[0, 10]\", or \"all\"; got {chosen!r}.")
+        if (
+            isinstance(chosen, str)
+            or not isinstance(chosen, Sequence)
+            or not all(isinstance(k, int) and not isinstance(k, bool) for k in chosen)
+        ):
+            raise ConfigError(
+                f"picture_sections must be null (the middle section), a list of section indices such "
+                f'as "[0, 10]", or "all"; got {chosen!r}.'
+            )
         return sorted({k % sections for k in chosen if -sections <= k < sections})
 
     def _outputs(self, name: str, path: str, sections: int) -> list[str]:
@@ -245,8 +280,9 @@ class InferencePlan(Sequence):
         if self.save_refined:
             outputs.append(f"{name}_refined{ext}")
         if self.pictures:
-            folders = [name] if sections == 1 else [
-                section_name(name, k, sections) for k in self._picture_sections(sections)]
+            folders = (
+                [name] if sections == 1 else [section_name(name, k, sections) for k in self._picture_sections(sections)]
+            )
             outputs += [f"pictures/{picture_folder(f)}/input.png" for f in folders]
         return outputs
 
@@ -260,17 +296,33 @@ class InferencePlan(Sequence):
             if found.sections == sections:
                 base[f"label{STACK_SUFFIX}"] = str(label)
             else:
-                logger.warning("%s: its label %s holds %s section(s), the stack %d; shown without it", path, label,
-                               found.sections if not found.problem else "no readable", sections)
+                logger.warning(
+                    "%s: its label %s holds %s section(s), the stack %d; shown without it",
+                    path,
+                    label,
+                    found.sections if not found.problem else "no readable",
+                    sections,
+                )
         pictured = set(self._picture_sections(sections)) if self.pictures else set()
-        return [{**base, f"image{STACK_SUFFIX}": path, SECTION_KEY: k, OUTPUT_NAME_KEY: name, **extra,
-                 PICTURE_KEY: section_name(name, k, sections) if k in pictured else ""}
-                for k in range(sections)]
+        return [
+            {
+                **base,
+                f"image{STACK_SUFFIX}": path,
+                SECTION_KEY: k,
+                OUTPUT_NAME_KEY: name,
+                **extra,
+                PICTURE_KEY: section_name(name, k, sections) if k in pictured else "",
+            }
+            for k in range(sections)
+        ]
 
     def _done(self, before: dict, outputs: list[str]) -> bool:
         """Whether an earlier run finished this file with this model and every output (see the class docstring)."""
-        return (before.get("status") in DONE and before.get("model_sha256") == self.model_sha256
-                and all((Path(self.output_dir) / o).exists() for o in outputs))
+        return (
+            before.get("status") in DONE
+            and before.get("model_sha256") == self.model_sha256
+            and all((Path(self.output_dir) / o).exists() for o in outputs)
+        )
 
     def problems(self) -> list[str]:
         """The refused inputs' reasons."""
@@ -281,18 +333,27 @@ class InferencePlan(Sequence):
         counts = {s: sum(r["status"] == s for r in self.records) for s in ("pending", "skipped", "failed")}
         stacks = [r for r in self.records if r["status"] == "pending" and (r.get("sections") or 1) > 1]
         if stacks:
-            logger.info("pre-flight: %d stack(s) of %d section(s) in all, each section predicted as a 2D image: %s",
-                        len(stacks), sum(r["sections"] for r in stacks),
-                        ", ".join(f"{Path(r['input']).name} ({r['sections']})" for r in stacks[:20]))
+            logger.info(
+                "pre-flight: %d stack(s) of %d section(s) in all, each section predicted as a 2D image: %s",
+                len(stacks),
+                sum(r["sections"] for r in stacks),
+                ", ".join(f"{Path(r['input']).name} ({r['sections']})" for r in stacks[:20]),
+            )
         logger.info(
             "pre-flight: %d input(s): %d to predict, %d skipped (outputs exist%s), %d refused; intensity_rule=%s",
-            len(self.records), counts["pending"], counts["skipped"],
-            "" if self.overwrite else "; --overwrite True replaces them", counts["failed"], self.intensity_rule,
+            len(self.records),
+            counts["pending"],
+            counts["skipped"],
+            "" if self.overwrite else "; --overwrite True replaces them",
+            counts["failed"],
+            self.intensity_rule,
         )
         if self.other_model:
             logger.warning(
                 "pre-flight: %d input(s) were predicted by another model (not sha256 %s) and are predicted again: %s",
-                len(self.other_model), self.model_sha256, ", ".join(Path(p).name for p in self.other_model[:20]),
+                len(self.other_model),
+                self.model_sha256,
+                ", ".join(Path(p).name for p in self.other_model[:20]),
             )
         problems = self.problems()
         if problems:
@@ -307,14 +368,19 @@ class InferencePlan(Sequence):
             logger.info(
                 "pre-flight: %d image(s) are not of the training images' pixel type (%s) or exceed intensity_max: "
                 "their own 0.5/99.5 percentiles are mapped onto the training images' (%.3f, %.3f on the 0..1 input; "
-                "intensity_rule auto): %s", len(matched), ", ".join(stats.get("dtypes", [])), *stats["range"],
+                "intensity_rule auto): %s",
+                len(matched),
+                ", ".join(stats.get("dtypes", [])),
+                *stats["range"],
                 ", ".join(Path(r["input"]).name for r in matched[:20]),
             )
         if self.intensity_rule == "auto" and switched:
             logger.warning(
                 "pre-flight: %d image(s) do not fit the model's range and are scaled by their own %s percentiles "
                 "(intensity_rule auto): %s",
-                len(switched), "0.5/99.5", ", ".join(Path(r["input"]).name for r in switched[:20]),
+                len(switched),
+                "0.5/99.5",
+                ", ".join(Path(r["input"]).name for r in switched[:20]),
             )
         return self
 
@@ -328,4 +394,3 @@ def _previous_records(output_dir: Path) -> dict[str, dict]:
         return {str(r["input"]): r for r in reversed(records) if isinstance(r, dict)}
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return {}
-

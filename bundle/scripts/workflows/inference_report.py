@@ -120,11 +120,15 @@ class InferenceReport:
         batch is an item :class:`scripts.workflows.FaultTolerantDataset` could not load."""
         names = _names(batchdata)
         self._current, self._sections = names, _sections(batchdata, len(names))
-        failed_stacks = [n for n, k in zip(names, self._sections)
-                         if k is not None and self.records.get(n, {}).get("status") == "failed"]
+        failed_stacks = [
+            n
+            for n, k in zip(names, self._sections)
+            if k is not None and self.records.get(n, {}).get("status") == "failed"
+        ]
         if failed_stacks:  # a later section of a stack that failed: nothing to predict
             engine.state.batch = engine.state.output = [
-                {FAILED_KEY: self.records[n]["reason"], OUTPUT_NAME_KEY: n} for n in names]
+                {FAILED_KEY: self.records[n]["reason"], OUTPUT_NAME_KEY: n} for n in names
+            ]
             return engine.state.output
         if isinstance(batchdata, Mapping) and FAILED_KEY in batchdata:
             reasons = batchdata[FAILED_KEY]

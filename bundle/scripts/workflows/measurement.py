@@ -40,13 +40,26 @@ from scripts.data.io import read_image
 from scripts.data.pixel_size import PixelSize, read_pixel_size
 from scripts.errors import ConfigError, UserError
 from scripts.locks import lock_folder
-from scripts.measure import OBJECT_COLUMNS, SUMMARY_COLUMNS, measure_objects, summary_rows, write_csv, write_instance_map
+from scripts.measure import (
+    OBJECT_COLUMNS,
+    SUMMARY_COLUMNS,
+    measure_objects,
+    summary_rows,
+    write_csv,
+    write_instance_map,
+)
 from scripts.networks.pinned import file_sha256
 
 from .inference_plan import DONE, REPORT_NAME
 
-__all__ = ["MEASURE_REPORT", "SUMMARY_NAME", "FolderMeasurement", "MeasurementFailed", "pixel_size_setting",
-           "resolve_classes"]
+__all__ = [
+    "MEASURE_REPORT",
+    "SUMMARY_NAME",
+    "FolderMeasurement",
+    "MeasurementFailed",
+    "pixel_size_setting",
+    "resolve_classes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +116,9 @@ def pixel_size_setting(value: Any) -> PixelSize | None:
     if value is None:
         return None
     pair = [value, value] if isinstance(value, Real) else list(value) if isinstance(value, (list, tuple)) else []
-    if len(pair) != 2 or not all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-                                 for v in pair):
+    if len(pair) != 2 or not all(
+        isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in pair
+    ):
         raise ConfigError(
             f"--pixel_size_nm must be the pixel size in nanometres, a positive number (e.g. 4.6) or [height, width], "
             f"got {value!r}."
@@ -177,9 +191,13 @@ class FolderMeasurement:
     @property
     def settings(self) -> dict:
         """What the measurements depend on besides the maps: recorded, and compared with an earlier run's."""
-        return {"classes": list(self.classes.values()), "class_indices": list(self.classes),
-                "connectivity": self.connectivity, "min_area_px": self.min_area_px,
-                "pixel_size_nm": self.pixel_size.as_setting() if self.pixel_size else None}
+        return {
+            "classes": list(self.classes.values()),
+            "class_indices": list(self.classes),
+            "connectivity": self.connectivity,
+            "min_area_px": self.min_area_px,
+            "pixel_size_nm": self.pixel_size.as_setting() if self.pixel_size else None,
+        }
 
     def check(self) -> FolderMeasurement:
         """The settings, the output folder's lock, and the earlier measurements (before anything runs).
@@ -207,8 +225,11 @@ class FolderMeasurement:
                 f"{self.min_area_px}, {self.settings['pixel_size_nm']}): "
                 "--overwrite True replaces them, --measure_dir another folder keeps them. Nothing was run."
             )
-        self._earlier = {} if self.overwrite else {
-            str(r.get("output_name")): r for r in earlier.get("files", []) if isinstance(r, dict)}
+        self._earlier = (
+            {}
+            if self.overwrite
+            else {str(r.get("output_name")): r for r in earlier.get("files", []) if isinstance(r, dict)}
+        )
         self._checked = True
         return self
 
@@ -244,16 +265,28 @@ class FolderMeasurement:
         try:
             seg, prob = self._maps(record)
             size = self.pixel_size or read_pixel_size(record.get("input") or "")
-            row.update(seg=seg.name, prob=prob.name if prob else None, seg_sha256=file_sha256(seg),
-                       prob_sha256=file_sha256(prob) if prob else None,
-                       pixel_size_nm=size.as_setting() if size else None, pixel_size_source=size.source if size else None,
-                       outputs=[f"{name}_objects.csv", f"{name}_instances.tif"])
+            row.update(
+                seg=seg.name,
+                prob=prob.name if prob else None,
+                seg_sha256=file_sha256(seg),
+                prob_sha256=file_sha256(prob) if prob else None,
+                pixel_size_nm=size.as_setting() if size else None,
+                pixel_size_source=size.source if size else None,
+                outputs=[f"{name}_objects.csv", f"{name}_instances.tif"],
+            )
             before = self._earlier.get(name, {})
             keys = ("seg_sha256", "prob_sha256", "pixel_size_nm")
-            if (before.get("status") in DONE and all(before.get(k) == row[k] for k in keys)
-                    and all((self.measure_dir / o).is_file() for o in row["outputs"])):
-                return {**before, "status": "skipped", "reason": "measured earlier from these maps",
-                        "input": row["input"]}
+            if (
+                before.get("status") in DONE
+                and all(before.get(k) == row[k] for k in keys)
+                and all((self.measure_dir / o).is_file() for o in row["outputs"])
+            ):
+                return {
+                    **before,
+                    "status": "skipped",
+                    "reason": "measured earlier from these maps",
+                    "input": row["input"],
+                }
             t0 = time.perf_counter()
             confidence = None
             if prob is not None:
@@ -267,12 +300,18 @@ class FolderMeasurement:
                         "as the inference run, or --class_names)."
                     )
                 confidence = read_probability_map(prob).max(axis=0)
-            table = measure_objects(read_image(seg), self.classes, confidence, size, self.connectivity,
-                                    self.min_area_px)
+            table = measure_objects(
+                read_image(seg), self.classes, confidence, size, self.connectivity, self.min_area_px
+            )
             write_csv(self.measure_dir / row["outputs"][0], OBJECT_COLUMNS, table.rows)
             write_instance_map(self.measure_dir / row["outputs"][1], table.instances, size)
-            row.update(status="ok", image_area_px=table.image_area_px, objects=len(table.rows),
-                       per_class=table.per_class, seconds=round(time.perf_counter() - t0, 3))
+            row.update(
+                status="ok",
+                image_area_px=table.image_area_px,
+                objects=len(table.rows),
+                per_class=table.per_class,
+                seconds=round(time.perf_counter() - t0, 3),
+            )
         except MeasurementError:
             raise
         except Exception as e:  # noqa: BLE001 - this image fails, the others are measured
@@ -282,10 +321,17 @@ class FolderMeasurement:
 
     def write_report(self, finished: bool = False) -> Path:
         """Write ``measure_report.json`` (atomically)."""
-        return write_json(self.measure_dir / MEASURE_REPORT, {
-            "output_dir": str(self.output_dir), "settings": self.settings, "started": self.started,
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds") if finished else None,
-            "counts": self.counts(), "files": self.records})
+        return write_json(
+            self.measure_dir / MEASURE_REPORT,
+            {
+                "output_dir": str(self.output_dir),
+                "settings": self.settings,
+                "started": self.started,
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds") if finished else None,
+                "counts": self.counts(),
+                "files": self.records,
+            },
+        )
 
     def counts(self) -> dict[str, int]:
         """Images per status."""
@@ -318,8 +364,14 @@ class FolderMeasurement:
         totals = ", ".join(f"{n} {sum(r['per_class'][n]['count'] for r in measured)}" for n in names)
         logger.info(
             "measure: %d image(s) measured, %d skipped (measured earlier%s), %d failed; objects: %s; summary %s, "
-            "report %s", counts["ok"], counts["skipped"], "" if self.overwrite else "; --overwrite True measures again",
-            counts["failed"], totals, summary, report,
+            "report %s",
+            counts["ok"],
+            counts["skipped"],
+            "" if self.overwrite else "; --overwrite True measures again",
+            counts["failed"],
+            totals,
+            summary,
+            report,
         )
         return self
 
@@ -329,6 +381,7 @@ class FolderMeasurement:
         if failed:
             raise MeasurementFailed(
                 f"{len(failed)} of {len(self.records)} image(s) could not be measured; the others were "
-                f"(report: {self.measure_dir / MEASURE_REPORT}):\n" + "\n".join(f"  - {r['reason']}" for r in failed[:20])
+                f"(report: {self.measure_dir / MEASURE_REPORT}):\n"
+                + "\n".join(f"  - {r['reason']}" for r in failed[:20])
             )
         return self.counts()

@@ -21,7 +21,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch.distributed as dist
-
 from scripts.backends import set_backends
 from scripts.data.integrity import check_datalist
 from scripts.data.intensity import check_intensity_rule
@@ -95,12 +94,23 @@ class TrainingPreflight:
         if _rank() == 0:
             lock_folder(self.bundle_root, purpose="training")  # taken when built (run_lock); idempotent
             self.pending_archive = prepare_run_folder(
-                self.ckpt_dir, self.log_dir, resume=s["resume"], overwrite=s["overwrite"],
-                archive_dir=os.path.join(self.bundle_root, "archive"), defer=True)
+                self.ckpt_dir,
+                self.log_dir,
+                resume=s["resume"],
+                overwrite=s["overwrite"],
+                archive_dir=os.path.join(self.bundle_root, "archive"),
+                defer=True,
+            )
         set_backends(seed=s["seed"] + _rank(), deterministic=self.deterministic, allow_tf32=self.allow_tf32)
-        check_datalist(self.datalist, s["num_classes"], in_channels=s["in_channels"],
-                       keys=[self.train_key, self.val_key], batch_sizes={self.val_key: s["val_batch_size"]},
-                       intensity_max=s["intensity_max"], transform=self.transform)
+        check_datalist(
+            self.datalist,
+            s["num_classes"],
+            in_channels=s["in_channels"],
+            keys=[self.train_key, self.val_key],
+            batch_sizes={self.val_key: s["val_batch_size"]},
+            intensity_max=s["intensity_max"],
+            transform=self.transform,
+        )
 
 
 class EvaluationPreflight:
@@ -141,8 +151,13 @@ class EvaluationPreflight:
         set_backends(seed=self.seed, deterministic=self.deterministic, allow_tf32=self.allow_tf32)
         require_model_file(self.ckpt_path)  # before the engine would meet it
         check_model_info(self.ckpt_path, class_names=self.class_names, intensity_max=self.intensity_max)
-        check_datalist(self.datalist, self.num_classes, in_channels=self.in_channels, keys=[self.test_key],
-                       intensity_max=self.intensity_max if self.intensity_rule == "model" else None)
+        check_datalist(
+            self.datalist,
+            self.num_classes,
+            in_channels=self.in_channels,
+            keys=[self.test_key],
+            intensity_max=self.intensity_max if self.intensity_rule == "model" else None,
+        )
 
 
 class InferencePreflight:
