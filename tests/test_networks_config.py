@@ -88,3 +88,25 @@ def test_other_networks_record_their_class_and_load_from_their_config(tmp_path):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="_target_"):
         ModelInfo(UNet(features=[4, 8])).load_state_dict(info)
+
+
+def test_recorded_networks_are_rebuilt_from_their_model_info(tmp_path):
+    """A network of another library built through recorded_network (the BasicUNet experiment) records its config:
+    network_from_checkpoint rebuilds it whatever the config's default network (evaluate.json's is networks#xnet)."""
+    from monai.networks.nets import BasicUNet
+
+    from scripts.networks import ModelInfo, XNet, is_buildable, network_from_checkpoint, recorded_network
+
+    net = recorded_network("BasicUNet", spatial_dims=2, in_channels=1, out_channels=2, features=(4, 4, 8, 8, 16, 4))
+    assert isinstance(net, BasicUNet)
+    info = ModelInfo(net).state_dict()
+    assert info["network"] == {"_target_": "scripts.networks.recorded_network", "target": "BasicUNet",
+                               "spatial_dims": 2, "in_channels": 1, "out_channels": 2, "features": [4, 4, 8, 8, 16, 4]}
+    assert is_buildable(info["network"])
+    path = tmp_path / "model.pt"
+    torch.save({"model": net.state_dict(), "model_info": info}, path)
+    loaded = network_from_checkpoint(str(path), default=XNet(features=[4, 8]))
+    assert isinstance(loaded, BasicUNet) and loaded.state_dict().keys() == net.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), loaded.state_dict().values()))
+    with pytest.raises(TypeError, match="not a plain value"):
+        recorded_network("BasicUNet", spatial_dims=2, act=torch.nn.ReLU())

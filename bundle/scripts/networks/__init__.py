@@ -23,7 +23,14 @@ from scripts.networks.checkpoint import (
     split_checkpoint,
     trained_or_pretrained,
 )
-from scripts.networks.config import build_network, describe_network, init_args, is_buildable, network_config
+from scripts.networks.config import (
+    build_network,
+    describe_network,
+    init_args,
+    is_buildable,
+    network_config,
+    recorded_network,
+)
 from scripts.networks.finetune import FineTuneReport, finetune_network, transfer_weights
 from scripts.networks.model_info import MODEL_INFO_KEY, ModelInfo, describe_mismatch
 from scripts.networks.unet import UNet
@@ -59,4 +66,5 @@ __all__ = [
     "describe_network",
     "is_buildable",
     "network_config",
+    "recorded_network",
 ]
