@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +18,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+
+
+@pytest.fixture(autouse=True)
+def _restore_log_levels():
+    """Benchmarks quieten the ``scripts`` logger for their timings (``folder_throughput.py``); give later tests, and
+    the processes they fork, the level they had."""
+    logger = logging.getLogger("scripts")
+    level = logger.level
+    yield
+    logger.setLevel(level)
 
 def load(name: str):
     spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
