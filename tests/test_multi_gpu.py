@@ -162,7 +162,7 @@ def test_override_runs_the_base_configs_preflight_and_steps(base, ddp):
     assert merged["initialize"] == DDP_INITIALIZE and single["initialize"] == [DDP_INITIALIZE[0], DDP_INITIALIZE[3]]
     assert not any(k.split("#")[0] == "preflight" for k in override), "the pre-flight is the base config's"
     assert merged["run"] == single["run"]
-    assert merged["finalize"] == single["finalize"] + ["$dist.is_initialized() and dist.destroy_process_group()"]
+    assert merged["finalize"] == single["finalize"] + ["$scripts.workflows.finish_distributed()"]
     assert merged["validate"]["handlers"] == single["validate"]["handlers"]
     assert not any(k.endswith("#_disabled_") for k in override)
     if ddp == "multi_gpu_train.json":

@@ -9,7 +9,7 @@
 - ``measurement``: the objects of an inference folder's label maps, measured (``configs/measure.json``).
 """
 
-from .distributed import init_distributed, release_others, wait_for_rank0
+from .distributed import finish_distributed, init_distributed, release_others, wait_for_rank0
 from .fault_tolerant import FAILED_KEY, FaultTolerantDataset, root_cause
 from .inference_plan import REPORT_NAME, InferencePlan, picture_folder
 from .inference_report import InferenceFailed, InferenceReport
@@ -34,6 +34,7 @@ __all__ = [
     "MeasurementFailed",
     "TrainingPreflight",
     "checkpoint_to_resume",
+    "finish_distributed",
     "init_distributed",
     "output_name_formatter",
     "picture_folder",

@@ -7,7 +7,7 @@ import logging
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_distributed", "release_others", "wait_for_rank0"]
+__all__ = ["finish_distributed", "init_distributed", "release_others", "wait_for_rank0"]
 
 
 def init_distributed(backend: str, device: torch.device) -> None:
@@ -37,3 +37,12 @@ def release_others(local_rank: int) -> None:
         dist.barrier()
     if local_rank == 0:
         dist.barrier()
+
+
+def finish_distributed() -> None:
+    """Leave the process group together (``finalize``): a barrier first, so that no rank tears its connections down
+    while rank 0 still runs its end-of-run handlers (a rank that did so could abort at exit: "terminate called
+    without an active exception", seen once with gloo on a CPU)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
