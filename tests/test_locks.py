@@ -59,6 +59,30 @@ def test_the_lock_is_reentrant_within_a_process_and_released_on_request(tmp_path
     again.release()
 
 
+def test_another_lock_object_of_the_holding_process_shares_the_lock(tmp_path):
+    """A second lock object of the process that holds the folder (v0.9.0 dry run: a second in-process
+    ``monai.bundle.load(..., workflow_type="inference")`` refused "in use by another inference" naming its own pid)
+    shares it; another process is still refused while the first object holds it."""
+    from scripts.errors import RunFolderError
+    from scripts.locks import FolderLock
+
+    first = FolderLock(tmp_path).acquire()
+    second = FolderLock(tmp_path).acquire()
+    assert first.held and second.held
+    second.release()
+    proc = subprocess.run([sys.executable, "-c", HOLD.format(bundle=str(REPO / "bundle")), str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "RunFolderError" in proc.stderr and f"pid {os.getpid()} on " in proc.stderr
+    first.release()
+    holder = _holder(tmp_path)  # released: another process takes it, and this one is refused again
+    try:
+        with pytest.raises(RunFolderError, match=f"pid {holder.pid} on "):
+            FolderLock(tmp_path).acquire()
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=30)
+
+
 @pytest.mark.parametrize("workflow", ["training", "inference"])
 def test_a_workflow_into_a_folder_another_process_holds_is_refused_before_writing(tmp_path, workflow):
     """The real workflow (``python -m monai.bundle run``) meets a folder another process holds: exit 1, the holder

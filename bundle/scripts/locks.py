@@ -39,6 +39,7 @@ class FolderLock:
         self.purpose = purpose
         self.path = self.folder / LOCK_NAME
         self._fd: int | None = None
+        self._shared = False  # held by another lock object of this process
 
     def acquire(self) -> "FolderLock":
         """Take the lock.
@@ -62,6 +63,11 @@ class FolderLock:
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
+            if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+                # this process holds it already (another lock object, e.g. of a workflow built earlier in this
+                # process, such as a second monai.bundle.load(...)): one run per folder is a rule between processes
+                self._shared = True
+                return self
             raise RunFolderError(
                 f"{self.folder} is in use by another {holder.get('purpose', 'run')} ({_describe(holder)}); one run per "
                 f"folder: wait for it to end, or give this run another folder (--bundle_root for training, "
@@ -87,10 +93,12 @@ class FolderLock:
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return self._fd is not None or self._shared
 
     def release(self) -> None:
-        """Release the lock (the file stays; the next run reuses it)."""
+        """Release the lock (the file stays; the next run reuses it); a lock shared with another object of this
+        process stays with that object."""
+        self._shared = False
         if self._fd is not None:
             import fcntl
 
