@@ -30,7 +30,6 @@ The description, in the spec's own vocabulary:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -59,6 +58,7 @@ from scripts.export.weights import (
 )
 from scripts.inferers.tiling import ceil_to, context_margins, network_grid
 from scripts.networks import build_network, is_buildable, read_checkpoint
+from scripts.networks.pinned import file_sha256
 
 __all__ = ["CITATIONS", "FORMAT_VERSION", "LICENSE", "PACKAGE_FILES", "export_bioimageio", "package_description"]
 
@@ -114,14 +114,6 @@ TAGS = [
     "pytorch",
     "monai",
 ]
-
-
-def _sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _torch_version() -> str:
@@ -448,7 +440,7 @@ def export_bioimageio(
 
     metadata = _metadata()
     card = metadata.get("pretrained_model") or {}
-    model_card = card if card.get("sha256") == _sha256(model) else None
+    model_card = card if card.get("sha256") == file_sha256(model) else None
     files = {
         "test_input": "test_input.npy",
         "test_output": "test_output.npy",
@@ -497,7 +489,7 @@ def export_bioimageio(
         _documentation(name, class_names, intensity_max, halo, size_min, div, model, model_card, command),
         encoding="utf-8",
     )
-    sha256 = {role: _sha256(out_dir / f) for role, f in files.items()}
+    sha256 = {role: file_sha256(out_dir / f) for role, f in files.items()}
     rdf = package_description(
         name=name,
         description=(
