@@ -34,7 +34,7 @@ import scripts.losses  # noqa: F401
 import scripts.metrics  # noqa: F401
 import scripts.networks  # noqa: F401
 import scripts.transforms  # noqa: F401
-from bundle_runner import CONFIGS, TINY
+from bundle_runner import CONFIGS, TINY, assert_identical
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="forks the training runs")
 
@@ -135,21 +135,6 @@ def _final_state(root: Path) -> dict:
     return {"checkpoint": ckpt, "model.pt": best}
 
 
-def _assert_identical(a, b, where: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), f"{where} differs"
-    elif isinstance(a, dict):
-        assert set(a) == set(b), f"{where}: keys {sorted(set(a) ^ set(b))}"
-        for k in a:
-            _assert_identical(a[k], b[k], f"{where}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), f"{where}: lengths"
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_identical(x, y, f"{where}/{i}")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, synthetic_dataset):
     root = tmp_path_factory.mktemp("reference")
@@ -193,4 +178,4 @@ def test_kill_anywhere_and_resume_is_exact(reference, synthetic_dataset, tmp_pat
             torch.load(path, map_location="cpu", weights_only=True)
         again = {"resume": True} if has_checkpoint else {"overwrite": True}
         assert _fork(str(root), str(synthetic_dataset), None, None, **again) == 0, f"resume after tick {n} ({ticks[n - 1]})"
-        _assert_identical(_final_state(root), expected, f"killed at tick {n} ({ticks[n - 1]})")
+        assert_identical(_final_state(root), expected, f"killed at tick {n} ({ticks[n - 1]})")

@@ -25,7 +25,7 @@ import torch
 from monai.bundle import ConfigParser
 from PIL import Image
 
-from bundle_runner import BUNDLE, CONFIGS
+from bundle_runner import BUNDLE, CONFIGS, assert_identical
 from scripts.errors import UserError
 from scripts.networks import (CheckpointMismatchError, ModelFileError, ModelInfo, UNet, XNet, build_network,
                               finetune_network, network_config)
@@ -258,19 +258,5 @@ def test_a_fine_tuning_run_through_the_configs_resumes_exactly(two_class_data, u
     assert "is not read again" in "".join(capfd.readouterr())
     for name in ("checkpoint_epoch=2.pt", "model.pt"):
         a, b = (torch.load(r / "models" / name, weights_only=True) for r in (whole, killed))
-        _assert_identical(a, b, name)
+        assert_identical(a, b, name)
 
-
-def _assert_identical(a, b, where: str) -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), f"{where} differs"
-    elif isinstance(a, dict):
-        assert set(a) == set(b), f"{where}: keys {sorted(set(a) ^ set(b))}"
-        for k in a:
-            _assert_identical(a[k], b[k], f"{where}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), f"{where}: lengths"
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_identical(x, y, f"{where}/{i}")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
