@@ -36,8 +36,8 @@ from scripts.data.io import write_png
 from scripts.data.synthetic import make_sample
 from scripts.inferers import OverlapTileInferer
 from scripts.networks import ModelInfo, XNet, network_from_checkpoint
-from scripts.volumes import (BlockLedger, SectionPredictor, VolumeError, VolumeJob, open_volume, read_record,
-                             state_folder, write_ome_zarr)
+from scripts.volumes import (BlockLedger, SectionPredictor, VolumeError, VolumeJob, default_output, open_volume,
+                             read_record, state_folder, write_ome_zarr)
 
 zarr = pytest.importorskip("zarr")
 h5py = pytest.importorskip("h5py")
@@ -344,6 +344,40 @@ def test_hdf5_input_and_a_label_image_next_to_an_ome_zarr_0_5_input(case, tmp_pa
     assert state_folder(image / "labels" / "cells") == tmp_path / "vol5.zarr.labels-cells.blocks"
 
 
+def test_tiff_and_nifti_stacks_run_on_dask_with_their_pixel_size_and_spacing(case, tmp_path):
+    """A multi-page ImageJ TIFF, an OME-TIFF and a 3-D NIfTI are volumes too: read page by page, the same labels as
+    the OME-Zarr (and so as the single-process inference), pixel size and section spacing in the output."""
+    nib = pytest.importorskip("nibabel")
+    imagej = tmp_path / "stack.tif"
+    tifffile.imwrite(imagej, case["volume"], imagej=True, resolution=(100.0, 100.0),
+                     metadata={"axes": "ZYX", "unit": "um", "spacing": 0.05})
+    ome = tmp_path / "stack.ome.tif"
+    tifffile.imwrite(ome, case["volume"], metadata={"axes": "ZYX", "PhysicalSizeX": 10.0, "PhysicalSizeXUnit": "nm",
+                                                     "PhysicalSizeY": 10.0, "PhysicalSizeYUnit": "nm",
+                                                     "PhysicalSizeZ": 50.0, "PhysicalSizeZUnit": "nm"})
+    nifti = tmp_path / "stack.nii.gz"
+    image = nib.Nifti1Image(np.ascontiguousarray(case["volume"].transpose(2, 1, 0)), np.diag([0.01, 0.01, 0.05, 1]))
+    image.header.set_xyzt_units("micron")
+    nib.save(image, nifti)
+    predictor = _predictor(case, probability_dtype=None)
+    for path, kind in ((imagej, "imagej"), (ome, "ome"), (nifti, "nifti")):
+        source = open_volume(path)
+        assert (source.kind, source.shape, source.chunk_sections) == (kind, (SECTIONS, SIZE, SIZE), 1)
+        assert source.scale == pytest.approx(SCALE) and source.units == ("micrometer",) * 3
+        output = tmp_path / f"{kind}_seg.ome.zarr"
+        job = _job(case, output, input=path, save_probabilities=False).prepare()
+        assert job.pending == list(range(SECTIONS))
+        for block in job.pending:
+            job.run_block(block, predictor)
+        np.testing.assert_array_equal(_read(output)[0], case["labels"])
+        scale = zarr.open_group(store=str(output), mode="r").attrs.asdict()["multiscales"][0]["datasets"][0]
+        assert scale["coordinateTransformations"][0]["scale"] == pytest.approx(list(SCALE))
+    assert default_output(imagej, "out") == str(Path("out") / "stack_seg.ome.zarr")
+    assert default_output(ome, "out") == str(Path("out") / "stack_seg.ome.zarr")
+    with pytest.raises(VolumeError, match=r"1 channel\(s\) per section but the model takes 3"):
+        open_volume(imagej, in_channels=3)
+
+
 def test_16_bit_sections_are_scaled_as_the_2d_inference_scales_each_file(case, tmp_path):
     """intensity_rule auto on 12-bit data in uint16: each section by its own percentiles, as each 16-bit file."""
     rng = np.random.default_rng(1)
@@ -419,7 +453,7 @@ def test_existing_outputs_are_resumed_refused_or_replaced(case, tmp_path):
         _job(case, tmp_path / "folder", overwrite=True).prepare()
     with pytest.raises(VolumeError, match="written into the input"):
         _job(case, case["root"] / "vol.zarr" / "out").prepare()
-    with pytest.raises(VolumeError, match="not a zarr or HDF5 volume"):
+    with pytest.raises(VolumeError, match=r"not a volume \(a 2-D image .*or a stack file \(\.tif"):
         open_volume(case["root"] / "sections" / "s0.png")
     with pytest.raises(VolumeError, match="2 3-D datasets"):
         with h5py.File(tmp_path / "two.h5", "w") as f:

@@ -21,7 +21,7 @@ from xml.etree import ElementTree
 
 from .io import image_extension
 
-__all__ = ["MAX_PIXEL_SIZE_NM", "PixelSize", "read_pixel_size"]
+__all__ = ["MAX_PIXEL_SIZE_NM", "PixelSize", "read_pixel_size", "unit_nm"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,15 @@ class PixelSize:
     def as_setting(self) -> list[float]:
         """``[y_nm, x_nm]``, as recorded in the measurement report."""
         return [self.y_nm, self.x_nm]
+
+
+def unit_nm(length: float, unit: str) -> float | None:
+    """``length`` in ``unit`` (OME, ImageJ or NIfTI spelling) as nanometres; ``None`` for an unknown unit or a
+    length that is not a positive number (a section spacing of the metadata)."""
+    scale = _NM_PER_UNIT.get(unit.strip().lower())
+    if scale is None or not math.isfinite(length) or length <= 0:
+        return None
+    return scale * length
 
 
 def _nm(per_unit: float, unit: str) -> float | None:

@@ -4,8 +4,8 @@ A :class:`StackSource` is what the bundle knows of an image file beyond one 2D p
 holds (1 for a 2D image), their size, their **channels** and pixel type, and its **calibration** (pixel size, section
 spacing, as written in the file). :meth:`StackSource.section` reads one section, ``(H, W)`` grey or ``(H, W, C)``,
 in the file's row/column orientation (as :func:`scripts.data.read_image` returns 2D images); nothing else is read, so
-a stack of any length never loads whole. (OME-Zarr, zarr and HDF5 volumes are read in blocks of sections by
-:mod:`scripts.volumes`, the Dask route of ``configs/volume.json``.)
+a stack of any length never loads whole. (:mod:`scripts.volumes`, the Dask route of ``configs/volume.json``, reads
+OME-Zarr, zarr and HDF5 volumes in blocks of sections, and these stacks through this class.)
 
 Sections and channels are told apart by the file's structure, never by the array's shape alone:
 

@@ -37,7 +37,7 @@ from scripts.transforms.save_probabilities import PROBABILITY_DTYPES
 from .blocks import BlockLedger, block_ranges, state_folder
 from .ome_zarr import NGFF_VERSIONS, create_output, label_image_parent, list_label, read_record, write_block
 from .predict import section_value_range
-from .sources import VolumeError, VolumeSource, is_zarr, open_volume
+from .sources import HDF5_EXTENSIONS, VolumeError, VolumeSource, is_zarr, open_volume
 
 __all__ = ["VolumeJob", "default_output"]
 
@@ -65,9 +65,9 @@ _SETTINGS = (
 
 
 def default_output(input: str | os.PathLike, output_dir: str | os.PathLike) -> str:
-    """``<output_dir>/<input name without .zarr/.ome.zarr/.h5...>_seg.ome.zarr``, volume.json's default."""
+    """``<output_dir>/<input name without .zarr/.ome.zarr/.h5/.tif...>_seg.ome.zarr``, volume.json's default."""
     name = Path(str(input).rstrip("/")).name
-    for ext in (".ome.zarr", ".zarr", ".hdf5", ".h5", ".hdf", ".he5"):
+    for ext in (".ome.zarr", ".zarr", *HDF5_EXTENSIONS, ".ome.tiff", ".ome.tif", ".tiff", ".tif", ".nii.gz", ".nii"):
         if name.lower().endswith(ext):
             name = name[: -len(ext)]
             break

@@ -1,4 +1,5 @@
-"""Volumes read lazily, a block of sections at a time: OME-Zarr (NGFF 0.4 and 0.5), plain zarr arrays, HDF5.
+"""Volumes read lazily, a block of sections at a time: OME-Zarr (NGFF 0.4 and 0.5), plain zarr arrays, HDF5, and
+the stacks of :mod:`scripts.data.stacks` (multi-page TIFF, ImageJ hyperstack, OME-TIFF, 3-D NIfTI).
 
 :func:`open_volume` looks at a volume's metadata only (shape, pixel type, chunks, pixel size); the pixels are read by
 :meth:`VolumeSource.read`, which asks the store for the chunks that hold the requested sections and nothing else
@@ -7,7 +8,9 @@ cheap to pickle (its path and key): each Dask worker opens the store itself on i
 
 Layouts: an OME-Zarr image ``(t, c, z, y, x)`` with any of ``t`` (size 1) and ``c`` (the model's channels) and its
 full-resolution level (``datasets[0]``, or ``key`` naming a level); a zarr array or HDF5 dataset ``(z, y, x)``
-(``key``: the array's path inside a zarr group or HDF5 file; default: the only 3-D one). Sections are the ``z`` axis.
+(``key``: the array's path inside a zarr group or HDF5 file; default: the only 3-D one); a stack file's sections
+(page by page: :class:`scripts.data.stacks.StackSource`, the same reader as the single-process route), its pixel size
+and section spacing from the file's metadata. Sections are the ``z`` axis.
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scripts.data.stacks import STACK_EXTENSIONS
 from scripts.errors import UserError
 
-__all__ = ["HDF5_EXTENSIONS", "VolumeError", "VolumeSource", "is_zarr", "ngff_attrs", "open_volume"]
+__all__ = ["HDF5_EXTENSIONS", "STACK_KINDS", "VolumeError", "VolumeSource", "is_zarr", "ngff_attrs", "open_volume"]
 
 #: File name endings read as HDF5.
 HDF5_EXTENSIONS: tuple[str, ...] = (".h5", ".hdf5", ".hdf", ".he5")
+#: The kinds of a stack file's source (:attr:`scripts.data.stacks.StackSource.format`).
+STACK_KINDS: tuple[str, ...] = ("tiff", "imagej", "ome", "nifti")
 
 
 class VolumeError(UserError, ValueError):
@@ -55,7 +61,7 @@ class VolumeSource:
 
     Attributes:
         path, key: where it is (``key``: the array inside the zarr group or HDF5 file).
-        kind: ``"ome-zarr"``, ``"zarr"`` or ``"hdf5"``.
+        kind: ``"ome-zarr"``, ``"zarr"``, ``"hdf5"``, or a stack file's format (:data:`STACK_KINDS`).
         shape: ``(z, y, x)``; channels: the ``c`` axis's size (1 without one).
         dtype: the stored pixel type (the intensity rule's input, as for a 2-D file).
         chunk_sections: the store's chunk size along ``z`` (1 for a contiguous HDF5 dataset).
@@ -87,9 +93,14 @@ class VolumeSource:
 
     @property
     def array(self) -> Any:
-        """The stored array (a zarr array or an h5py dataset), opened read-only on first use in this process."""
+        """The stored array (a zarr array, an h5py dataset, or a stack file's :class:`StackSource`), opened
+        read-only on first use in this process."""
         if self._array is None:
-            if self.kind == "hdf5":
+            if self.kind in STACK_KINDS:
+                from scripts.data.stacks import open_stack
+
+                self._array = self._file = open_stack(self.path)
+            elif self.kind == "hdf5":
                 import h5py
 
                 self._file = h5py.File(self.path, "r")
@@ -102,7 +113,10 @@ class VolumeSource:
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Sections ``start..stop-1`` as ``(n, y, x)`` or, with a ``c`` axis, ``(n, c, y, x)``, in the stored pixel
-        type; only the chunks holding them are read."""
+        type; only the chunks (a stack file: the pages) holding them are read."""
+        if self.kind in STACK_KINDS:
+            block = np.stack([self.array.section(k) for k in range(start, stop)])
+            return np.moveaxis(block, -1, 1) if block.ndim == 4 else block  # (n, y, x, c) -> (n, c, y, x)
         index = tuple(slice(start, stop) if a == "z" else (0 if a == "t" else slice(None)) for a in self.axes)
         block = np.asarray(self.array[index])
         if "c" in self.axes:  # stored (c, z, y, x) after dropping t: sections first
@@ -130,7 +144,7 @@ def open_volume(path: str | os.PathLike, key: str | None = None, in_channels: in
     """Look at a volume's metadata (see the module docstring); nothing is read of its pixels.
 
     Args:
-        path: an OME-Zarr image, a zarr array (or group with ``key``), or an HDF5 file.
+        path: an OME-Zarr image, a zarr array (or group with ``key``), an HDF5 file, or a stack file.
         key: the array inside (zarr group path, HDF5 dataset, or an OME-Zarr level such as ``"1"``); default: the
             OME-Zarr's full resolution, the only 3-D array of a group or file.
         in_channels: the model's channels, which an OME-Zarr ``c`` axis must match.
@@ -141,6 +155,8 @@ def open_volume(path: str | os.PathLike, key: str | None = None, in_channels: in
     """
     path = str(path)
     key = None if key is None else str(key)  # a level given on the command line as a number
+    if Path(path).name.lower().endswith(STACK_EXTENSIONS) and not Path(path).is_dir():
+        return _open_stack_file(path, in_channels)
     if Path(path).name.lower().endswith(HDF5_EXTENSIONS):
         if not Path(path).is_file():
             raise VolumeError(f"{path}: no such HDF5 file; give --input an existing .h5 file (or an OME-Zarr folder).")
@@ -152,8 +168,9 @@ def open_volume(path: str | os.PathLike, key: str | None = None, in_channels: in
             else "no such file or folder"
         )
         raise VolumeError(
-            f"{path}: not a zarr or HDF5 volume ({hint}); --input takes an OME-Zarr image (.zarr folder), a zarr "
-            f"array, or an HDF5 file ({', '.join(HDF5_EXTENSIONS)}) with --volume_key naming its dataset."
+            f"{path}: not a volume ({hint}); --input takes an OME-Zarr image (.zarr folder), a zarr array, an HDF5 "
+            f"file ({', '.join(HDF5_EXTENSIONS)}) with --volume_key naming its dataset, or a stack file "
+            f"({', '.join(STACK_EXTENSIONS)})."
         )
     return _open_zarr(path, key, in_channels)
 
@@ -260,6 +277,52 @@ def _check_3d(path: str, key: str | None, shape: Sequence[int]) -> None:
             f"{where}: an array of shape {list(shape)}; the volume inference takes a (z, y, x) array (a volume with "
             "channels: an OME-Zarr image with a c axis)."
         )
+
+
+def _open_stack_file(path: str, in_channels: int) -> VolumeSource:
+    """A multi-page TIFF / OME-TIFF / 3-D NIfTI: its layout from :func:`scripts.data.stacks.open_stack` (pages, not
+    the pixels), its pixel size from :func:`scripts.data.pixel_size.read_pixel_size` and its section spacing from
+    the ImageJ ``spacing`` or the OME ``PhysicalSizeZ``, in micrometres."""
+    from scripts.data.pixel_size import read_pixel_size, unit_nm
+    from scripts.data.stacks import StackError, open_stack
+
+    if not Path(path).is_file():
+        raise VolumeError(f"{path}: no such stack file; give --input an existing file (or an OME-Zarr folder).")
+    try:
+        with open_stack(path) as stack:
+            shape, channels, dtype, kind = (stack.sections, *stack.size), stack.channels, stack.dtype, stack.format
+            calibration = stack.calibration()
+    except StackError as e:
+        raise VolumeError(str(e)) from None
+    if channels != in_channels:
+        raise VolumeError(
+            f"{path}: {channels} channel(s) per section but the model takes {in_channels}; give a stack with "
+            f"{in_channels} channel(s), or a model trained with in_channels={channels}."
+        )
+    scale, units = [1.0, 1.0, 1.0], [None, None, None]
+    pixel = read_pixel_size(path)
+    if pixel is not None:
+        scale[1:], units[1:] = [pixel.y_nm / 1e3, pixel.x_nm / 1e3], ["micrometer", "micrometer"]
+    ome = calibration.get("ome") or {}
+    spacing_nm = None
+    if ome.get("PhysicalSizeZ"):
+        spacing_nm = unit_nm(float(ome["PhysicalSizeZ"]), ome.get("PhysicalSizeZUnit", "µm"))
+    elif calibration.get("spacing") and calibration.get("unit"):
+        spacing_nm = unit_nm(float(calibration["spacing"]), str(calibration["unit"]))
+    if spacing_nm is not None:
+        scale[0], units[0] = spacing_nm / 1e3, "micrometer"
+    return VolumeSource(
+        path=path,
+        key=None,
+        kind=kind,
+        shape=tuple(int(s) for s in shape),
+        channels=int(channels),
+        dtype=str(dtype),
+        chunk_sections=1,
+        scale=tuple(scale),
+        units=tuple(units),
+        axes="zyx" if channels == 1 else "zcyx",
+    )
 
 
 def _open_hdf5(path: str, key: str | None) -> VolumeSource:
