@@ -6,6 +6,7 @@ model as the only change).
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -94,3 +95,23 @@ def test_ckpt_export_command_with_a_model_of_another_width(tmp_path):
     x = torch.rand(1, 1, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(torch.jit.load(str(tmp_path / "models" / "model.ts"))(x), net(x))
+
+
+def test_label_efficiency_command_is_the_drivers(tmp_path):
+    """finetune.md's label-efficiency command parses with benchmarks/label_efficiency.py's options (its datalist
+    replaced by a prepared-looking one beside a classes.json): budgets, epochs and the shipped model as written."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_label_efficiency", REPO / "benchmarks" / "label_efficiency.py")
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    words = shlex.split(command(REPO / "bundle" / "docs" / "finetune.md", "python benchmarks/label_efficiency.py"))
+    assert words[1] == "benchmarks/label_efficiency.py"
+    (tmp_path / "datalist.json").write_text("{}")
+    (tmp_path / "classes.json").write_text(json.dumps({"classes": [{"index": 1, "name": "membrane"},
+                                                                   {"index": 0, "name": "rest"}]}))
+    argv = words[2:]
+    argv[argv.index("--datalist") + 1] = str(tmp_path / "datalist.json")
+    args = driver.parse_args(argv)
+    assert args.budgets == ["1", "2", "4", "all"] and args.epochs == 40 and args.class_names == ["rest", "membrane"]
+    assert Path(args.finetune_from) == REPO / "bundle" / "models" / "pretrained" / "model.pt"
