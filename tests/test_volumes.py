@@ -400,6 +400,40 @@ def test_16_bit_sections_are_scaled_as_the_2d_inference_scales_each_file(case, t
     assert {f["intensity"]["rule"] for f in report["files"]} == {"percentile"}
 
 
+def test_a_model_s_training_statistics_and_a_stack_s_one_range_as_the_single_process_routes(case, tmp_path):
+    """A model that records its training images' statistics (as the shipped one): a 16-bit OME-Zarr gives each
+    section the labels of that section as a 16-bit file, and a 16-bit TIFF stack the labels of ``run inference`` on
+    that stack (one range for the whole stack, from a few of its sections)."""
+    saved = torch.load(case["model"], weights_only=True)
+    stats = {"percentiles": [0.5, 99.5], "range": [0.15, 0.85], "dtypes": ["uint8"], "images": 4}
+    saved["model_info"]["intensity_statistics"] = stats
+    torch.save(saved, tmp_path / "model.pt")
+    rng = np.random.default_rng(2)
+    volume = (case["volume"][:3].astype(np.uint16) * 16 + rng.integers(0, 16, (3, SIZE, SIZE))).astype(np.uint16)
+    volume[1] //= 2  # another exposure: another range per section, one for the stack
+    for i, section in enumerate(volume):
+        write_png(tmp_path / "png16" / f"s{i}.png", section)
+    (tmp_path / "stack").mkdir()
+    tifffile.imwrite(tmp_path / "stack" / "vol16.tif", volume, imagej=True, metadata={"axes": "ZYX"})
+    _single_process(tmp_path, tmp_path / "png16", tmp_path / "single")
+    _single_process(tmp_path, tmp_path / "stack", tmp_path / "single_stack")
+    report = json.loads((tmp_path / "single" / "inference_report.json").read_text())
+    assert {f["intensity"]["rule"] for f in report["files"]} == {"matched"}
+    per_file = np.stack([np.asarray(Image.open(tmp_path / "single" / f"s{i}_seg.png")) for i in range(3)])
+    per_stack = tifffile.imread(tmp_path / "single_stack" / "vol16_seg.tif")
+    case = {**case, "model": tmp_path / "model.pt"}
+    predictor = _predictor(case)
+    zarr_input = write_ome_zarr(tmp_path / "vol16.zarr", volume, chunks=(1, SIZE, SIZE))
+    for name, source, reference in (("zarr", zarr_input, per_file), ("tiff", tmp_path / "stack" / "vol16.tif", per_stack)):
+        output = tmp_path / f"{name}_out.ome.zarr"
+        job = _job(case, output, input=source, intensity_statistics=stats).prepare()
+        assert (job.value_range is None) == (name == "zarr")  # per section vs one range for the stack
+        for block in job.pending:
+            job.run_block(block, predictor)
+        np.testing.assert_array_equal(_read(output)[0], reference)
+    assert read_record(tmp_path / "tiff_out.ome.zarr")["value_range"] == job.value_range
+
+
 def test_a_block_that_dies_mid_write_is_written_again_and_a_marked_one_never(case, tmp_path, monkeypatch):
     import scripts.volumes.job as job_module
 

@@ -2,7 +2,8 @@
 the workers.
 
 :meth:`VolumeJob.prepare` (the driver, before the model loads) opens the input lazily (:func:`open_volume`), checks
-the first section against the intensity rule, takes the output's lock, and decides what to do with an existing
+the first section against the intensity rule (a stack file: decides its one intensity range from a few of its
+sections, as the single-process stack route does), takes the output's lock, and decides what to do with an existing
 output:
 
 - none: it is created (:func:`scripts.volumes.ome_zarr.create_output`, under a temporary name renamed into place);
@@ -29,7 +30,7 @@ from typing import Any
 
 from scripts.atomic import atomic_folder, remove_leftovers
 from scripts.checks import check_positive_int
-from scripts.data.intensity import check_intensity_rule
+from scripts.data.intensity import check_intensity_rule, header_suffices, intensity_scaling
 from scripts.locks import lock_folder
 from scripts.networks.pinned import file_sha256
 from scripts.transforms.save_probabilities import PROBABILITY_DTYPES
@@ -37,7 +38,7 @@ from scripts.transforms.save_probabilities import PROBABILITY_DTYPES
 from .blocks import BlockLedger, block_ranges, state_folder
 from .ome_zarr import NGFF_VERSIONS, create_output, label_image_parent, list_label, read_record, write_block
 from .predict import section_value_range
-from .sources import HDF5_EXTENSIONS, VolumeError, VolumeSource, is_zarr, open_volume
+from .sources import HDF5_EXTENSIONS, STACK_KINDS, VolumeError, VolumeSource, is_zarr, open_volume
 
 __all__ = ["VolumeJob", "default_output"]
 
@@ -56,6 +57,7 @@ _SETTINGS = (
     "model_sha256",
     "intensity_rule",
     "intensity_max",
+    "value_range",
     "class_names",
     "probability_dtype",
     "block_sections",
@@ -83,6 +85,8 @@ class VolumeJob:
         volume_key: the array inside the input (HDF5 dataset, zarr array path, OME-Zarr level); default: the only
             volume, or an OME-Zarr's full resolution.
         in_channels, class_names, intensity_rule, intensity_max: inference.json's settings.
+        intensity_statistics: the model's training statistics (inference.json's ``intensity_statistics``): the
+            ``"auto"`` rule maps other bit depths onto them, as for a 2-D file.
         save_probabilities: also write the class probabilities (``<output>/probabilities``).
         probability_dtype: their storage (``uint8``, ``uint16``, ``float32``).
         block_sections: sections per block (one Dask task, one done-marker); default: the input's chunk size along
@@ -102,6 +106,7 @@ class VolumeJob:
         class_names: Sequence[str] = (),
         intensity_rule: str = "auto",
         intensity_max: float = 255,
+        intensity_statistics: dict | None = None,
         save_probabilities: bool = False,
         probability_dtype: str = "uint8",
         block_sections: int | None = None,
@@ -117,6 +122,8 @@ class VolumeJob:
         self.class_names = [str(c) for c in class_names]
         self.intensity_rule = check_intensity_rule(intensity_rule)
         self.intensity_max = float(intensity_max)
+        self.intensity_statistics = intensity_statistics if self.intensity_rule == "auto" else None
+        self.value_range: list[float] | None = None
         self.save_probabilities = bool(save_probabilities)
         if probability_dtype not in PROBABILITY_DTYPES:
             raise VolumeError(
@@ -156,9 +163,11 @@ class VolumeJob:
         """
         source = open_volume(self.input, self.volume_key, self.in_channels)
         self.source = source
+        self.value_range = self._stack_range(source)
         first = source.read(0, 1)[0]
         try:
-            section_value_range(first, self.intensity_rule, self.intensity_max)
+            if self.value_range is None:
+                section_value_range(first, self.intensity_rule, self.intensity_max, self.intensity_statistics)
         except ValueError as e:
             raise VolumeError(f"{source.describe()}: section 0: {e}") from None
         self._check_output_place(source)
@@ -176,6 +185,7 @@ class VolumeJob:
             "model_sha256": file_sha256(self.model) if self.model and os.path.isfile(self.model) else None,
             "intensity_rule": self.intensity_rule,
             "intensity_max": self.intensity_max,
+            "value_range": self.value_range,
             "class_names": self.class_names,
             "probability_dtype": self.probability_dtype if self.save_probabilities else None,
             "block_sections": block,
@@ -186,6 +196,24 @@ class VolumeJob:
         done = self.ledger.done()
         self.pending = [i for i in range(len(self.ranges)) if i not in done]
         return self
+
+    def _stack_range(self, source: VolumeSource) -> list[float] | None:
+        """A stack file's one intensity range, decided as the single-process stack route decides it (the pixel type,
+        else up to 8 evenly spaced sections: :func:`scripts.data.stacks.sample_pixels`); ``None`` for other inputs
+        (each section scaled as a 2-D file) and for the ``"percentile"`` rule (each section's own)."""
+        if source.kind not in STACK_KINDS or self.intensity_rule == "percentile":
+            return None
+        rule, peak, stats = self.intensity_rule, self.intensity_max, self.intensity_statistics
+        try:
+            if header_suffices(source.dtype, rule, peak, stats):
+                scaling = intensity_scaling(None, rule, peak, source.dtype, stats)
+            else:
+                from scripts.data.stacks import sample_pixels
+
+                scaling = intensity_scaling(sample_pixels(source.path), rule, peak, source.dtype, stats)
+        except ValueError as e:
+            raise VolumeError(f"{source.describe()}: {e}") from None
+        return [float(scaling.low), float(scaling.high)]
 
     def _check_output_place(self, source: VolumeSource) -> None:
         """The output is not the input nor inside it, except as a label image of an OME-Zarr input."""
@@ -290,7 +318,7 @@ class VolumeJob:
         self.ledger.log("start", block, f"{start}-{stop}")
         sections = self.source.read(start, stop)  # type: ignore[union-attr]
         try:
-            labels, probs = predictor.predict_block(list(sections))
+            labels, probs = predictor.predict_block(list(sections), self.value_range, self.intensity_statistics)
         except ValueError as e:  # e.g. the intensity rule refuses a section
             raise VolumeError(f"{self.input}: sections {start}..{stop - 1}: {e}") from None
         del sections

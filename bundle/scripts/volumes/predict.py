@@ -5,7 +5,8 @@ The steps and the transforms are inference.json's, called on the section's array
 1. the section as MONAI's loaders give a 2-D file: ``float32``, channel first, in MONAI's ``(x, y)`` order
    (``LoadImage`` reverses a file's ``(y, x)`` axes; the models are trained so);
 2. the intensity rule (:class:`scripts.transforms.ScaleIntensityByRule`): the range the pre-flight decides from the
-   stored pixel type and values (:func:`scripts.data.intensity.intensity_scaling`), or the image's own percentiles;
+   stored pixel type and values (:func:`scripts.data.intensity.intensity_scaling`, with the model's training
+   statistics), or the image's own percentiles; a stack file's one range for all its sections, as the stack route;
 3. the config's inferer (overlap-tile) on a batch of one, under ``no_grad`` (and autocast with ``amp`` on a GPU),
    as ``SupervisedEvaluator`` runs it;
 4. ``Activations(softmax)``; the probabilities stored as ``SaveProbabilityMaps`` stores them
@@ -17,7 +18,7 @@ So every section's label map (and probabilities) equals the 2-D inference of tha
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -31,13 +32,17 @@ from scripts.transforms.save_probabilities import PROBABILITY_DTYPES
 __all__ = ["SectionPredictor", "section_value_range"]
 
 
-def section_value_range(section: np.ndarray, rule: str, intensity_max: float) -> tuple[float, float] | None:
+def section_value_range(
+    section: np.ndarray, rule: str, intensity_max: float, statistics: Mapping[str, Any] | None = None
+) -> tuple[float, float] | None:
     """The ``[low, high]`` range mapped to 0..1 for one section, as inference.json's pre-flight decides it for a
-    2-D file (stored pixel type and values); ``None`` for ``"percentile"``, which the transform computes from the
-    loaded (float32) pixels, as for a file."""
+    2-D file (stored pixel type and values; under ``"auto"`` with the model's training ``statistics``: matched to
+    them for another bit depth); ``None`` for ``"percentile"``, which the transform computes from the loaded
+    (float32) pixels, as for a file."""
     if rule == "percentile":
         return None
-    scaling = intensity_scaling(section, rule, intensity_max, dtype=section.dtype)
+    stats = statistics if rule == "auto" else None
+    scaling = intensity_scaling(section, rule, intensity_max, dtype=section.dtype, statistics=stats)
     return scaling.low, scaling.high
 
 
@@ -77,10 +82,20 @@ class SectionPredictor:
         self.softmax = Activations(softmax=True)
         self.argmax = AsDiscrete(argmax=True)
 
-    def __call__(self, section: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def __call__(
+        self,
+        section: np.ndarray,
+        value_range: Sequence[float] | None = None,
+        statistics: Mapping[str, Any] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """``section`` ``(y, x)`` or ``(c, y, x)`` in its stored type -> label map ``(y, x)`` ``uint8`` and the
-        stored probabilities ``(classes, y, x)`` (``None`` without ``probability_dtype``)."""
-        value_range = section_value_range(section, self.rule, self.intensity_max)
+        stored probabilities ``(classes, y, x)`` (``None`` without ``probability_dtype``).
+
+        ``value_range``: the volume's one range (a stack file, as the single-process stack route scales it);
+        ``None``: the section's own, as for a 2-D file (:func:`section_value_range` with the model's ``statistics``).
+        """
+        if value_range is None:
+            value_range = section_value_range(section, self.rule, self.intensity_max, statistics)
         image = torch.from_numpy(np.asarray(section, dtype=np.float32))
         image = image[None] if image.ndim == 2 else image
         image = self.scaler(image.transpose(-1, -2), value_range)  # MONAI's (x, y) order, as LoadImage gives a file
@@ -99,9 +114,14 @@ class SectionPredictor:
             return arr.astype(np.float32)
         return np.rint(np.clip(arr, 0.0, 1.0) * one).astype(self.probability_dtype)
 
-    def predict_block(self, sections: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    def predict_block(
+        self,
+        sections: Sequence[np.ndarray],
+        value_range: Sequence[float] | None = None,
+        statistics: Mapping[str, Any] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Every section of a block: labels ``(n, y, x)``, probabilities ``(classes, n, y, x)`` or ``None``."""
-        results = [self(s) for s in sections]
+        results = [self(s, value_range, statistics) for s in sections]
         labels = np.stack([r[0] for r in results])
         probs = np.stack([r[1] for r in results], axis=1) if self.probability_dtype else None
         return labels, probs
