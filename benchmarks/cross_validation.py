@@ -76,17 +76,38 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+#: Options the driver sets itself: refused among the overrides.
+OWNED = {"--epochs", "--bundle_root", "--datalist_file", "--resume", "--overwrite", "--ckpt_path", "--test_key",
+         "--output_dir"}
+
+
 def settings(args: argparse.Namespace, fold: int) -> dict:
-    """What makes a fold's result: a stored result with other settings is not reused."""
+    """What makes a fold's result (and its run folder): a stored one with other settings is not reused."""
     datalist = Path(args.data) / f"datalist_fold{fold}.json"
     shipped = fold == 0 and args.fold0_model is not None
-    return {
+    out = {
         "recipe": Path(args.recipe).name,
         "epochs": SHIPPED_EPOCHS if shipped else args.epochs,
         "overrides": [] if shipped else list(args.overrides),
         "datalist_sha256": sha256(datalist),
         "model": "shipped" if shipped else "trained",
     }
+    if shipped:
+        out["model_sha256"] = sha256(Path(args.fold0_model))
+    return out
+
+
+def counts_for(stored: dict, args: argparse.Namespace) -> bool:
+    """Whether a stored fold result belongs to this study: its settings, or fold 0 as the shipped model when this
+    study is the shipped recipe at 90 epochs (a later command without ``--fold0_model`` keeps it)."""
+    try:
+        if stored["settings"] == settings(args, stored["fold"]):
+            return True
+    except FileNotFoundError:  # its datalist is gone
+        return False
+    shipped_study = (Path(args.recipe).resolve() == SHIPPED_RECIPE and args.epochs == SHIPPED_EPOCHS
+                     and not args.overrides)
+    return stored["fold"] == 0 and stored["settings"]["model"] == "shipped" and shipped_study
 
 
 def has_checkpoint(ckpt_dir: Path) -> bool:
@@ -134,6 +155,18 @@ def run(cmd: list[str], log: Path, threads: int) -> float:
     return time.monotonic() - start
 
 
+def trainer_seconds(root: Path) -> float | None:
+    """The fold's training time: every epoch's training and validation time over its training logs (a resumed
+    fold's attempts added up; start-up and a killed attempt's unfinished epoch not counted)."""
+    total, found = 0.0, False
+    for log in sorted(root.glob("train*.log")):
+        for line in log.read_text().splitlines():
+            if ("SupervisedTrainer" in line or "SupervisedEvaluator" in line) and "Complete. Time taken: " in line:
+                h, m, sec = line.split("Complete. Time taken: ")[1].split()[0].split(":")
+                total, found = total + 3600 * int(h) + 60 * int(m) + float(sec), True
+    return round(total, 1) if found else None
+
+
 def best_validation(root: Path) -> tuple[float, int] | None:
     """The best validation mIoU and its epoch, from the training log(s) of the fold."""
     best = None
@@ -146,6 +179,21 @@ def best_validation(root: Path) -> tuple[float, int] | None:
                 if best is None or value > best[0]:
                     best = (value, epoch)
     return best
+
+
+def claim_run_folder(root: Path, wanted: dict) -> None:
+    """A fold's run folder holds one training run: its settings are written before it starts, and a folder of other
+    settings (or of an unknown run) is refused, never scored or resumed under these."""
+    record = root / "cv_settings.json"
+    if record.is_file():
+        found = json.loads(record.read_text())
+        if found != wanted:
+            raise SystemExit(f"{root}: trained with other settings ({found} vs {wanted}); give another --out, or delete "
+                             "the folder to train the fold again.")
+        return
+    if root.is_dir() and any(root.iterdir()):
+        raise SystemExit(f"{root}: holds files of a run without {record.name}; give another --out, or delete the folder.")
+    write_json(record, wanted)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -166,12 +214,13 @@ def run_fold(args: argparse.Namespace, fold: int) -> dict:
             print(f"fold {fold}: done before ({results})", flush=True)
             return stored
         raise SystemExit(f"{results}: a result with other settings ({stored['settings']} vs {wanted}); give another "
-                         "--results folder, or delete the file to redo the fold.")
+                         "--results folder (and --out), or delete the file to score the fold again.")
     root = Path(args.out) / f"fold{fold}"
     done = root / "train_done.json"
     if wanted["model"] == "shipped":
         model, train = Path(args.fold0_model), {"seconds": None, "note": "the shipped model's own training run"}
     else:
+        claim_run_folder(root, wanted)
         model = root / "models" / "model.pt"
         if done.is_file():
             train = json.loads(done.read_text())
@@ -179,14 +228,15 @@ def run_fold(args: argparse.Namespace, fold: int) -> dict:
             attempt = len(list(root.glob("train*.log")))
             print(f"fold {fold}: training ({'resuming' if has_checkpoint(root / 'models') else 'new'})", flush=True)
             seconds = run(train_command(args, fold, root), root / f"train{attempt}.log", args.threads)
-            train = {"seconds": round(seconds, 1), "attempts": attempt + 1}
+            train = {"seconds": trainer_seconds(root), "last_attempt_wall_s": round(seconds, 1),
+                     "attempts": attempt + 1}
             write_json(done, train)
     print(f"fold {fold}: evaluating {model}", flush=True)
     run(evaluate_command(args, fold, root, model), root / "evaluate.log", args.threads)
     run(refinement_command(args, fold, root, model), root / "refinement.log", args.threads)
     metrics = json.loads((root / "eval_sections" / "metrics.json").read_text())
     refinement = json.loads((root / "refinement_sections.json").read_text())
-    best = best_validation(root)
+    best = None if wanted["model"] == "shipped" else best_validation(root)
     datalist = json.loads((Path(args.data) / f"datalist_fold{fold}.json").read_text())
     result = {
         "fold": fold,
@@ -288,6 +338,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="after --: bundle overrides for training and evaluation (e.g. -- --features '[8,16]')")
     args = ap.parse_args(argv)
     args.overrides = [o for o in args.overrides if o != "--"]
+    owned = sorted(OWNED & {o.split("=")[0] for o in args.overrides})
+    if owned:
+        raise SystemExit(f"{', '.join(owned)}: set by the driver (--epochs, --data, --out); not among the overrides.")
     missing = [k for k in args.folds if not (Path(args.data) / f"datalist_fold{k}.json").is_file()]
     if missing:
         raise SystemExit(f"{args.data}: no datalist_fold{missing[0]}.json; prepare the folds first: python -m "
@@ -301,8 +354,11 @@ def main(argv: list[str] | None = None) -> dict:
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
         folds = list(pool.map(lambda k: run_fold(args, k), args.folds))
     present = [json.loads(p.read_text()) for p in sorted(Path(args.results).glob("fold*.json"))]
-    # every finished fold of this study, also those run by an earlier command (same settings only)
-    report = summarize([r for r in present if r["settings"] == settings(args, r["fold"])])
+    kept = [r for r in present if counts_for(r, args)]
+    left_out = sorted({r["fold"] for r in present} - {r["fold"] for r in kept})
+    if left_out:  # every finished fold of this study counts, also those of earlier commands; others are named
+        print(f"summary: fold(s) {left_out} in {args.results} have other settings; left out", flush=True)
+    report = summarize(kept)
     report["command"] = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(argv)
     table = markdown(report)
     write_json(Path(args.json or Path(args.results) / "summary.json"), report)

@@ -375,17 +375,23 @@ def summarize(units: list[dict]) -> dict:
                                                       "time_budget_s", "best_val_mean_iou")}
         ft = arms.get("finetune")
         for arm, key in (("scratch_epochs", "beats_scratch_epochs"), ("scratch_time", "beats_scratch_time")):
-            row[key] = None if ft is None or arm not in arms else ft["mean_iou"] > arms[arm]["mean_iou"]
+            scores = None if ft is None or arm not in arms else (ft["mean_iou"], arms[arm]["mean_iou"])
+            row[key] = None if scores is None or None in scores else scores[0] > scores[1]
         rows.append(row)
     verdicts = [r[k] for r in rows for k in ("beats_scratch_epochs", "beats_scratch_time")]
     target = None if not rows or None in verdicts else all(verdicts)
     return {"rows": rows, "target_met": target}
 
 
+def _num(value) -> str:
+    """A score for the table; ``n/a`` for a class absent from both the labels and the predictions."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def markdown(report: dict) -> str:
     def cell(row: dict, arm: str) -> str:
         a = row["arms"].get(arm)
-        return "" if a is None else f"{a['mean_iou']:.4f} ({a['epochs_run']} ep, {a['train_seconds']:g} s)"
+        return "" if a is None else f"{_num(a['mean_iou'])} ({a['epochs_run']} ep, {a['train_seconds']:g} s)"
 
     def yes(v) -> str:
         return "n/a" if v is None else "yes" if v else "no"
@@ -401,7 +407,7 @@ def markdown(report: dict) -> str:
               "|---|---|" + "---|" * len(classes)]
     for r in report["rows"]:
         for arm, a in r["arms"].items():
-            lines.append(f"| {r['budget']} | {arm} | " + " | ".join(f"{a['iou'][c]:.4f}" for c in classes) + " |")
+            lines.append(f"| {r['budget']} | {arm} | " + " | ".join(_num(a["iou"].get(c)) for c in classes) + " |")
     target = {None: "incomplete", True: "met", False: "not met"}[report["target_met"]]
     lines.append(f"\nTest mIoU (epochs run, training seconds). Target (fine-tuned beats scratch at every budget, at "
                  f"equal epochs and equal time): {target}.")

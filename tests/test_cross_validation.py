@@ -66,6 +66,21 @@ def test_fold0_model_only_stands_for_the_shipped_recipe(cv, prepared, tmp_path):
                  "--out", str(tmp_path / "o"), "--results", str(tmp_path / "r")])
     with pytest.raises(SystemExit, match="no datalist_fold0.json"):
         cv.main(["--data", str(tmp_path), "--out", str(tmp_path / "o"), "--results", str(tmp_path / "r")])
+    with pytest.raises(SystemExit, match="--epochs: set by the driver"):
+        cv.main(["--data", str(prepared), "--out", str(tmp_path / "o"), "--results", str(tmp_path / "r"), "--",
+                 "--epochs", "3"])
+
+
+def test_a_run_folder_of_other_settings_is_refused(cv, tmp_path):
+    root = tmp_path / "fold1"
+    cv.claim_run_folder(root, {"epochs": 1})
+    cv.claim_run_folder(root, {"epochs": 1})  # the same study: its folder
+    with pytest.raises(SystemExit, match="trained with other settings"):
+        cv.claim_run_folder(root, {"epochs": 2})
+    (tmp_path / "fold2").mkdir()
+    (tmp_path / "fold2" / "train0.log").write_text("")
+    with pytest.raises(SystemExit, match="holds files of a run without cv_settings.json"):
+        cv.claim_run_folder(tmp_path / "fold2", {"epochs": 1})
 
 
 @pytest.mark.slow
@@ -97,7 +112,20 @@ def test_two_folds_train_score_and_are_reused(cv, prepared, tmp_path, capsys):
     assert again["summary"] == report["summary"]
     assert {k: (out / f"fold{k}" / "models" / "model.pt").stat().st_mtime_ns for k in (0, 1)} == stamps
 
-    # other settings into the same results folder: refused, the fold's result kept
+    # other settings into the same results folder: refused, the fold's result kept; into other results but the same
+    # run folders: refused too (the 1-epoch model is never scored as a 2-epoch one)
     with pytest.raises(SystemExit, match="a result with other settings"):
         cv.main([*argv[:8], "--epochs", "2", *TINY])
     assert json.loads((results / "fold0.json").read_text())["settings"]["epochs"] == 1
+    with pytest.raises(SystemExit, match="trained with other settings"):
+        cv.main([*argv[:5], str(tmp_path / "results2"), *argv[6:8], "--epochs", "2", *TINY])
+    assert report["per_fold"][0]["train_seconds"] > 0
+
+
+def test_the_shipped_fold_0_counts_for_a_later_command_of_the_shipped_recipe(cv, prepared):
+    shipped = {"fold": 0, "settings": {"model": "shipped", "recipe": "shipped.json"}}
+    args = cv.argparse.Namespace(data=str(prepared), recipe=str(cv.SHIPPED_RECIPE), epochs=90, overrides=[],
+                                 fold0_model=None)
+    assert cv.counts_for(shipped, args)  # e.g. `--folds 3 4` without --fold0_model
+    assert not cv.counts_for(shipped, cv.argparse.Namespace(**{**vars(args), "epochs": 30}))
+    assert not cv.counts_for({"fold": 1, "settings": {"model": "trained"}}, args)

@@ -376,6 +376,12 @@ def test_tiff_and_nifti_stacks_run_on_dask_with_their_pixel_size_and_spacing(cas
     assert default_output(ome, "out") == str(Path("out") / "stack_seg.ome.zarr")
     with pytest.raises(VolumeError, match=r"1 channel\(s\) per section but the model takes 3"):
         open_volume(imagej, in_channels=3)
+    tifffile.imwrite(tmp_path / "planar.tif", case["volume"][:3])  # stored as one RGB page: the fix is named
+    with pytest.raises(VolumeError, match=r"3 channel\(s\) per section .*save one page per section"):
+        open_volume(tmp_path / "planar.tif")
+    (tmp_path / "damaged.tif").write_bytes(b"not a tiff")
+    with pytest.raises(VolumeError, match=r"damaged.tif: cannot be read as a stack \(TiffFileError"):
+        open_volume(tmp_path / "damaged.tif")
 
 
 def test_16_bit_sections_are_scaled_as_the_2d_inference_scales_each_file(case, tmp_path):
@@ -432,6 +438,9 @@ def test_a_model_s_training_statistics_and_a_stack_s_one_range_as_the_single_pro
             job.run_block(block, predictor)
         np.testing.assert_array_equal(_read(output)[0], reference)
     assert read_record(tmp_path / "tiff_out.ome.zarr")["value_range"] == job.value_range
+    # an output scaled without the statistics (as before they were used) is not resumed with them
+    with pytest.raises(VolumeError, match=r"other settings \(intensity_statistics\)"):
+        _job(case, tmp_path / "zarr_out.ome.zarr", input=zarr_input).prepare()
 
 
 def test_a_block_that_dies_mid_write_is_written_again_and_a_marked_one_never(case, tmp_path, monkeypatch):

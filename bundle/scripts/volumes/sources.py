@@ -291,13 +291,19 @@ def _open_stack_file(path: str, in_channels: int) -> VolumeSource:
     try:
         with open_stack(path) as stack:
             shape, channels, dtype, kind = (stack.sections, *stack.size), stack.channels, stack.dtype, stack.format
-            calibration = stack.calibration()
+            calibration, depth, hint = stack.calibration(), stack.section_axis == "Z", stack.hint
     except StackError as e:
         raise VolumeError(str(e)) from None
+    except Exception as e:  # tifffile's / nibabel's own errors for a damaged file
+        raise VolumeError(
+            f"{path}: cannot be read as a stack ({type(e).__name__}: {e}); copy it again, or re-save it as a TIFF or "
+            "OME-Zarr."
+        ) from None
     if channels != in_channels:
         raise VolumeError(
-            f"{path}: {channels} channel(s) per section but the model takes {in_channels}; give a stack with "
-            f"{in_channels} channel(s), or a model trained with in_channels={channels}."
+            f"{path}: {channels} channel(s) per section but the model takes {in_channels}; "
+            + (f"{hint}; else " if hint else "")
+            + f"give a stack with {in_channels} channel(s), or a model trained with in_channels={channels}."
         )
     scale, units = [1.0, 1.0, 1.0], [None, None, None]
     pixel = read_pixel_size(path)
@@ -305,10 +311,13 @@ def _open_stack_file(path: str, in_channels: int) -> VolumeSource:
         scale[1:], units[1:] = [pixel.y_nm / 1e3, pixel.x_nm / 1e3], ["micrometer", "micrometer"]
     ome = calibration.get("ome") or {}
     spacing_nm = None
-    if ome.get("PhysicalSizeZ"):
-        spacing_nm = unit_nm(float(ome["PhysicalSizeZ"]), ome.get("PhysicalSizeZUnit", "µm"))
-    elif calibration.get("spacing") and calibration.get("unit"):
-        spacing_nm = unit_nm(float(calibration["spacing"]), str(calibration["unit"]))
+    try:  # a spacing only for sections along depth (not time points)
+        if depth and ome.get("PhysicalSizeZ"):
+            spacing_nm = unit_nm(float(ome["PhysicalSizeZ"]), ome.get("PhysicalSizeZUnit", "µm"))
+        elif depth and calibration.get("spacing") and calibration.get("unit"):
+            spacing_nm = unit_nm(float(calibration["spacing"]), str(calibration["unit"]))
+    except ValueError:  # a malformed value: no spacing, as when none is written
+        spacing_nm = None
     if spacing_nm is not None:
         scale[0], units[0] = spacing_nm / 1e3, "micrometer"
     return VolumeSource(
