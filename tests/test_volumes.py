@@ -376,7 +376,8 @@ def test_tiff_and_nifti_stacks_run_on_dask_with_their_pixel_size_and_spacing(cas
     assert default_output(ome, "out") == str(Path("out") / "stack_seg.ome.zarr")
     with pytest.raises(VolumeError, match=r"1 channel\(s\) per section but the model takes 3"):
         open_volume(imagej, in_channels=3)
-    tifffile.imwrite(tmp_path / "planar.tif", case["volume"][:3])  # stored as one RGB page: the fix is named
+    # 3 sections saved as one planar RGB page (what tifffile.imwrite did by default): the fix is named
+    tifffile.imwrite(tmp_path / "planar.tif", case["volume"][:3], photometric="rgb", planarconfig="separate")
     with pytest.raises(VolumeError, match=r"3 channel\(s\) per section .*save one page per section"):
         open_volume(tmp_path / "planar.tif")
     (tmp_path / "damaged.tif").write_bytes(b"not a tiff")
