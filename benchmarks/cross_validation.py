@@ -33,7 +33,6 @@ Usage (each fold trains with ``--threads`` PyTorch threads; ``--parallel`` folds
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -43,6 +42,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from scripts.networks.pinned import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundle" / "configs"
@@ -68,14 +69,6 @@ def _env(threads: int) -> dict:
     return env
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 #: Options the driver sets itself: refused among the overrides.
 OWNED = {"--epochs", "--bundle_root", "--datalist_file", "--resume", "--overwrite", "--ckpt_path", "--test_key",
          "--output_dir"}
@@ -89,11 +82,11 @@ def settings(args: argparse.Namespace, fold: int) -> dict:
         "recipe": Path(args.recipe).name,
         "epochs": SHIPPED_EPOCHS if shipped else args.epochs,
         "overrides": [] if shipped else list(args.overrides),
-        "datalist_sha256": sha256(datalist),
+        "datalist_sha256": file_sha256(datalist),
         "model": "shipped" if shipped else "trained",
     }
     if shipped:
-        out["model_sha256"] = sha256(Path(args.fold0_model))
+        out["model_sha256"] = file_sha256(Path(args.fold0_model))
     return out
 
 
@@ -242,7 +235,7 @@ def run_fold(args: argparse.Namespace, fold: int) -> dict:
         "fold": fold,
         "settings": wanted,
         "test_sections": [Path(i["image"]).name for i in datalist["testing_sections"]],
-        "model_sha256": sha256(model),
+        "model_sha256": file_sha256(model),
         "train_seconds": train.get("seconds"),
         "best_val_mean_iou": None if best is None else round(best[0], 6),
         "best_val_epoch": None if best is None else best[1],
@@ -352,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.fold0_model and not Path(args.fold0_model).is_file():
         raise SystemExit(f"--fold0_model {args.fold0_model}: no such file.")
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-        folds = list(pool.map(lambda k: run_fold(args, k), args.folds))
+        list(pool.map(lambda k: run_fold(args, k), args.folds))  # every fold, its failure raised here
     present = [json.loads(p.read_text()) for p in sorted(Path(args.results).glob("fold*.json"))]
     kept = [r for r in present if counts_for(r, args)]
     left_out = sorted({r["fold"] for r in present} - {r["fold"] for r in kept})

@@ -42,7 +42,6 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -51,6 +50,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from scripts.networks.pinned import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundle" / "configs"
@@ -66,14 +67,6 @@ OWNED = {"--datalist_file", "--bundle_root", "--epochs", "--time_budget_s", "--f
 NO_EARLY_STOP = "1000000"
 TRAINER = re.compile(r"SupervisedTrainer - INFO - (?:Epoch\[(\d+)\] Complete|(Engine run finished))\. "
                      r"Time taken: (\d+):(\d+):([\d.]+)")
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -149,10 +142,10 @@ def budget_datalist(lists: dict[str, list[dict]], budget: str, seed: int) -> dic
 def study_settings(args: argparse.Namespace) -> dict:
     """What makes the study's results: a results folder holds the units of one such study only."""
     return {
-        "datalist_sha256": sha256(Path(args.datalist)),
+        "datalist_sha256": file_sha256(Path(args.datalist)),
         "class_names": list(args.class_names),
         "epochs": args.epochs,
-        "finetune_from_sha256": sha256(Path(args.finetune_from)),
+        "finetune_from_sha256": file_sha256(Path(args.finetune_from)),
         "seed": args.seed,
         "threads": args.threads,
         "overrides": list(args.overrides),
@@ -343,7 +336,7 @@ def run_unit(args: argparse.Namespace, study: dict, budget: str, arm: str, datal
         "time_budget_s": budget_s,
         "best_val_mean_iou": None if best is None else round(best[0], 6),
         "best_val_epoch": None if best is None else best[1],
-        "model_sha256": sha256(root / "models" / "model.pt"),
+        "model_sha256": file_sha256(root / "models" / "model.pt"),
         "machine": machine(),
     }
     write_json(results, result)
