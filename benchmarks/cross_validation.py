@@ -28,6 +28,10 @@ Usage (each fold trains with ``--threads`` PyTorch threads; ``--parallel`` folds
         --fold0_model bundle/models/pretrained/model.pt
     # a shorter fixed budget for every fold (then fold 0 is trained too):
     python benchmarks/cross_validation.py ... --epochs 30 --results benchmarks/results/cross_validation_e30
+    # several recipe files, merged in order: the shipped X-Net's run (fold 0, 40 epochs)
+    python benchmarks/cross_validation.py --recipe bundle/configs/recipes/shipped.json \
+        bundle/configs/experiments/paper/xnet_sce_and_iou.json --folds 0 --epochs 40 --data ... --out ... \
+        --results benchmarks/results/xnet_fold0
 """
 
 from __future__ import annotations
@@ -79,7 +83,7 @@ def settings(args: argparse.Namespace, fold: int) -> dict:
     datalist = Path(args.data) / f"datalist_fold{fold}.json"
     shipped = fold == 0 and args.fold0_model is not None
     out = {
-        "recipe": Path(args.recipe).name,
+        "recipe": " + ".join(Path(r).name for r in recipes(args)),
         "epochs": SHIPPED_EPOCHS if shipped else args.epochs,
         "overrides": [] if shipped else list(args.overrides),
         "datalist_sha256": file_sha256(datalist),
@@ -90,6 +94,15 @@ def settings(args: argparse.Namespace, fold: int) -> dict:
     return out
 
 
+def recipes(args: argparse.Namespace) -> list[str]:
+    """The recipe file(s) merged on top of ``train.json``, in order (``--recipe`` takes one or several)."""
+    return [str(r) for r in ([args.recipe] if isinstance(args.recipe, (str, Path)) else args.recipe)]
+
+
+def is_shipped_recipe(args: argparse.Namespace) -> bool:
+    return [Path(r).resolve() for r in recipes(args)] == [SHIPPED_RECIPE]
+
+
 def counts_for(stored: dict, args: argparse.Namespace) -> bool:
     """Whether a stored fold result belongs to this study: its settings, or fold 0 as the shipped model when this
     study is the shipped recipe at 90 epochs (a later command without ``--fold0_model`` keeps it)."""
@@ -98,8 +111,7 @@ def counts_for(stored: dict, args: argparse.Namespace) -> bool:
             return True
     except FileNotFoundError:  # its datalist is gone
         return False
-    shipped_study = (Path(args.recipe).resolve() == SHIPPED_RECIPE and args.epochs == SHIPPED_EPOCHS
-                     and not args.overrides)
+    shipped_study = is_shipped_recipe(args) and args.epochs == SHIPPED_EPOCHS and not args.overrides
     return stored["fold"] == 0 and stored["settings"]["model"] == "shipped" and shipped_study
 
 
@@ -110,7 +122,7 @@ def has_checkpoint(ckpt_dir: Path) -> bool:
 
 def train_command(args: argparse.Namespace, fold: int, root: Path) -> list[str]:
     """The fold's training command; ``--resume True`` when a stopped run of it left a checkpoint."""
-    configs = [str(CONFIGS / "train.json"), str(args.recipe)]
+    configs = [str(CONFIGS / "train.json"), *recipes(args)]
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(configs),
            "--datalist_file", str(Path(args.data) / f"datalist_fold{fold}.json"), "--bundle_root", str(root),
            "--epochs", str(args.epochs), "--show_progress", "False", *args.overrides]
@@ -120,7 +132,7 @@ def train_command(args: argparse.Namespace, fold: int, root: Path) -> list[str]:
 
 
 def evaluate_command(args: argparse.Namespace, fold: int, root: Path, model: Path) -> list[str]:
-    configs = [str(CONFIGS / "train.json"), str(args.recipe), str(CONFIGS / "evaluate.json")]
+    configs = [str(CONFIGS / "train.json"), *recipes(args), str(CONFIGS / "evaluate.json")]
     return [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file", json.dumps(configs),
             "--datalist_file", str(Path(args.data) / f"datalist_fold{fold}.json"), "--bundle_root", str(root),
             "--ckpt_path", str(model), "--test_key", "testing_sections", "--output_dir", str(root / "eval_sections"),
@@ -319,7 +331,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "cross_validation"),
                     help="one small JSON per finished fold (commit these)")
     ap.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--recipe", default=str(SHIPPED_RECIPE), help="the recipe merged on top of train.json")
+    ap.add_argument("--recipe", nargs="+", default=[str(SHIPPED_RECIPE)],
+                    help="the recipe merged on top of train.json (several files: merged in that order)")
     ap.add_argument("--epochs", type=int, default=SHIPPED_EPOCHS, help="fixed epochs per fold (the schedule's end)")
     ap.add_argument("--fold0_model", default=None,
                     help="score this model as fold 0 instead of training it (the shipped recipe at 90 epochs only)")
@@ -338,7 +351,7 @@ def main(argv: list[str] | None = None) -> dict:
     if missing:
         raise SystemExit(f"{args.data}: no datalist_fold{missing[0]}.json; prepare the folds first: python -m "
                          f"scripts.data.prepare drosophila --src <dataset> --out {args.data}")
-    if args.fold0_model and (Path(args.recipe).resolve() != SHIPPED_RECIPE or args.epochs != SHIPPED_EPOCHS
+    if args.fold0_model and (not is_shipped_recipe(args) or args.epochs != SHIPPED_EPOCHS
                              or args.overrides):
         raise SystemExit("--fold0_model stands for fold 0 of the shipped recipe at 90 epochs only; without it fold 0 "
                          "is trained like the others.")

@@ -60,6 +60,23 @@ def test_a_stopped_fold_resumes(cv, prepared, tmp_path):
     assert command[-2:] == ["--resume", "True"] and str(prepared / "datalist_fold2.json") in command
 
 
+
+def test_several_recipe_files_are_merged_in_order(cv, prepared, tmp_path):
+    """``--recipe shipped.json xnet_sce_and_iou.json`` (the shipped X-Net): both files after train.json, in training
+    and evaluation, and both named in the fold's settings; one file keeps the settings of the five-fold study."""
+    xnet = cv.CONFIGS / "experiments" / "paper" / "xnet_sce_and_iou.json"
+    args = cv.argparse.Namespace(data=str(prepared), recipe=[str(cv.SHIPPED_RECIPE), str(xnet)], epochs=40,
+                                 overrides=[], fold0_model=None)
+    configs = json.loads(cv.train_command(args, 0, tmp_path)[6])
+    assert configs == [str(cv.CONFIGS / "train.json"), str(cv.SHIPPED_RECIPE), str(xnet)]
+    assert json.loads(cv.evaluate_command(args, 0, tmp_path, tmp_path / "m.pt")[6])[1:] == [
+        str(cv.SHIPPED_RECIPE), str(xnet), str(cv.CONFIGS / "evaluate.json")]
+    assert cv.settings(args, 0)["recipe"] == "shipped.json + xnet_sce_and_iou.json"
+    assert not cv.is_shipped_recipe(args)
+    one = cv.argparse.Namespace(data=str(prepared), recipe=str(cv.SHIPPED_RECIPE), epochs=90, overrides=[],
+                                fold0_model=None)
+    assert cv.settings(one, 1)["recipe"] == "shipped.json" and cv.is_shipped_recipe(one)
+
 def test_fold0_model_only_stands_for_the_shipped_recipe(cv, prepared, tmp_path):
     with pytest.raises(SystemExit, match="shipped recipe at 90 epochs only"):
         cv.main(["--data", str(prepared), "--epochs", "30", "--fold0_model", str(tmp_path / "m.pt"),
