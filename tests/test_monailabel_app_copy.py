@@ -105,3 +105,30 @@ def test_app_copy_train_fine_tunes_the_served_model_for_its_classes(tmp_path, ca
     assert "No " in log and "yet: training UNet from its initialisation" in log
     assert network.state_dict()["head.weight"].shape[0] == 2
     assert not torch.equal(network.state_dict()["encoder.blocks.0.0.weight"], shipped["encoder.blocks.0.0.weight"])
+
+
+def test_app_copy_serves_a_shipped_model_by_name(tmp_path, caplog):
+    """``--shipped_model xnet``: the shipped X-Net is served even beside a trained model, and the copy's ``/train``
+    continues it with its recipe (the shipped sampling and schedule, X-Net's decoder losses), every tensor loaded;
+    an unknown name or a missing file: exit status 1 with one message."""
+    import torch
+
+    xnet_pt = BUNDLE / "models" / "pretrained" / "xnet.pt"
+    tool = _tool()
+    src, app = _source_bundle(tmp_path / "a", trained=b"trained", pretrained=b"shipped")
+    shutil.copy2(xnet_pt, src / "models" / "pretrained" / "xnet.pt")
+    assert tool.main(["--app", str(app), "--name", "cellseg", "--bundle", str(src), "--shipped_model", "xnet"]) == 0
+    copy = app / "model" / "cellseg"
+    assert (copy / "models" / "model.pt").read_bytes() == xnet_pt.read_bytes()
+    train = json.loads((copy / "configs" / "train.json").read_text())
+    assert train["network_def"] == "@networks#xnet" and train["loss"]["_target_"] == "scripts.losses.MultiOutputLoss"
+    assert train["epochs"] == 90 and train["train_key"] == "training_sections"  # the shipped recipe under it
+    network, log = _trained_network(copy, caplog)
+    shipped = torch.load(xnet_pt, map_location="cpu", weights_only=True)["model"]
+    assert type(network).__name__ == "XNet" and f"loaded {len(shipped)} of {len(shipped)} tensors." in log
+    assert all(torch.equal(network.state_dict()[k], v) for k, v in shipped.items())
+
+    assert tool.main(["--app", str(app), "--name", "u", "--bundle", str(src), "--shipped_model", "unet"]) == 0
+    assert (app / "model" / "u" / "models" / "model.pt").read_bytes() == b"shipped"
+    (src / "models" / "pretrained" / "xnet.pt").unlink()
+    assert tool.main(["--app", str(app), "--name", "x", "--bundle", str(src), "--shipped_model", "xnet"]) == 1

@@ -103,3 +103,30 @@ def test_trained_or_pretrained(tmp_path, caplog):
     trained.write_bytes(b"yours")  # a model you trained always wins
     assert trained_or_pretrained(trained, pretrained) == str(trained)
     assert trained_or_pretrained(tmp_path / "none.pt", None) == str(tmp_path / "none.pt")
+
+
+def test_shipped_model_by_name(tmp_path, caplog):
+    """``--shipped_model NAME`` (inference.json, evaluate.json): that shipped file even beside a trained model; an
+    unknown name and a missing file are refused in one line."""
+    import logging
+
+    from scripts.errors import ConfigError
+    from scripts.networks import ModelFileError, shipped_model_path, trained_or_pretrained
+
+    models = tmp_path / "models"
+    assert shipped_model_path(models) == str(models / "pretrained" / "model.pt")  # the default: the U-Net
+    assert shipped_model_path(models, "unet") == str(models / "pretrained" / "model.pt")
+    xnet = shipped_model_path(models, "xnet")
+    assert xnet == str(models / "pretrained" / "xnet.pt")
+    with pytest.raises(ConfigError, match=r"shipped_model 'vnet': not a shipped model; use one of unet, xnet"):
+        shipped_model_path(models, "vnet")
+    trained = models / "model.pt"
+    with pytest.raises(ModelFileError, match=r"xnet.pt: the shipped xnet model is missing"):
+        trained_or_pretrained(trained, xnet, "xnet")
+    (models / "pretrained").mkdir(parents=True)
+    (models / "pretrained" / "xnet.pt").write_bytes(b"shipped")
+    trained.write_bytes(b"yours")
+    assert trained_or_pretrained(trained, xnet) == str(trained)  # without the switch a trained model wins
+    with caplog.at_level(logging.INFO, logger="scripts.networks.checkpoint"):
+        assert trained_or_pretrained(trained, xnet, "xnet") == xnet
+    assert "Using the shipped xnet model" in caplog.text

@@ -265,6 +265,28 @@ def test_shipped_weights_become_models_model_pt(tmp_path):
             assert zf.read(info) == (bundle / info.filename.split("/", 1)[1]).read_bytes(), info.filename
 
 
+
+def test_the_shipped_xnet_keeps_its_path(tmp_path):
+    """The shipped X-Net ``models/pretrained/xnet.pt`` (``--shipped_model xnet``) is packaged and pinned at its own
+    path beside the U-Net that becomes ``models/model.pt``; other files in ``models/pretrained/`` stay out."""
+    bundle = make_bundle(tmp_path / "b")
+    (bundle / "models" / "model.ts").unlink()
+    (bundle / "models" / "pretrained").mkdir()
+    (bundle / "models" / "model.pt").rename(bundle / "models" / "pretrained" / "model.pt")
+    write_model(bundle / "models" / "pretrained" / "xnet.pt", seed=4)
+    (bundle / "models" / "pretrained" / "notes.pt").write_bytes(b"not a shipped model")
+    pin(bundle)
+    assert [e["path"] for e in json.loads((bundle / pb.MANIFEST).read_text())["large_files"]] == [
+        "models/pretrained/model.pt", "models/pretrained/xnet.pt"]
+    result = pb.package_bundle(bundle, tmp_path / "dist")
+    assert [n for n in result.files if "/models/" in n] == [f"{NAME}/models/model.pt",
+                                                            f"{NAME}/models/pretrained/xnet.pt"]
+    with zipfile.ZipFile(result.archive) as zf:
+        assert zf.read(f"{NAME}/models/pretrained/xnet.pt") == (bundle / "models" / "pretrained" / "xnet.pt").read_bytes()
+        manifest = json.loads(zf.read(f"{NAME}/{pb.MANIFEST}"))
+    assert [e["path"] for e in manifest["large_files"]] == ["models/model.pt", "models/pretrained/xnet.pt"]
+
+
 # --------------------------------------------------------------------------------------------- not-bumped detection
 
 

@@ -3,12 +3,14 @@
 Usage (from the repository root, in any environment with MONAI)::
 
     python tools/monailabel_app.py --app apps/monaibundle --name cellseg_xnet [--bundle bundle]
-        [--merge bundle/configs/experiments/paper/unet_sce_iou.json] [--class_names rest membrane]
+        [--merge bundle/configs/experiments/paper/unet_sce_iou.json] [--class_names rest membrane] [--shipped_model xnet]
 
 Copies into ``<app>/model/<name>/``: ``configs/``, ``scripts/`` (without caches), ``docs/``, ``LICENSE`` and
 ``models/model.pt`` only: the model you trained, else the pretrained weights shipped in
-``models/pretrained/model.pt`` (resumable ``checkpoint_epoch=N.pt`` files stay out: MONAI Label would offer them as
-models and each one is tens of MB). MONAI Label reads only ``configs/inference.json`` and ``configs/train.json``,
+``models/pretrained/model.pt`` (the U-Net); ``--shipped_model xnet`` serves the shipped X-Net
+(``models/pretrained/xnet.pt``) and ``--shipped_model unet`` the U-Net, even beside a trained model (resumable
+``checkpoint_epoch=N.pt`` files stay out: MONAI Label would offer them as models and each one is tens of MB).
+MONAI Label reads only ``configs/inference.json`` and ``configs/train.json``,
 so what the app needs is written into the copy's two files (the source bundle is not changed):
 
 - ``train.json``: ``finetune_from`` is ``models/model.pt`` (``scripts.networks.finetune_network``; the config's
@@ -16,7 +18,8 @@ so what the app needs is written into the copy's two files (the source bundle is
   fine-tunes the network that file records, whatever width it has: with the same classes every tensor is loaded
   (the run continues the model), with others (``--class_names``, written into ``class_names``) the output layers
   start afresh for them; the recipe it was trained with is merged first: for the
-  shipped model ``configs/recipes/shipped.json`` (its loss, sampling and schedule), for a model of yours the
+  shipped model ``configs/recipes/shipped.json`` (its loss, sampling and schedule; the X-Net's with
+  ``experiments/paper/xnet_sce_and_iou.json``, its decoders' losses), for a model of yours the
   ``--merge`` files you give (e.g. the experiment it was trained with, for its loss); the pre-flight checks the
   datastore's lists that MONAI Label trains on (label values within the classes, sizes); ``overwrite`` true, since
   every ``/train`` is a new run in the same folder: the network is built from ``model.pt`` first, then the previous
@@ -68,6 +71,12 @@ PREFLIGHT = "$@preflight.run()"
 #: The shipped model's recipe (configs/ relative), merged into the copy's train.json when the copy serves the
 #: shipped model and no --merge is given: its loss (one output, SCE+IoU without class weights), sampling and schedule.
 SHIPPED_RECIPE = "recipes/shipped.json"
+#: ``--shipped_model``: the shipped models (``scripts.networks.SHIPPED_MODELS``) and the configs their ``/train``
+#: merges on train.json (the recipe they were trained with; X-Net adds its two decoders' losses).
+SHIPPED = {
+    "unet": ("pretrained/model.pt", [SHIPPED_RECIPE]),
+    "xnet": ("pretrained/xnet.pt", [SHIPPED_RECIPE, "experiments/paper/xnet_sce_and_iou.json"]),
+}
 #: Written into the copy's inference.json.
 INFERENCE_OVERRIDES = {"save_probabilities": False, "pictures": False}
 #: The app code that answers requests the server cannot serve with HTTP 4xx, and where it goes in the app.
@@ -138,10 +147,12 @@ def install_checks(app: Path) -> bool:
 
 
 def make_app_copy(app: Path, name: str, bundle: Path = Path("bundle"), merge: list[Path] | None = None,
-                  class_names: list[str] | None = None) -> Path:
+                  class_names: list[str] | None = None, shipped_model: str | None = None) -> Path:
     """Copy the bundle into ``<app>/model/<name>`` as described in the module docstring; return that folder.
 
     ``class_names``: the classes ``/train`` trains (your labels' values 0, 1, ... in order); ``None``: the configs'.
+    ``shipped_model``: serve that shipped model (a key of :data:`SHIPPED`) even beside a trained ``models/model.pt``;
+    ``None``: the trained model, else the shipped U-Net.
 
     Raises:
         FileNotFoundError: the bundle or app folder is not what it should be.
@@ -156,6 +167,11 @@ def make_app_copy(app: Path, name: str, bundle: Path = Path("bundle"), merge: li
             f"{app} is not a MONAI Label app (no main.py): get it with "
             "`monailabel apps --download --name monaibundle --output apps`."
         )
+    if shipped_model is not None and shipped_model not in SHIPPED:
+        raise FileNotFoundError(f"--shipped_model {shipped_model}: not a shipped model; use one of {', '.join(SHIPPED)}.")
+    if shipped_model is not None and not (bundle / "models" / SHIPPED[shipped_model][0]).is_file():
+        raise FileNotFoundError(f"{bundle / 'models' / SHIPPED[shipped_model][0]}: the shipped {shipped_model} model is "
+                                "missing; restore it from the bundle archive.")
     for f in merge or []:
         if not Path(f).is_file():
             raise FileNotFoundError(f"--merge {f}: no such config file.")
@@ -171,16 +187,19 @@ def make_app_copy(app: Path, name: str, bundle: Path = Path("bundle"), merge: li
     (dst / "models").mkdir(parents=True)
     # the model you trained, else the weights shipped with the bundle: MONAI Label serves models/model.pt
     served = None
-    for source in (bundle / "models" / "model.pt", bundle / "models" / "pretrained" / "model.pt"):
+    sources = [bundle / "models" / "model.pt", bundle / "models" / SHIPPED["unet"][0]]
+    if shipped_model is not None:
+        sources = [bundle / "models" / SHIPPED[shipped_model][0]]
+    for source in sources:
         if source.is_file():
             shutil.copy2(source, dst / "models" / "model.pt")
             served = source
             break
     configs = dst / "configs"
     recipe = []
-    shipped = served is not None and served.parent.name == "pretrained"
-    if shipped and not merge and (configs / SHIPPED_RECIPE).is_file():
-        recipe = [configs / SHIPPED_RECIPE]  # /train continues the shipped model with its own recipe (loss, sampling)
+    shipped = next((k for k, (rel, _) in SHIPPED.items() if served == bundle / "models" / rel), None)
+    if shipped and not merge and all((configs / f).is_file() for f in SHIPPED[shipped][1]):
+        recipe = [configs / f for f in SHIPPED[shipped][1]]  # /train continues it with its own recipe (loss, sampling)
     overrides = {**TRAIN_OVERRIDES, **({"class_names": [str(c) for c in class_names]} if class_names else {})}
     train = _merged([configs / "train.json", *recipe, *[Path(f) for f in merge or []]], overrides)
     ConfigParser.export_config_file(train, str(configs / "train.json"), fmt="json", indent=4)
@@ -200,10 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--class_names", nargs="+", metavar="NAME",
                         help="the classes /train trains, label value 0 first (default: the configs' class_names); "
                              "the first /train fine-tunes the served model for them")
+    parser.add_argument("--shipped_model", choices=sorted(SHIPPED), default=None,
+                        help="serve this shipped model (unet: models/pretrained/model.pt, xnet: models/pretrained/"
+                             "xnet.pt), even beside a trained models/model.pt (default: that, else the U-Net)")
     args = parser.parse_args(argv)
     try:
         dst = make_app_copy(Path(args.app), args.name, Path(args.bundle), [Path(m) for m in args.merge],
-                            args.class_names)
+                            args.class_names, args.shipped_model)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

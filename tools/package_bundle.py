@@ -20,6 +20,7 @@ The archive follows the MONAI bundle layout, everything under one top folder nam
                                 the bundle has one (trained here), else the shipped weights models/pretrained/model.pt
                                 (.ts); no resumable checkpoints
     <name>/models/pretrained/model.pt   the shipped weights, only beside a trained models/model.pt
+    <name>/models/pretrained/xnet.pt    the shipped X-Net (``--shipped_model xnet``), always there
 
 The archive's ``large_files.json`` pins the model files under their archive paths. Their ``url`` is empty (the
 weights travel inside the archive and the repository; MONAI's ``download_large_files`` only checks their sha256),
@@ -113,6 +114,8 @@ DEFAULT_NAME = "microscopy_cell_segmentation"
 PACKAGED_DIRS = ("configs", "docs", "scripts")
 ROOT_FILES = ("LICENSE", "large_files.yml", "large_files.yaml", "large_files.json")
 MODEL_FILES = ("model.pt", "model.ts")
+#: The shipped models besides the U-Net's ``models/pretrained/model.pt`` (``scripts.networks.SHIPPED_MODELS``).
+SHIPPED_EXTRA = ("xnet.pt",)
 #: Files the MONAI bundle format requires besides configs/metadata.json.
 REQUIRED_FILES = ("LICENSE", "docs/README.md")
 
@@ -250,8 +253,10 @@ def is_packaged(relpath: str) -> bool:
         return False
     if len(parts) == 1:
         return parts[0] in ROOT_FILES
-    if parts[0] == "models":  # models/model.pt (trained here) and models/pretrained/model.pt (the shipped weights)
-        return parts[-1] in MODEL_FILES and (len(parts) == 2 or (len(parts) == 3 and parts[1] == "pretrained"))
+    if parts[0] == "models":  # models/model.pt (trained here), models/pretrained/{model,xnet}.pt (the shipped weights)
+        if len(parts) == 3 and parts[1] == "pretrained":
+            return parts[-1] in MODEL_FILES + SHIPPED_EXTRA
+        return len(parts) == 2 and parts[-1] in MODEL_FILES
     return parts[0] in PACKAGED_DIRS
 
 
@@ -581,7 +586,7 @@ def package_bundle(
 
     files = list_bundle_files(bundle)
     weights = [f for f in files if f.startswith("models/")]
-    for rel in ("models/model.pt", "models/pretrained/model.pt"):
+    for rel in ("models/model.pt", "models/pretrained/model.pt", *(f"models/pretrained/{m}" for m in SHIPPED_EXTRA)):
         check_model_fits(bundle, rel)
     new_manifest = check_weights_pinned(bundle, version, weights, _version_committed(bundle, version) if git_check else None)
     if new_manifest is not None:

@@ -10,6 +10,7 @@ multi-output networks return one tensor in eval mode). Each records the argument
 from scripts.networks.baselines import DoubleUNet, EnsembleUNet
 from scripts.networks.checkpoint import (
     MODEL_KEY,
+    SHIPPED_MODELS,
     CheckpointLoadMixin,
     CheckpointMismatchError,
     ModelError,
@@ -20,6 +21,7 @@ from scripts.networks.checkpoint import (
     network_from_checkpoint,
     read_checkpoint,
     require_model_file,
+    shipped_model_path,
     split_checkpoint,
     trained_or_pretrained,
 )
@@ -57,6 +59,8 @@ __all__ = [
     "network_from_checkpoint",
     "read_checkpoint",
     "require_model_file",
+    "SHIPPED_MODELS",
+    "shipped_model_path",
     "split_checkpoint",
     "trained_or_pretrained",
     "ModelInfo",

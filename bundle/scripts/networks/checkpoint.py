@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from scripts.errors import UserError
+from scripts.errors import ConfigError, UserError
 from scripts.networks.config import build_network, describe_network, is_buildable
 from scripts.networks.model_info import MODEL_INFO_KEY, describe_mismatch
 from scripts.networks.pinned import check_pinned_file
@@ -56,6 +56,8 @@ __all__ = [
     "network_from_checkpoint",
     "read_checkpoint",
     "require_model_file",
+    "SHIPPED_MODELS",
+    "shipped_model_path",
     "split_checkpoint",
     "trained_or_pretrained",
 ]
@@ -337,18 +339,53 @@ def _cli(value: Any) -> str:
     return repr(value)
 
 
-def trained_or_pretrained(trained: str | os.PathLike, pretrained: str | os.PathLike | None = None) -> str:
+#: The models shipped with the bundle, by the configs' ``shipped_model`` name: their files under ``models/``
+#: (model cards in ``docs/README.md``). The U-Net is the default; the X-Net is chosen with ``--shipped_model xnet``.
+SHIPPED_MODELS = {"unet": "pretrained/model.pt", "xnet": "pretrained/xnet.pt"}
+
+
+def shipped_model_path(ckpt_dir: str | os.PathLike, name: str | None = None) -> str:
+    """The file of the shipped model ``name`` (``None``: the default, ``"unet"``) under ``ckpt_dir``.
+
+    Raises:
+        ConfigError: ``name`` is not a shipped model.
+    """
+    name = "unet" if name is None else name
+    if name not in SHIPPED_MODELS:
+        raise ConfigError(
+            f"shipped_model {name!r}: not a shipped model; use one of {', '.join(SHIPPED_MODELS)}, "
+            "or --ckpt_path for a model file of yours."
+        )
+    return os.path.join(str(ckpt_dir), SHIPPED_MODELS[name])
+
+
+def trained_or_pretrained(
+    trained: str | os.PathLike, pretrained: str | os.PathLike | None = None, shipped_model: str | None = None
+) -> str:
     """The checkpoint inference and evaluation use by default: the model you trained, else the shipped one.
 
     ``inference.json``/``evaluate.json`` set ``ckpt_path`` to this: ``trained`` (``models/model.pt``, written by
     ``train.json``) when it exists, else ``pretrained`` (``models/pretrained/model.pt``, the weights shipped with the
-    bundle) when it exists, else ``trained`` (whose absence the configs then report). The choice is logged; pass
+    bundle) when it exists, else ``trained`` (whose absence the configs then report). With ``shipped_model`` (a name
+    of :data:`SHIPPED_MODELS`, the configs' ``--shipped_model``) the user asked for that shipped model by name:
+    ``pretrained`` is used even beside a trained model, and its absence is refused. The choice is logged; pass
     ``--ckpt_path`` to pick a file yourself.
 
     Returns:
         The chosen path, as a string.
+
+    Raises:
+        ModelFileError: ``shipped_model`` is given and its file ``pretrained`` is missing.
     """
     trained = str(trained)
+    if shipped_model is not None:
+        if not pretrained or not os.path.isfile(pretrained):
+            raise ModelFileError(
+                f"{pretrained}: the shipped {shipped_model} model is missing (--shipped_model "
+                f"{shipped_model}); restore it from the bundle archive, or leave --shipped_model out."
+            )
+        logger.info("Using the shipped %s model %s (--shipped_model).", shipped_model, pretrained)
+        return str(pretrained)
     if os.path.isfile(trained):
         logger.info("Using the trained model %s.", trained)
     elif pretrained and os.path.isfile(pretrained):
