@@ -71,12 +71,15 @@ def entry_points(archive):
 
 def test_archive_ships_the_weights_as_models_model_pt(archive):
     result, bundle_dir = archive
-    assert [f for f in result.files if "/models/" in f] == [f"{NAME}/models/model.pt"]
+    # the U-Net where every entry point looks; the X-Net (--shipped_model xnet) at its own path
+    assert [f for f in result.files if "/models/" in f] == [f"{NAME}/models/model.pt", f"{NAME}/models/pretrained/xnet.pt"]
     extracted = bundle_dir / NAME
     assert (extracted / "models" / "model.pt").read_bytes() == SHIPPED.read_bytes()
+    xnet = BUNDLE / "models" / "pretrained" / "xnet.pt"
+    assert (extracted / "models" / "pretrained" / "xnet.pt").read_bytes() == xnet.read_bytes()
     manifest = json.loads((extracted / pb.MANIFEST).read_text())
-    pinned = json.loads((BUNDLE / pb.MANIFEST).read_text())["large_files"][0]
-    assert manifest["large_files"] == [{**pinned, "path": "models/model.pt"}]
+    unet, xnet_pin = json.loads((BUNDLE / pb.MANIFEST).read_text())["large_files"]
+    assert manifest["large_files"] == [{**unet, "path": "models/model.pt"}, xnet_pin]
 
 
 @pytest.mark.parametrize("entry", GIVE_SHIPPED)
