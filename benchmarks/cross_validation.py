@@ -96,7 +96,7 @@ def settings(args: argparse.Namespace, fold: int) -> dict:
 
 def recipes(args: argparse.Namespace) -> list[str]:
     """The recipe file(s) merged on top of ``train.json``, in order (``--recipe`` takes one or several)."""
-    return [str(r) for r in ([args.recipe] if isinstance(args.recipe, (str, Path)) else args.recipe)]
+    return [str(r) for r in args.recipe]
 
 
 def is_shipped_recipe(args: argparse.Namespace) -> bool:

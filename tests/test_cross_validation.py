@@ -52,7 +52,7 @@ def test_mean_and_sample_sd(cv):
 
 
 def test_a_stopped_fold_resumes(cv, prepared, tmp_path):
-    args = cv.argparse.Namespace(data=str(prepared), recipe=str(cv.SHIPPED_RECIPE), epochs=3, overrides=[])
+    args = cv.argparse.Namespace(data=str(prepared), recipe=[str(cv.SHIPPED_RECIPE)], epochs=3, overrides=[])
     assert "--resume" not in cv.train_command(args, 2, tmp_path)
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "checkpoint_epoch=1.pt").write_bytes(b"")
@@ -73,7 +73,7 @@ def test_several_recipe_files_are_merged_in_order(cv, prepared, tmp_path):
         str(cv.SHIPPED_RECIPE), str(xnet), str(cv.CONFIGS / "evaluate.json")]
     assert cv.settings(args, 0)["recipe"] == "shipped.json + xnet_sce_and_iou.json"
     assert not cv.is_shipped_recipe(args)
-    one = cv.argparse.Namespace(data=str(prepared), recipe=str(cv.SHIPPED_RECIPE), epochs=90, overrides=[],
+    one = cv.argparse.Namespace(data=str(prepared), recipe=[str(cv.SHIPPED_RECIPE)], epochs=90, overrides=[],
                                 fold0_model=None)
     assert cv.settings(one, 1)["recipe"] == "shipped.json" and cv.is_shipped_recipe(one)
 
@@ -141,7 +141,7 @@ def test_two_folds_train_score_and_are_reused(cv, prepared, tmp_path, capsys):
 
 def test_the_shipped_fold_0_counts_for_a_later_command_of_the_shipped_recipe(cv, prepared):
     shipped = {"fold": 0, "settings": {"model": "shipped", "recipe": "shipped.json"}}
-    args = cv.argparse.Namespace(data=str(prepared), recipe=str(cv.SHIPPED_RECIPE), epochs=90, overrides=[],
+    args = cv.argparse.Namespace(data=str(prepared), recipe=[str(cv.SHIPPED_RECIPE)], epochs=90, overrides=[],
                                  fold0_model=None)
     assert cv.counts_for(shipped, args)  # e.g. `--folds 3 4` without --fold0_model
     assert not cv.counts_for(shipped, cv.argparse.Namespace(**{**vars(args), "epochs": 30}))

@@ -109,3 +109,22 @@ def test_segments_crops_of_the_unseen_drosophila_test_sections(drosophila_dir):
     iou = scores_from_confusion(total)["iou"]
     assert float(iou.mean()) >= crop["min_mean_iou"], iou.tolist()
     assert float(iou.mean()) == pytest.approx(crop["mean_iou"], abs=2e-3), "the number metadata.json states"
+
+
+def test_the_tools_know_the_same_shipped_models():
+    """``scripts.networks.SHIPPED_MODELS`` is the one list of shipped files; the packaging tool and the MONAI Label
+    app tool (which do not import the bundle's scripts) list the same ones."""
+    import importlib.util
+
+    from bundle_runner import REPO
+    from scripts.networks import SHIPPED_MODELS
+
+    def tool(name):
+        spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    package, app = tool("package_bundle"), tool("monailabel_app")
+    assert {f"pretrained/{m}" for m in ("model.pt", *package.SHIPPED_EXTRA)} == set(SHIPPED_MODELS.values())
+    assert {k: rel for k, (rel, _) in app.SHIPPED.items()} == SHIPPED_MODELS

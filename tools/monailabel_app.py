@@ -186,18 +186,18 @@ def make_app_copy(app: Path, name: str, bundle: Path = Path("bundle"), merge: li
         shutil.copy2(bundle / "LICENSE", dst / "LICENSE")
     (dst / "models").mkdir(parents=True)
     # the model you trained, else the weights shipped with the bundle: MONAI Label serves models/model.pt
-    served = None
-    sources = [bundle / "models" / "model.pt", bundle / "models" / SHIPPED["unet"][0]]
+    # (source, the shipped model it is or None): the first that exists is served
+    sources = [(bundle / "models" / "model.pt", None), (bundle / "models" / SHIPPED["unet"][0], "unet")]
     if shipped_model is not None:
-        sources = [bundle / "models" / SHIPPED[shipped_model][0]]
-    for source in sources:
+        sources = [(bundle / "models" / SHIPPED[shipped_model][0], shipped_model)]
+    shipped = None
+    for source, key in sources:
         if source.is_file():
             shutil.copy2(source, dst / "models" / "model.pt")
-            served = source
+            shipped = key
             break
     configs = dst / "configs"
     recipe = []
-    shipped = next((k for k, (rel, _) in SHIPPED.items() if served == bundle / "models" / rel), None)
     if shipped and not merge and all((configs / f).is_file() for f in SHIPPED[shipped][1]):
         recipe = [configs / f for f in SHIPPED[shipped][1]]  # /train continues it with its own recipe (loss, sampling)
     overrides = {**TRAIN_OVERRIDES, **({"class_names": [str(c) for c in class_names]} if class_names else {})}
