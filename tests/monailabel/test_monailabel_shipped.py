@@ -91,10 +91,13 @@ def _state(srv, client) -> dict:
 
 
 @pytest.fixture
-def client(shipped_server):
+def client(shipped_server, tmp_path):
+    """MONAI Label's client, saving results in a folder of its own: it names a result file as the server named its
+    temporary file, and the server deletes that file in /tmp after answering, so a client saving into /tmp too loses
+    its result when the server's clean-up comes second (a test failed once that way)."""
     from monailabel.client import MONAILabelClient
 
-    return MONAILabelClient(f"http://127.0.0.1:{shipped_server.port}")
+    return MONAILabelClient(f"http://127.0.0.1:{shipped_server.port}", tmpdir=str(tmp_path))
 
 
 @pytest.fixture
