@@ -89,9 +89,10 @@ def ensure_model_info(path: Path, features: list[int]) -> None:
 
 
 def make_app_copy(source: Path, app: Path, name: str = MODEL_NAME, with_model: bool = True,
-                  class_names: list[str] | None = None) -> Path:
+                  class_names: list[str] | None = None, shipped_model: str | None = None) -> Path:
     """The manual's step 2: ``python tools/monailabel_app.py --app <app> --name <name> --bundle <source>
-    [--class_names ...]``, then the session settings a user would give (tiny schedule and tiles, no width)."""
+    [--class_names ...] [--shipped_model ...]``, then the session settings a user would give (tiny schedule and
+    tiles, no width)."""
     import importlib.util
 
     app = Path(app)
@@ -101,7 +102,7 @@ def make_app_copy(source: Path, app: Path, name: str = MODEL_NAME, with_model: b
     spec = importlib.util.spec_from_file_location("monailabel_app", REPO / "tools" / "monailabel_app.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    dst = tool.make_app_copy(app, name, Path(source), class_names=class_names)
+    dst = tool.make_app_copy(app, name, Path(source), class_names=class_names, shipped_model=shipped_model)
     if not with_model:
         (dst / "models" / "model.pt").unlink()
     _patch(dst / "configs" / "inference.json", TINY_TILES)
@@ -321,16 +322,17 @@ class Server:
 @contextlib.contextmanager
 def serve_app_copy(root: Path, source: Path, startup_timeout: float, more_models: dict | None = None, label_map=None):
     """A real ``monailabel start_server`` on 127.0.0.1 serving the app copy of ``source`` (``make_app_copy``) with
-    a studies folder (``make_studies``, its ``label_map``), under ``root``; ``more_models``: ``{name: class_names}``,
-    more copies of ``source`` served too, made with ``--class_names``. Yields the :class:`Server` (``bundle``,
-    ``bundles`` (by model name), ``studies`` and ``shapes`` set) and stops it whatever happens."""
+    a studies folder (``make_studies``, its ``label_map``), under ``root``; ``more_models``: ``{name: options}``,
+    more copies of ``source`` served too, made with those options of the tool (``class_names``,
+    ``shipped_model``). Yields the :class:`Server` (``bundle``, ``bundles`` (by model name), ``studies`` and
+    ``shapes`` set) and stops it whatever happens."""
     root = Path(root)
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"),
                MONAI_LABEL_DATASTORE_FILE_EXT=DATASTORE_EXT, MONAI_LABEL_SESSION_PATH=str(root / "sessions"))
     app = download_app(sys.executable, root / "apps", env)
     bundles = {MODEL_NAME: make_app_copy(source, app)}
-    for name, names in (more_models or {}).items():
-        bundles[name] = make_app_copy(source, app, name, class_names=names)
+    for name, options in (more_models or {}).items():
+        bundles[name] = make_app_copy(source, app, name, **options)
     studies = root / "studies"
     shapes = make_studies(studies, label_map=label_map)
     port = free_port()

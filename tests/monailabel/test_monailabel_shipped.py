@@ -5,7 +5,8 @@ with its own recipe (v0.7.1 met the app's X-Net loss, failed, and had already ar
 ``/infer`` serves the new model. The same server serves a second copy made with ``--class_names rest membrane``
 (the studies' labels are membrane vs the rest, which the 5-class copy trains on too): its ``/train`` fine-tunes the
 shipped model for those 2 classes, then ``/info`` and ``/infer`` serve them (v0.8.0 trained a 5-output network
-for them, and ``/infer`` would have refused the new model.pt)."""
+for them, and ``/infer`` would have refused the new model.pt). A third copy, made with ``--shipped_model xnet``,
+serves the shipped X-Net: ``/infer`` answers its prediction."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ pytest.importorskip(
 from mlabel_utils import (  # noqa: E402
     BUNDLE,
     MODEL_NAME,
+    bundle_scripts,
     load_weights,
     read_image,
     serve_app_copy,
@@ -42,6 +44,8 @@ TRAIN_TIMEOUT = 300
 TWO_CLASSES = ["rest", "membrane"]
 TWO_CLASS_MODEL = "cellseg_membrane"
 MEMBRANE_VS_REST = [0, 1, 0, 0, 0]
+#: A third copy, made with ``--shipped_model xnet``: it serves the shipped X-Net.
+XNET_MODEL = "cellseg_shipped_xnet"
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +56,8 @@ def shipped_server(tmp_path_factory):
         shutil.copytree(BUNDLE / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copy2(BUNDLE / "LICENSE", source / "LICENSE")
     shutil.copytree(BUNDLE / "models" / "pretrained", source / "models" / "pretrained")
-    with serve_app_copy(root, source, STARTUP_TIMEOUT, more_models={TWO_CLASS_MODEL: TWO_CLASSES},
-                        label_map=MEMBRANE_VS_REST) as srv:
+    more = {TWO_CLASS_MODEL: {"class_names": TWO_CLASSES}, XNET_MODEL: {"shipped_model": "xnet"}}
+    with serve_app_copy(root, source, STARTUP_TIMEOUT, more_models=more, label_map=MEMBRANE_VS_REST) as srv:
         yield srv
 
 
@@ -210,3 +214,37 @@ def test_train_with_other_classes_fine_tunes_the_shipped_model_then_infer_serves
     assert label.shape == (64, 96) and set(np.unique(label).tolist()) <= {0, 1}
     assert params["label_names"] == labels
     assert client.info()["models"][MODEL_NAME]["labels"] == shipped_labels, "the other copy keeps its classes"
+
+
+def test_a_copy_made_with_shipped_model_xnet_serves_the_shipped_xnet(shipped_server, client):
+    """``tools/monailabel_app.py --shipped_model xnet`` (the manual's switch): the server serves the shipped X-Net,
+    its 5 labels, and ``/infer`` answers the X-Net's prediction pixel for pixel (the network built from the copy's
+    configs and model.pt, run directly)."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    copy = shipped_server.bundles[XNET_MODEL]
+    xnet = BUNDLE / "models" / "pretrained" / "xnet.pt"
+    shipped_xnet = load_weights(xnet)
+    served = load_weights(copy / "models" / "model.pt")
+    assert served.keys() == shipped_xnet.keys() and all(torch.equal(served[k], shipped_xnet[k]) for k in served)
+    info = torch.load(xnet, map_location="cpu", weights_only=True)["model_info"]
+    labels = {name: i for i, name in enumerate(info["class_names"])}
+    assert client.info()["models"][XNET_MODEL]["labels"] == labels
+
+    label_file, params = client.infer(XNET_MODEL, "wide", {})
+    label = read_image(label_file)
+    assert params["label_names"] == labels
+    with bundle_scripts(copy):
+        parser = ConfigParser()
+        parser.read_config(str(copy / "configs" / "inference.json"))
+        parser["bundle_root"] = str(copy)
+        net = parser.get_parsed_content("network_def", instantiate=True).eval()
+        inferer = parser.get_parsed_content("inferer", instantiate=True)
+    assert type(net).__name__ == "XNet" and list(net.init_args["features"]) == [16, 32, 64, 128, 256]
+    image = read_image(shipped_server.studies / "wide.png")
+    x = torch.from_numpy(np.ascontiguousarray(image.T, dtype=np.float32) / 255.0)[None, None]
+    with torch.no_grad():
+        expected = inferer(x, net).argmax(1)[0].numpy().T.astype(np.uint8)
+    assert label.shape == (64, 96) and np.array_equal(label, expected)
+    assert len(np.unique(expected)) > 1, "a prediction of more than one class, so that the equality says something"
