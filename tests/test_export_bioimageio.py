@@ -102,6 +102,22 @@ def test_torch_unet_is_the_bundle_unet():
     assert architecture_kwargs(tiny_unet("valid")) is None
 
 
+@pytest.mark.parametrize("name", ["UNet", "XNet", "DoubleUNet", "EnsembleUNet"])
+def test_probability_network_scripts_for_every_network(name):
+    """The TorchScript weights of every bundle network: X-Net and the baselines are typed to return their training
+    outputs too (before v0.10.2 scripting them failed, so no X-Net could be exported); scripted = eager."""
+    import scripts.networks as networks
+
+    torch.manual_seed(0)
+    net = getattr(networks, name)(2, 1, len(CLASS_NAMES), FEATURES, padding="same", batch_norm=True).eval()
+    model = ProbabilityNetwork(net).eval()
+    scripted = torch.jit.script(model)
+    x = torch.rand(1, 1, 24, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x))
+        torch.testing.assert_close(model(x), torch.softmax(net(x.transpose(-2, -1)), 1).transpose(-2, -1))
+
+
 def test_package_description(package):
     rdf_path, net, root = package
     rdf = yaml.safe_load(rdf_path.read_text())
@@ -218,3 +234,40 @@ def test_refusals(tmp_path, section, package):
     assert export_main(argv) == 1, "no overwrite without --overwrite"
     assert export_main([*argv, "--overwrite"]) == 0
     assert (out / "rdf.yaml").read_text() != before
+
+
+def test_the_shipped_xnet_exports_as_an_xnet_with_its_card(tmp_path):
+    """``--model bundle/models/pretrained/xnet.pt``: the package names the X-Net (name, description, README), its
+    validation is the X-Net's model card (``metadata.json`` ``pretrained_xnet``), not the U-Net's nor "trained by
+    its user"; TorchScript and ONNX only (the plain-PyTorch architecture is the U-Net's), and the TorchScript weights
+    reproduce the test output. Before v0.10.2 the package called any model a U-Net."""
+    import json
+
+    from scripts.export.bioimageio import shipped_card
+
+    models = Path(scripts.BUNDLE_ROOT) / "models" / "pretrained"
+    metadata = json.loads((Path(scripts.BUNDLE_ROOT) / "configs" / "metadata.json").read_text())
+    sha = hashlib.sha256((models / "xnet.pt").read_bytes()).hexdigest()
+    assert shipped_card(metadata, sha) is metadata["pretrained_xnet"]
+    unet_sha = hashlib.sha256((models / "model.pt").read_bytes()).hexdigest()
+    assert shipped_card(metadata, unet_sha) is metadata["pretrained_model"]
+    assert shipped_card(metadata, "0" * 64) is None
+
+    image, _ = make_sample((256, 256), seed=5)
+    png = write_png(tmp_path / "section.png", image)
+    rdf_path = export_bioimageio(tmp_path / "package", png, model=models / "xnet.pt", test_size=16, cover_size=256)
+    rdf = yaml.safe_load(rdf_path.read_text())
+    assert rdf["name"] == "Microscopy cell segmentation X-Net (Drosophila ssTEM)"
+    assert rdf["description"].startswith("X-Net segmentation of ssTEM sections")
+    assert set(rdf["weights"]) == {"torchscript", "onnx"}
+    readme = (rdf_path.parent / "README.md").read_text()
+    card = metadata["pretrained_xnet"]["test"]
+    assert "classes with the bundle's X-Net, trained on serial-section TEM" in readme
+    assert "The shipped X-Net, on 4 Drosophila" in readme and f"mean IoU {card['mean_iou']}" in readme
+    assert "trained by its user" not in readme
+    test_input = torch.from_numpy(np.load(rdf_path.parent / rdf["inputs"][0]["test_tensor"]["source"]))
+    expected = np.load(rdf_path.parent / rdf["outputs"][0]["test_tensor"]["source"])
+    scripted = torch.jit.load(str(rdf_path.parent / rdf["weights"]["torchscript"]["source"]))
+    with torch.no_grad():
+        got = scripted(test_input / 255.0).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)

@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from bioimageio_agreement import FORMATS, package_prediction  # noqa: E402
 
 SHIPPED = REPO / "bundle" / "models" / "pretrained" / "model.pt"
+SHIPPED_XNET = REPO / "bundle" / "models" / "pretrained" / "xnet.pt"
 MIN_AGREEMENT = 0.999
 
 
@@ -87,6 +88,27 @@ def test_bioimageio_test_passes(shipped_package):
     for fmt in FORMATS:
         assert f"Reproduce test outputs from test inputs ({fmt})" in names, fmt
         assert sum(n.startswith(f"Run {fmt} inference for inputs") for n in names) == 6, fmt
+
+
+def test_bioimageio_test_passes_for_the_shipped_xnet(tmp_path):
+    """The shipped X-Net's package (``--model bundle/models/pretrained/xnet.pt``; TorchScript and ONNX, no
+    plain-PyTorch architecture): ``bioimageio test`` passes, and bioimageio.core's prediction of a whole synthetic
+    section agrees with the bundle's overlap-tile inference of the X-Net (v0.10.1 could not export it)."""
+    section = _section(tmp_path / "section.png", 256, seed=4)
+    rdf = export_bioimageio(tmp_path / "package", section, model=SHIPPED_XNET, test_size=16)
+    assert set(yaml.safe_load(rdf.read_text())["weights"]) == {"torchscript", "onnx"}
+    report = bioimageio_test(rdf)
+    failed = [d["name"] for d in report["details"] if d["status"] != "passed"]
+    assert report["returncode"] == 0 and report["status"] == "passed" and not failed, failed
+    names = [d["name"] for d in report["details"]]
+    for fmt in ("torchscript", "onnx"):
+        assert f"Reproduce test outputs from test inputs ({fmt})" in names, fmt
+    pixels = to_channel_first(read_image(section)).astype(np.float32)
+    reference = bundle_probabilities(network_from_checkpoint(SHIPPED_XNET), pixels, 255)
+    for fmt in ("torchscript", "onnx"):
+        predicted, _ = package_prediction(rdf, fmt, pixels, None)
+        agreement, max_diff = _agreement(reference, predicted)
+        assert agreement >= MIN_AGREEMENT and max_diff < 1e-3, (fmt, agreement, max_diff)
 
 
 def _agreement(reference: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:

@@ -60,7 +60,16 @@ from scripts.inferers.tiling import ceil_to, context_margins, network_grid
 from scripts.networks import build_network, is_buildable, read_checkpoint
 from scripts.networks.pinned import file_sha256
 
-__all__ = ["CITATIONS", "FORMAT_VERSION", "LICENSE", "PACKAGE_FILES", "export_bioimageio", "package_description"]
+__all__ = [
+    "ARCHITECTURES",
+    "CITATIONS",
+    "FORMAT_VERSION",
+    "LICENSE",
+    "PACKAGE_FILES",
+    "export_bioimageio",
+    "package_description",
+    "shipped_card",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +96,8 @@ CITATIONS: list[dict[str, str]] = [
         "doi": "10.6084/m9.figshare.856713",
     },
 ]
+#: How the package names each network of the bundle (its class name -> the papers' name).
+ARCHITECTURES = {"UNet": "U-Net", "XNet": "X-Net", "DoubleUNet": "Double U-Net", "EnsembleUNet": "Ensemble U-Net"}
 #: Files the exporter writes into the package folder (``weights.pt`` and ``torch_unet.py`` for U-Nets only).
 PACKAGE_FILES = (
     "rdf.yaml",
@@ -122,6 +133,15 @@ def _torch_version() -> str:
 
 def _metadata() -> dict[str, Any]:
     return json.loads((Path(scripts.BUNDLE_ROOT) / "configs" / "metadata.json").read_text(encoding="utf-8"))
+
+
+def shipped_card(metadata: dict[str, Any], sha256: str) -> dict[str, Any] | None:
+    """The model card in ``metadata.json`` (``pretrained_model``, ``pretrained_xnet``, ...) of the shipped file with
+    this sha256; ``None`` for any other file (a model its user trained)."""
+    for key, card in metadata.items():
+        if key.startswith("pretrained_") and isinstance(card, dict) and card.get("sha256") == sha256:
+            return card
+    return None
 
 
 def _prepare_folder(out_dir: Path, overwrite: bool) -> None:
@@ -324,13 +344,14 @@ def _documentation(
     model: Path,
     model_card: dict[str, Any] | None,
     command: str,
+    architecture: str = "U-Net",
 ) -> str:
     classes = "\n".join(f"| {i} | {c} |" for i, c in enumerate(class_names))
     if model_card:
         test = model_card.get("test", {})
         iou = test.get("iou", {})
         validation = (
-            f"The shipped model, on 4 Drosophila ssTEM sections (stack 1, sections 0-3) never used in training or model "
+            f"The shipped {architecture}, on 4 Drosophila ssTEM sections (stack 1, sections 0-3) never used in training or model "
             f"selection, whole 1024x1024 sections with overlap-tile inference: mean IoU {test.get('mean_iou')} "
             f"(per class: {', '.join(f'{k} {v}' for k, v in iou.items())}), pixel accuracy "
             f"{test.get('pixel_accuracy')}. Training: {model_card.get('training', {}).get('data', '')}."
@@ -347,8 +368,9 @@ def _documentation(
     )
     return f"""# {name}
 
-2D semantic segmentation into {len(class_names)} classes, trained on {trained_on}; exported from the MONAI bundle
-"Microscopy cell segmentation (X-Net / U-Net)" (U-Net: Ronneberger et al. 2015; the bundle follows Fujii et al. 2021).
+2D semantic segmentation into {len(class_names)} classes with the bundle's {architecture}, trained on {trained_on};
+exported from the MONAI bundle "Microscopy cell segmentation (X-Net / U-Net)" (U-Net: Ronneberger et al. 2015; X-Net and the
+bundle's losses: Fujii et al. 2021).
 
 ## Input and output
 
@@ -389,7 +411,7 @@ def export_bioimageio(
     model: str | os.PathLike | None = None,
     test_size: int = 256,
     cover_size: int = 512,
-    name: str = "Microscopy cell segmentation U-Net (Drosophila ssTEM)",
+    name: str | None = None,
     authors: Sequence[str] | None = None,
     license: str = LICENSE,
     zip_path: str | os.PathLike | None = None,
@@ -406,7 +428,8 @@ def export_bioimageio(
         test_size: side of the test output's centre, the part kept after cropping the halo (the test input is a
             centred crop of ``image`` of ``test_size + 2 * halo`` pixels), a multiple of the pooling grid.
         cover_size: side of the cover's square crop (smaller images: the whole image).
-        name: the package's name (letters, digits, spaces, ``_-()``).
+        name: the package's name (letters, digits, spaces, ``_-()``); default "Microscopy cell segmentation
+            <architecture> (Drosophila ssTEM)", the architecture as the papers name it (U-Net, X-Net, ...).
         authors: the authors (default: the bundle's ``metadata.json`` ``authors``).
         license: SPDX licence of the weights (default CC-BY-NC-SA-3.0: the Drosophila data's).
         zip_path: also write the package as this zip (what Fiji/deepImageJ and QuPath install from).
@@ -439,8 +462,9 @@ def export_bioimageio(
     _prepare_folder(out_dir, overwrite)
 
     metadata = _metadata()
-    card = metadata.get("pretrained_model") or {}
-    model_card = card if card.get("sha256") == file_sha256(model) else None
+    model_card = shipped_card(metadata, file_sha256(model))
+    architecture = ARCHITECTURES.get(type(network).__name__, type(network).__name__)
+    name = name or f"Microscopy cell segmentation {architecture} (Drosophila ssTEM)"
     files = {
         "test_input": "test_input.npy",
         "test_output": "test_output.npy",
@@ -486,14 +510,14 @@ def export_bioimageio(
 
     command = command or f"python -m scripts.export bioimageio --out {out_dir} --image {image} --model {model}"
     (out_dir / files["documentation"]).write_text(
-        _documentation(name, class_names, intensity_max, halo, size_min, div, model, model_card, command),
+        _documentation(name, class_names, intensity_max, halo, size_min, div, model, model_card, command, architecture),
         encoding="utf-8",
     )
     sha256 = {role: file_sha256(out_dir / f) for role, f in files.items()}
     rdf = package_description(
         name=name,
         description=(
-            f"U-Net segmentation of ssTEM sections of neural tissue into {', '.join(class_names)} "
+            f"{architecture} segmentation of ssTEM sections of neural tissue into {', '.join(class_names)} "
             f"(softmax probabilities); from the MONAI bundle Microscopy cell segmentation, version {scripts.__version__}."
         ),
         authors=list(authors) if authors else [str(metadata.get("authors", "unknown"))],

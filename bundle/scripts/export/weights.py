@@ -37,7 +37,8 @@ class ProbabilityNetwork(nn.Module):
     prediction in the file's row-major orientation.
 
     Args:
-        network: a bundle network in eval mode (it returns one tensor of logits).
+        network: a bundle network in eval mode (it returns one tensor of logits; X-Net's forward is typed to return
+            its three training outputs too, of which the last is the one it returns in eval mode).
         transpose_xy: transpose as described (default True).
     """
 
@@ -49,7 +50,10 @@ class ProbabilityNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.transpose_xy:
             x = x.transpose(-2, -1)
-        y = torch.softmax(self.network(x), dim=1)
+        logits = self.network(x)
+        if not isinstance(logits, torch.Tensor):  # X-Net and the baselines: typed with their training outputs
+            logits = logits[-1]  # the final output, the one it returns in eval mode
+        y = torch.softmax(logits, dim=1)
         return y.transpose(-2, -1) if self.transpose_xy else y
 
 
