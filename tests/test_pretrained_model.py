@@ -15,7 +15,6 @@ import hashlib
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
@@ -75,24 +74,8 @@ def test_inference_uses_the_shipped_model_until_one_is_trained(tmp_path):
 def test_segments_the_unseen_drosophila_test_sections(drosophila_dir):
     """The 4 fold-0 test sections (never seen in training or validation), read as the bundle reads them (MONAI's
     LoadImage), whole 1024x1024 sections through the default inferer: IoU accumulated over the sections."""
-    from monai.transforms import LoadImage
+    from drosophila_scoring import section_iou
 
-    from scripts.data import DROSOPHILA_VALUE_MAP
-    from scripts.data.drosophila import map_label_values
-    from scripts.inferers import OverlapTileInferer
-    from scripts.metrics.confusion import confusion_matrix, scores_from_confusion
-    from scripts.networks import network_from_checkpoint
-
-    net = network_from_checkpoint(PRETRAINED).eval()
-    load = LoadImage(image_only=True)
-    total = torch.zeros(5, 5, dtype=torch.int64)
-    for section in CARD["test"]["sections"]:
-        raw = np.asarray(load(drosophila_dir / "stack1" / "raw" / f"{section:02d}.tif"), dtype=np.float32)
-        grey = np.asarray(load(drosophila_dir / "stack1" / "labels" / f"labels{section:08d}.png")).astype(np.int64)
-        label = torch.from_numpy(map_label_values(grey, DROSOPHILA_VALUE_MAP).astype(np.int64))
-        with torch.no_grad():
-            pred = OverlapTileInferer()(torch.from_numpy(raw / 255.0)[None, None], net).argmax(1)
-        total += confusion_matrix(pred[None], label[None, None], 5)[0]
-    iou = scores_from_confusion(total)["iou"]
+    iou = section_iou(drosophila_dir, PRETRAINED, CARD["test"]["sections"])
     assert float(iou.mean()) >= CARD["test"]["min_mean_iou"], iou.tolist()
     assert float(iou.mean()) == pytest.approx(CARD["test"]["mean_iou"], abs=2e-3), "the model card's number"
