@@ -79,3 +79,18 @@ def test_segments_the_unseen_drosophila_test_sections(drosophila_dir):
     iou = section_iou(drosophila_dir, PRETRAINED, CARD["test"]["sections"])
     assert float(iou.mean()) >= CARD["test"]["min_mean_iou"], iou.tolist()
     assert float(iou.mean()) == pytest.approx(CARD["test"]["mean_iou"], abs=2e-3), "the model card's number"
+
+
+def test_the_cards_five_folds_are_the_committed_results():
+    """metadata.json's ``cross_validation`` (the model card's five-fold line) states what
+    ``benchmarks/results/cross_validation/summary.json`` holds: five folds, fold 0 scored on the shipped file itself."""
+    from bundle_runner import REPO
+
+    summary = json.loads((REPO / "benchmarks" / "results" / "cross_validation" / "summary.json").read_text())
+    cv = CARD["cross_validation"]
+    assert summary["folds"] == [0, 1, 2, 3, 4] and cv["folds"] == 5
+    assert cv["mean_iou_per_fold"] == [round(r["mean_iou"], 4) for r in summary["per_fold"]]
+    assert cv["mean_iou"] == round(summary["summary"]["mean_iou"]["mean"], 4)
+    assert cv["mean_iou_sd"] == round(summary["summary"]["mean_iou"]["sd"], 4)
+    fold0 = summary["per_fold"][0]
+    assert fold0["model_sha256"] == CARD["sha256"] and round(fold0["mean_iou"], 4) == CARD["test"]["mean_iou"]

@@ -351,8 +351,8 @@ def _documentation(
         test = model_card.get("test", {})
         iou = test.get("iou", {})
         validation = (
-            f"The shipped {architecture}, on 4 Drosophila ssTEM sections (stack 1, sections 0-3) never used in training or model "
-            f"selection, whole 1024x1024 sections with overlap-tile inference: mean IoU {test.get('mean_iou')} "
+            f"The shipped {architecture}, on 4 Drosophila ssTEM sections (stack 1, sections 0-3) never used in "
+            f"training or model selection, whole 1024x1024 sections with overlap-tile inference: mean IoU {test.get('mean_iou')} "
             f"(per class: {', '.join(f'{k} {v}' for k, v in iou.items())}), pixel accuracy "
             f"{test.get('pixel_accuracy')}. Training: {model_card.get('training', {}).get('data', '')}."
         )
@@ -369,8 +369,8 @@ def _documentation(
     return f"""# {name}
 
 2D semantic segmentation into {len(class_names)} classes with the bundle's {architecture}, trained on {trained_on};
-exported from the MONAI bundle "Microscopy cell segmentation (X-Net / U-Net)" (U-Net: Ronneberger et al. 2015; X-Net and the
-bundle's losses: Fujii et al. 2021).
+exported from the MONAI bundle "Microscopy cell segmentation (X-Net / U-Net)" (U-Net: Ronneberger et al. 2015;
+X-Net and the bundle's losses: Fujii et al. 2021).
 
 ## Input and output
 
