@@ -6,6 +6,7 @@
 #   bash tools/monailabel_env.sh [VENV_DIR]      # default: .venv-monailabel at the repository root
 #   source .venv-monailabel/bin/activate         # then: monailabel apps ..., monailabel start_server ...
 #
+# SHARE_TORCH_FROM=.venv shares that virtualenv's torch when it is 2.14.1 (tools/side_env.sh), saving about 5 GB.
 # VENV_DIR may also be given as MONAILABEL_VENV; PYTHON picks the interpreter (default: python3).
 # It installs, through pip's configured package index:
 #   torch 2.14.1, torchvision 0.29.1, monailabel 0.8.5 with pydicom 2.4.4, pynetdicom 2.0.2,
@@ -18,11 +19,14 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${1:-${MONAILABEL_VENV:-$REPO/.venv-monailabel}}"
 PYTHON="${PYTHON:-python3}"
+# shellcheck source=tools/side_env.sh
+source "$REPO/tools/side_env.sh"
 
 TORCH_PINS=("torch==2.14.1" "torchvision==0.29.1")
 MONAILABEL_PINS=("monailabel==0.8.5" "monai==1.6.1" "pydicom==2.4.4" "pynetdicom==2.0.2" "dicomweb-client==0.59.1")
 STAMP="$VENV/.cellseg-monailabel-env"
-SPEC="v1 ${TORCH_PINS[*]} ${MONAILABEL_PINS[*]} pytest -e $REPO"
+SHARED_SITE="$(side_env_shared_site "${TORCH_PINS[0]#torch==}")"
+SPEC="v1 ${TORCH_PINS[*]} ${MONAILABEL_PINS[*]} pytest -e $REPO shared-torch=${SHARED_SITE:-none}"
 
 check() {
     "$VENV/bin/python" - <<'EOF'
@@ -44,16 +48,12 @@ start=$SECONDS
 echo "Creating the MONAI Label environment in $VENV (several GB; minutes) ..."
 rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"
-PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --progress-bar off)
-pip_install() {
-    # pip's "Location ... is ignored" lines (an extra index folder without that package) are noise here
-    "${PIP[@]}" "$@" 2>&1 | { grep -v "^WARNING: Location '.*' is ignored" || true; }
-}
+side_env_share "$SHARED_SITE"
 # no CUDA kernel build for sam2 (a monailabel dependency this bundle does not use; the app runs with sam2 off)
 export SAM2_BUILD_CUDA=0
 # torch first, on its own: the pins keep the resolver from trying other releases later
-pip_install "${TORCH_PINS[@]}"
-pip_install "${TORCH_PINS[@]}" "${MONAILABEL_PINS[@]}" pytest -e "$REPO"
+side_env_pip "${TORCH_PINS[@]}"
+side_env_pip "${TORCH_PINS[@]}" "${MONAILABEL_PINS[@]}" pytest -e "$REPO"
 check
 echo "$SPEC" > "$STAMP"
 echo "MONAI Label environment ready in $((SECONDS - start)) s: $VENV"
